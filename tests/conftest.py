@@ -1,0 +1,51 @@
+"""Session-wide real services. Domain fixtures live in each test package's conftest."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.services import PostgresServer, RedisServer
+
+SPEC_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "spec"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer | None]:
+    if os.environ.get("GRAYROUTE_TEST_POSTGRES_URL"):
+        yield None
+        return
+    server = PostgresServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer | None) -> str:
+    return os.environ.get("GRAYROUTE_TEST_POSTGRES_URL") or postgres_server.url  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer | None]:
+    if os.environ.get("GRAYROUTE_TEST_REDIS_URL"):
+        yield None
+        return
+    server = RedisServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer | None) -> str:
+    return os.environ.get("GRAYROUTE_TEST_REDIS_URL") or redis_server.url  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="session")
+def routing_vectors() -> dict:
+    import json
+
+    path = Path(os.environ.get("GRAYROUTE_SPEC_DIR", SPEC_DIR)) / "routing-vectors.json"
+    return json.loads(path.read_text())

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The test command. On a fresh Debian machine (as root) it installs what the
+# tests need — Postgres, Redis, Chromium, nginx and wrk for the benchmarks —
+# builds a virtual environment from pyproject.toml and runs pytest. The tests
+# start their own Postgres and Redis on loopback (tests/services.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+debian_packages=(postgresql redis-server chromium nginx-light wrk)
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v nginx >/dev/null || missing+=(nginx-light)
+command -v wrk >/dev/null || missing+=(wrk)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages: ${missing[*]} (run as root, or install them: apt-get install -y ${debian_packages[*]})" >&2
+    exit 1
+  fi
+  echo "==> installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# The Debian package starts a system Redis; the tests never use it.
+
+venv=${GRAYROUTE_VENV:-.venv}
+if [ ! -x "$venv/bin/python" ]; then
+  echo "==> creating $venv"
+  python3 -m venv "$venv"
+fi
+echo "==> installing grayroute with its test extras"
+"$venv/bin/python" -m pip install -q --upgrade pip
+"$venv/bin/python" -m pip install -q -e '.[test]'
+
+echo "==> running the tests"
+exec "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
