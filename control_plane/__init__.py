@@ -1,0 +1,1 @@
+"""grayroute control plane: registry, traffic policies, audit, auth, snapshot and reconciler."""

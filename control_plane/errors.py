@@ -1,0 +1,147 @@
+"""Control-plane errors and their one mapping to HTTP answers.
+
+::
+
+    GrayrouteError
+     ├── InvalidInput          422  a value breaks a rule; details name the fields
+     │    └── MalformedRequest 400  the body is not JSON at all
+     ├── Unauthenticated       401  no token, or an unknown one
+     ├── Forbidden             403  the role may not do this
+     ├── NotFound              404
+     ├── Conflict              409  the request clashes with current state
+     ├── PreconditionFailed    412  If-Match names a stale revision
+     ├── PreconditionRequired  428  a guarded write without If-Match
+     └── Unavailable           503  the database (or another dependency) is unreachable
+
+Services raise these; only ``install_handlers`` knows status codes. Foreign
+errors (pydantic, SQLAlchemy, asyncpg, OS) are mapped at this boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class GrayrouteError(Exception):
+    status_code = 500
+    code = "internal"
+
+    def __init__(self, message: str, details: Any = None, *, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.headers = headers
+
+
+class InvalidInput(GrayrouteError):
+    status_code, code = 422, "invalid"
+
+    @classmethod
+    def field(cls, field: str, reason: str) -> InvalidInput:
+        return cls(f"{field}: {reason}", [{"field": field, "reason": reason}])
+
+
+class MalformedRequest(InvalidInput):
+    status_code, code = 400, "malformed"
+
+
+class Unauthenticated(GrayrouteError):
+    status_code, code = 401, "unauthenticated"
+
+
+class Forbidden(GrayrouteError):
+    status_code, code = 403, "forbidden"
+
+
+class NotFound(GrayrouteError):
+    status_code, code = 404, "not_found"
+
+
+class Conflict(GrayrouteError):
+    status_code, code = 409, "conflict"
+
+
+class PreconditionFailed(GrayrouteError):
+    status_code, code = 412, "stale"
+
+
+class PreconditionRequired(GrayrouteError):
+    status_code, code = 428, "if_match_required"
+
+
+class Unavailable(GrayrouteError):
+    status_code, code = 503, "unavailable"
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or ".".join(str(p) for p in loc)
+
+
+def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return [{"field": _field_path(tuple(e.get("loc", ()))), "reason": str(e.get("msg", "invalid"))} for e in errors]
+
+
+def is_database_unreachable(exc: BaseException) -> bool:
+    if isinstance(exc, PoolTimeoutError | ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, OSError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or _driver_says_unreachable(exc.orig)
+    return False
+
+
+def _driver_says_unreachable(orig: BaseException | None) -> bool:
+    name = type(orig).__name__
+    return isinstance(orig, OSError) or name in {
+        "CannotConnectNowError", "ConnectionDoesNotExistError", "InterfaceError",
+        "ConnectionFailureError", "AdminShutdownError", "ConnectionRejectionError",
+        "TooManyConnectionsError",
+    } or "connection" in str(orig).lower() and "closed" in str(orig).lower()
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GrayrouteError)
+    async def _grayroute(_request: Request, exc: GrayrouteError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message, exc.details), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return JSONResponse(error_body("malformed", "request body is not valid JSON",
+                                           validation_details(errors)), 400)
+        details = validation_details(errors)
+        message = "; ".join(f"{d['field']}: {d['reason']}" for d in details)
+        return JSONResponse(error_body("invalid", message, details), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        if is_database_unreachable(exc):
+            log.warning("database unreachable: %s", exc)
+            return JSONResponse(error_body("unavailable", "the database is unreachable; retry shortly"), 503,
+                                headers={"Retry-After": "1"})
+        log.exception("unhandled error")
+        return JSONResponse(error_body("internal", "internal error"), 500)

@@ -1,0 +1,255 @@
+"""A local engine server: the embedded stand-in for Triton running one TensorRT engine.
+
+Speaks the KServe v2 / Open Inference Protocol over HTTP with JSON tensors and
+runs the small ONNX classifier on the CPU with onnxruntime. It is a bare ASGI
+app under uvicorn and imports nothing from the control plane's ORM side, so a
+process stays small (the reconciler starts one per deployment replica).
+
+    python -m control_plane.reconciler.engine_server --model M --version V --precision fp16 --port P
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from control_plane.reconciler import onnx_model
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_NUMPY_OF = {
+    "FP32": np.float32,
+    "FP16": np.float16,
+    "FP64": np.float64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "UINT8": np.uint8,
+}
+
+
+class InferenceError(Exception):
+    """A request the model cannot serve; answered with 400 and a v2 error body."""
+
+
+class Engine:
+    """One loaded model version: the onnxruntime session and its v2 metadata."""
+
+    def __init__(self, *, model: str, version: str, precision: str, model_dir: Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        self.model = model
+        self.version = version
+        self.precision = precision
+        self.variant = onnx_model.variant_for(precision)
+        path = onnx_model.ensure(model_dir, self.variant)
+        options = ort.SessionOptions()
+        # Several engine servers share a small machine; one thread each keeps them fair.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._lock = threading.Lock()
+        self.ready = False
+
+    def warm_up(self) -> None:
+        """Run one inference before reporting ready, as Triton's model warm-up does."""
+        self.infer(np.zeros((1, onnx_model.FEATURES), dtype=np.float32))
+        self.ready = True
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            (out,) = self.session.run([onnx_model.OUTPUT_NAME], {onnx_model.INPUT_NAME: batch})
+        return np.asarray(out)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.model,
+            "versions": [self.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [{"name": onnx_model.INPUT_NAME, "datatype": "FP32", "shape": [-1, onnx_model.FEATURES]}],
+            "outputs": [{"name": onnx_model.OUTPUT_NAME, "datatype": "FP32", "shape": [-1, onnx_model.CLASSES]}],
+            "parameters": {"precision": self.precision, "variant": self.variant},
+        }
+
+    def handle_infer(self, body: dict[str, Any]) -> dict[str, Any]:
+        inputs = body.get("inputs")
+        if not isinstance(inputs, list) or not inputs:
+            raise InferenceError("request needs a non-empty 'inputs' list")
+        tensor = next((t for t in inputs if isinstance(t, dict) and t.get("name") == onnx_model.INPUT_NAME), None)
+        if tensor is None:
+            tensor = inputs[0] if len(inputs) == 1 and isinstance(inputs[0], dict) else None
+        if tensor is None:
+            raise InferenceError(f"missing input tensor {onnx_model.INPUT_NAME!r}")
+        datatype = str(tensor.get("datatype", "FP32")).upper()
+        if datatype not in _NUMPY_OF:
+            raise InferenceError(f"unsupported datatype {datatype!r}")
+        shape = tensor.get("shape")
+        data = tensor.get("data")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise InferenceError("'shape' must be a list of non-negative integers")
+        if data is None:
+            raise InferenceError("'data' is required (binary tensors are not supported)")
+        try:
+            array = np.asarray(data, dtype=_NUMPY_OF[datatype]).reshape(shape)
+        except (ValueError, TypeError) as exc:
+            raise InferenceError(f"'data' does not match shape {shape}: {exc}") from None
+        if array.ndim == 1:
+            array = array.reshape(1, -1)
+        if array.ndim != 2 or array.shape[1] != onnx_model.FEATURES:
+            raise InferenceError(f"expected shape [N, {onnx_model.FEATURES}], got {list(array.shape)}")
+        out = self.infer(array.astype(np.float32))
+        response: dict[str, Any] = {
+            "model_name": self.model,
+            "model_version": self.version,
+            "outputs": [
+                {
+                    "name": onnx_model.OUTPUT_NAME,
+                    "datatype": "FP32",
+                    "shape": list(out.shape),
+                    "data": out.reshape(-1).tolist(),
+                }
+            ],
+        }
+        if "id" in body:
+            response["id"] = body["id"]
+        return response
+
+
+class App:
+    """The v2 HTTP surface over one :class:`Engine`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        method: str = scope["method"]
+        parts = [p for p in scope["path"].split("/") if p]
+        status, payload = await self._route(method, parts, receive)
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                # Warm-up runs before the server reports ready; it is quick but CPU bound.
+                await asyncio.get_running_loop().run_in_executor(None, self.engine.warm_up)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _route(self, method: str, parts: list[str], receive: Receive) -> tuple[int, dict[str, Any]]:
+        engine = self.engine
+        if not parts or parts[0] != "v2":
+            return 404, {"error": "not found"}
+        rest = parts[1:]
+        if method == "GET" and rest == []:
+            return 200, {"name": "grayroute-engine-server", "version": "1", "extensions": []}
+        if method == "GET" and rest in (["health", "live"], ["health", "ready"]):
+            ready = rest[1] == "live" or engine.ready
+            return (200 if ready else 503), {"live": True} if rest[1] == "live" else {"ready": ready}
+        if len(rest) < 2 or rest[0] != "models":
+            return 404, {"error": "not found"}
+        name, tail = rest[1], rest[2:]
+        if name != engine.model:
+            return 404, {"error": f"unknown model {name!r}"}
+        if len(tail) >= 2 and tail[0] == "versions":
+            if tail[1] != engine.version:
+                return 404, {"error": f"unknown version {tail[1]!r} of model {name!r}"}
+            tail = tail[2:]
+        if method == "GET" and tail == []:
+            return 200, engine.metadata()
+        if method == "GET" and tail == ["ready"]:
+            return (200 if engine.ready else 503), {"name": name, "ready": engine.ready}
+        if method == "POST" and tail == ["infer"]:
+            raw = await _read_body(receive)
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                return 400, {"error": "body is not JSON"}
+            if not isinstance(body, dict):
+                return 400, {"error": "body must be a JSON object"}
+            try:
+                return 200, await asyncio.get_running_loop().run_in_executor(None, engine.handle_infer, body)
+            except InferenceError as exc:
+                return 400, {"error": str(exc)}
+        return 404, {"error": "not found"}
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """End this process when the reconciler that started it is gone, so none is orphaned."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(0)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="engine_server", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--model-dir", type=Path, default=Path(".grayroute") / "models")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is no longer the parent")
+    args = parser.parse_args(argv)
+
+    import uvicorn
+
+    if args.parent_pid:
+        _exit_with_parent(args.parent_pid)
+    engine = Engine(
+        model=args.model,
+        version=args.version,
+        precision=args.precision,
+        model_dir=args.model_dir,
+        threads=args.threads,
+    )
+    uvicorn.run(App(engine), host=args.host, port=args.port, log_level="warning", lifespan="on", access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

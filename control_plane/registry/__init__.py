@@ -1,0 +1,1 @@
+"""Models, versions, engines and GPU pools."""

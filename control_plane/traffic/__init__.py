@@ -1,0 +1,1 @@
+"""Traffic policies, their immutable revisions, and the routing snapshot."""

@@ -1,0 +1,44 @@
+"""Traffic policy revisions (immutable) and the global snapshot revision counter."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from control_plane.db import Base, utcnow
+
+
+class TrafficRevision(Base):
+    """One immutable state of a model's traffic policy; the newest is live."""
+
+    __tablename__ = "traffic_revisions"
+    __table_args__ = (UniqueConstraint("model_id", "revision"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    revision: Mapped[int]
+    default_version: Mapped[str | None] = mapped_column(String(63))
+    splits: Mapped[list[Any]]
+    rules: Mapped[list[Any]]
+    # [[start, end, version], ...] covering [0, 10000): who owns which buckets.
+    allocation: Mapped[list[Any]]
+    # The salt the allocation was cut for; a salt change starts a fresh layout.
+    salt: Mapped[str] = mapped_column(String(256))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    # Set when this revision re-applies an earlier one's weights.
+    reapplied_from: Mapped[int | None] = mapped_column(default=None)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SnapshotState(Base):
+    """A single row: the routing snapshot's revision, bumped by every routing change."""
+
+    __tablename__ = "snapshot_state"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

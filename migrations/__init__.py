@@ -1,0 +1,1 @@
+"""Alembic migrations: the owner of the database schema."""
