@@ -242,7 +242,7 @@ class Decision(NamedTuple):
 def decide(
     model: ModelRouting,
     headers: Mapping[str, str],
-    ready: Container,
+    ready: Container[str],
     *,
     explicit_version: str | None = None,
     rng: random.Random | None = None,

@@ -1,0 +1,64 @@
+"""``grayroute router``: options and entry point (the main CLI wires them in)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from router.settings import RouterSettings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port to listen on (default 8000)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes sharing the port (default 1)")
+    parser.add_argument("--control-plane", default=None, metavar="URL",
+                        help="control plane base URL, for the snapshot and stats reports")
+    parser.add_argument("--snapshot-file", type=Path, default=None, metavar="PATH",
+                        help="where the last good snapshot is kept; read at start if the control plane is down")
+    parser.add_argument("--max-body-bytes", type=int, default=None, help="request body limit (default 64 MiB)")
+    parser.add_argument("--upstream-timeout", type=float, default=None, metavar="SECONDS",
+                        help="time a backend has to answer (default 60)")
+    parser.add_argument("--connect-timeout", type=float, default=None, metavar="SECONDS",
+                        help="time to open a backend connection (default 1)")
+    parser.add_argument("--poll-interval", type=float, default=None, metavar="SECONDS",
+                        help="HTTP polling period while Redis is unreachable (default 1)")
+    parser.add_argument("--stats-interval", type=float, default=None, metavar="SECONDS",
+                        help="period of per-version stats reports (default 5)")
+    parser.add_argument("--router-id", default=None, help="name in stats reports (default host:pid)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = RouterSettings.load(
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            control_plane=args.control_plane,
+            snapshot_file=args.snapshot_file,
+            max_body_bytes=args.max_body_bytes,
+            upstream_timeout=args.upstream_timeout,
+            connect_timeout=args.connect_timeout,
+            poll_interval=args.poll_interval,
+            stats_interval=args.stats_interval,
+            router_id=args.router_id,
+        )
+    except ValidationError as exc:
+        logging.getLogger("grayroute.router").error("invalid router settings: %s", exc)
+        return 2
+    from router.server import serve  # uvicorn only when actually serving
+
+    return serve(settings)
+
+
+def main() -> int:
+    """``python -m router``: the same command without the control plane's CLI."""
+    parser = argparse.ArgumentParser(prog="grayroute router")
+    add_arguments(parser)
+    return run(parser.parse_args())

@@ -1,0 +1,86 @@
+"""The router's exception tree; ``router.app`` turns each into one JSON answer.
+
+Exceptions::
+
+    RouterError                 status, code: the HTTP answer a client gets
+     ├── UnknownModel           404 model not in the snapshot
+     ├── UnknownVersion         404 explicit version without ready backends
+     ├── NotFound               404 a path the router does not serve
+     ├── MethodNotAllowed       405
+     ├── BodyTooLarge           413 request body over the configured limit
+     ├── NotReady               503 no valid snapshot yet
+     ├── NoBackend              503 neither the chosen nor the default version has a backend
+     └── UpstreamError          502 the backend broke the exchange
+          ├── ConnectError      nothing was sent (refused, unreachable): safe to retry elsewhere
+          ├── StaleConnection   a reused keep-alive connection closed before any response byte
+          └── UpstreamTimeout   504 the backend did not answer in time
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RouterError(Exception):
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+class UnknownModel(RouterError):
+    status = 404
+    code = "model_not_found"
+
+
+class UnknownVersion(RouterError):
+    status = 404
+    code = "version_not_ready"
+
+
+class NotFound(RouterError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(RouterError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class BodyTooLarge(RouterError):
+    status = 413
+    code = "body_too_large"
+
+
+class NotReady(RouterError):
+    status = 503
+    code = "not_ready"
+
+
+class NoBackend(RouterError):
+    status = 503
+    code = "no_ready_backend"
+
+
+class UpstreamError(RouterError):
+    status = 502
+    code = "upstream_error"
+    kind = "protocol"  # the ``kind`` label of the upstream-errors metric
+
+
+class ConnectError(UpstreamError):
+    kind = "connect"
+
+
+class StaleConnection(UpstreamError):
+    kind = "stale"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+    kind = "timeout"

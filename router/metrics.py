@@ -1,0 +1,209 @@
+"""Request accounting: one cheap record per request, rendered for Prometheus on scrape.
+
+``prometheus_client`` label lookups and locks cost more per request than the
+routing decision (measured, README), so the hot path only bumps plain dict
+entries; a custom collector turns them into metric families when ``/metrics``
+is scraped. With several worker processes each one dumps its totals to a
+shared directory every second and the scraped worker merges them: counters
+stay correct across workers, at most a second stale for the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from router.stats import LATENCY_BOUNDS_S, VersionWindow
+
+Dump = dict[str, Any]
+
+
+class Recorder:
+    """Counters of one process, plus the current stats window."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str, int], int] = {}
+        self.upstream_errors: dict[tuple[str, str, str], int] = {}
+        self.fallbacks: dict[tuple[str, str, str], int] = {}
+        self.latency: dict[tuple[str, str], VersionWindow] = {}  # totals of closed windows
+        self.window: dict[tuple[str, str], VersionWindow] = {}
+        self.window_start = time.time()
+        self.revision = -1
+
+    def observe(
+        self, model: str, version: str, route: str, status: int, seconds: float, chosen: str | None
+    ) -> None:
+        """A request answered by ``version`` (routed there as ``route``)."""
+        key = (model, version, route, status)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        cell = self.window.get((model, version))
+        if cell is None:
+            cell = self.window[(model, version)] = VersionWindow()
+        cell.requests += 1
+        if status >= 500:
+            cell.errors += 1
+        cell.latency_sum += seconds
+        # bisect_left inlined: this runs once per request
+        bounds = LATENCY_BOUNDS_S
+        lo, hi = 0, len(bounds)
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if bounds[mid] < seconds:
+                lo = mid + 1
+            else:
+                hi = mid
+        cell.buckets[lo] += 1
+        if chosen is not None:  # a fallback away from ``chosen``
+            cell.fallbacks += 1
+            fkey = (model, chosen, version)
+            self.fallbacks[fkey] = self.fallbacks.get(fkey, 0) + 1
+
+    def refused(self, model: str, status: int, route: str) -> None:
+        """A request answered without any version (unknown model, 503, 404…)."""
+        key = (model, "", route, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+
+    def upstream_error(self, model: str, version: str, kind: str) -> None:
+        key = (model, version, kind)
+        self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
+
+    def take_window(self) -> tuple[float, float, dict[tuple[str, str], VersionWindow]]:
+        """Close the current window: (start, end, cells); its counts join the totals."""
+        start, end = self.window_start, time.time()
+        window, self.window, self.window_start = self.window, {}, end
+        for key, cell in window.items():
+            total = self.latency.get(key)
+            if total is None:
+                total = self.latency[key] = VersionWindow()
+            total.add(cell)
+        return start, end, window
+
+    def dump(self) -> Dump:
+        """Totals so far (closed windows and the open one) as JSON-able data."""
+        latency: dict[tuple[str, str], VersionWindow] = {}
+        for source in (self.latency, self.window):
+            for key, cell in source.items():
+                total = latency.get(key)
+                if total is None:
+                    total = latency[key] = VersionWindow()
+                total.add(cell)
+        return {
+            "revision": self.revision,
+            "requests": [[*k, v] for k, v in self.requests.items()],
+            "upstream_errors": [[*k, v] for k, v in self.upstream_errors.items()],
+            "fallbacks": [[*k, v] for k, v in self.fallbacks.items()],
+            "latency": [[m, v, c.requests, c.latency_sum, c.buckets] for (m, v), c in latency.items()],
+        }
+
+
+def merge_dumps(dumps: list[Dump]) -> Dump:
+    def summed(name: str, width: int) -> list[list[Any]]:
+        totals: dict[tuple[Any, ...], int] = {}
+        for dump in dumps:
+            for row in dump.get(name, []):
+                key = tuple(row[:width])
+                totals[key] = totals.get(key, 0) + row[width]
+        return [[*k, v] for k, v in totals.items()]
+
+    latency: dict[tuple[str, str], list[Any]] = {}
+    for dump in dumps:
+        for model, version, count, total, buckets in dump.get("latency", []):
+            cell = latency.get((model, version))
+            if cell is None:
+                latency[(model, version)] = [model, version, count, total, list(buckets)]
+            else:
+                cell[2] += count
+                cell[3] += total
+                cell[4] = [a + b for a, b in zip(cell[4], buckets)]
+    revisions = [d["revision"] for d in dumps if d.get("revision", -1) >= 0]
+    return {
+        # the lagging worker is the one an operator needs to see
+        "revision": min(revisions) if revisions else -1,
+        "requests": summed("requests", 4),
+        "upstream_errors": summed("upstream_errors", 3),
+        "fallbacks": summed("fallbacks", 3),
+        "latency": list(latency.values()),
+    }
+
+
+class _DumpCollector(Collector):
+    def __init__(self, dump: Dump) -> None:
+        self.data = dump
+
+    def collect(self) -> Iterator[Any]:
+        data = self.data
+        requests = CounterMetricFamily(
+            "grayroute_requests", "Requests answered, by model, serving version, route and status",
+            labels=["model", "version", "route", "status"],
+        )
+        for model, version, route, status, count in data["requests"]:
+            requests.add_metric([model, version, route, str(status)], count)
+        yield requests
+        errors = CounterMetricFamily(
+            "grayroute_upstream_errors", "Failed exchanges with backends, by kind",
+            labels=["model", "version", "kind"],
+        )
+        for model, version, kind, count in data["upstream_errors"]:
+            errors.add_metric([model, version, kind], count)
+        yield errors
+        fallbacks = CounterMetricFamily(
+            "grayroute_fallbacks", "Requests served by the default version because the chosen one had no backend",
+            labels=["model", "chosen", "version"],
+        )
+        for model, chosen, version, count in data["fallbacks"]:
+            fallbacks.add_metric([model, chosen, version], count)
+        yield fallbacks
+        latency = HistogramMetricFamily(
+            "grayroute_request_duration_seconds", "Time from request received to response sent",
+            labels=["model", "version"],
+        )
+        for model, version, count, total, buckets in data["latency"]:
+            cumulative, running = [], 0
+            for bound, n in zip(LATENCY_BOUNDS_S, buckets):
+                running += n
+                cumulative.append((repr(bound), running))
+            cumulative.append(("+Inf", count))
+            latency.add_metric([model, version], cumulative, total)
+        yield latency
+        yield GaugeMetricFamily(
+            "grayroute_config_revision", "Revision of the routing snapshot being served", value=data["revision"]
+        )
+
+
+def render(dump: Dump) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_DumpCollector(dump))
+    return generate_latest(registry)
+
+
+class SharedDirectory:
+    """Where worker processes leave their totals for each other (one JSON file per pid)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.own = path / f"{os.getpid()}.json"
+
+    def write(self, dump: Dump) -> None:
+        tmp = self.own.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dump))
+        os.replace(tmp, self.own)
+
+    def others(self) -> list[Dump]:
+        dumps = []
+        for file in self.path.glob("*.json"):
+            if file == self.own:
+                continue
+            try:
+                dumps.append(json.loads(file.read_text()))
+            except (OSError, ValueError):
+                continue  # being replaced right now; next scrape gets it
+        return dumps

@@ -1,0 +1,134 @@
+"""Sends each closed stats window to Redis, or to the control plane when Redis is unavailable."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from router.metrics import Recorder
+from router.stats import LATENCY_BOUNDS_MS, REDIS_KEY_PREFIX, REDIS_TTL_SECONDS
+
+log = logging.getLogger("grayroute.router.reporter")
+
+REPORT_PATH = "/api/v1/stats/report"
+
+
+class StatsReporter:
+    def __init__(
+        self,
+        *,
+        recorder: Recorder,
+        router_id: str,
+        interval: float,
+        redis: aioredis.Redis | None,
+        control_plane: str | None,
+        token: str | None,
+    ) -> None:
+        self.recorder = recorder
+        self.router_id = router_id
+        self.interval = interval
+        self.redis = redis
+        self.control_plane = control_plane
+        self.token = token
+        self.sent = 0
+        self._http: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.flush()
+
+    def build(self) -> dict[str, Any] | None:
+        start, end, window = self.recorder.take_window()
+        if not window:
+            return None
+        models: dict[str, dict[str, Any]] = {}
+        for (model, version), cell in window.items():
+            models.setdefault(model, {})[version] = cell.as_report()
+        return {
+            "router": self.router_id,
+            "window_start": start,
+            "window_end": end,
+            "bounds_ms": list(LATENCY_BOUNDS_MS),
+            "models": models,
+        }
+
+    async def flush(self) -> bool:
+        """Close the current window and deliver it; False when it could not be delivered."""
+        report = self.build()
+        if report is None:
+            return True
+        if self.redis is not None:
+            try:
+                await asyncio.wait_for(self._to_redis(report), 2.0)
+                self.sent += 1
+                return True
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("stats to redis failed (%s); posting to the control plane", exc)
+        if await self._to_control_plane(report):
+            self.sent += 1
+            return True
+        return False
+
+    async def _to_redis(self, report: dict[str, Any]) -> None:
+        assert self.redis is not None
+        end = report["window_end"]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for model, versions in report["models"].items():
+                key = REDIS_KEY_PREFIX + model
+                member = orjson.dumps({
+                    "router": report["router"],
+                    "window_start": report["window_start"],
+                    "window_end": end,
+                    "versions": versions,
+                })
+                pipe.zadd(key, {member: end})
+                pipe.zremrangebyscore(key, "-inf", end - REDIS_TTL_SECONDS)
+                pipe.expire(key, REDIS_TTL_SECONDS)
+            await pipe.execute()
+
+    async def _to_control_plane(self, report: dict[str, Any]) -> bool:
+        if self.control_plane is None:
+            return False
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            async with self._http.post(
+                self.control_plane + REPORT_PATH,
+                data=orjson.dumps(report),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=5.0),
+            ) as response:
+                if response.status >= 300:
+                    log.warning("stats report answered %d: %s", response.status, (await response.text())[:200])
+                    return False
+                return True
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("stats report failed: %s", exc or type(exc).__name__)
+            return False
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self.flush()  # last partial window
+        if self._http is not None:
+            await self._http.close()
+
+

@@ -1,0 +1,96 @@
+"""Runs the router: one uvicorn worker per process, several processes on one port.
+
+Each worker binds its own ``SO_REUSEPORT`` socket so the kernel spreads
+connections evenly (a shared accept socket lets one busy worker take most of
+them). A worker that dies takes the supervisor down with it: the orchestrator
+restarts the whole router, which is simpler to reason about than a half-dead one.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from router.app import RouterApp
+from router.settings import RouterSettings
+
+log = logging.getLogger("grayroute.router")
+
+
+def _listen(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_worker(settings: RouterSettings) -> None:
+    """Serve in this process until SIGINT/SIGTERM."""
+    sock = _listen(settings.host, settings.port, reuse_port=settings.workers > 1)
+    config = uvicorn.Config(
+        RouterApp(settings),
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        log_level="warning",
+        backlog=2048,
+        timeout_keep_alive=75,  # longer than typical load-balancer idle timeouts
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def serve(settings: RouterSettings) -> int:
+    if settings.workers == 1:
+        run_worker(settings)
+        return 0
+    metrics_dir = Path(tempfile.mkdtemp(prefix="grayroute-router-metrics-"))
+    worker_settings = settings.model_copy(update={"metrics_dir": metrics_dir})
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=run_worker, args=(worker_settings,), name=f"grayroute-router-{i}")
+        for i in range(settings.workers)
+    ]
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for worker in workers:
+        worker.start()
+    code = 0
+    try:
+        while not stopping:
+            if any(w.exitcode is not None for w in workers):
+                log.error("a router worker exited; stopping the others")
+                code = 1
+                break
+            time.sleep(0.2)
+    finally:
+        for worker in workers:
+            if worker.is_alive() and worker.pid is not None:
+                worker.terminate()  # SIGTERM: uvicorn drains and runs shutdown
+        for worker in workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.kill()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return code

@@ -1,0 +1,58 @@
+"""The router's settings: the only place in the router that reads the environment.
+
+Secrets and shared endpoints come from the environment (``GRAYROUTE_TOKEN``,
+``GRAYROUTE_REDIS_URL``); everything else from command-line options.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+
+class RouterSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    control_plane: str | None = None  # base URL, e.g. http://grayroute:8080
+    snapshot_file: Path | None = None
+    token: SecretStr | None = None
+    redis_url: str | None = None
+    max_body_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
+    upstream_timeout: Annotated[float, Field(gt=0)] = 60.0
+    connect_timeout: Annotated[float, Field(gt=0)] = 1.0
+    eject_after: Annotated[int, Field(ge=1)] = 3  # consecutive failures (a refused connection ejects at once)
+    poll_interval: Annotated[float, Field(gt=0)] = 1.0  # HTTP polling while Redis is unreachable
+    stats_interval: Annotated[float, Field(gt=0)] = 5.0
+    router_id: str = ""  # names this router in stats reports; default host:pid
+    metrics_dir: Path | None = None  # set by the supervisor when several workers share a port
+
+    @field_validator("control_plane")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("control plane URL must start with http:// or https://")
+        return value.rstrip("/")
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **options: Any) -> RouterSettings:
+        """Options from the command line, secrets from the environment."""
+        env = os.environ if environ is None else environ
+        values = {k: v for k, v in options.items() if v is not None}
+        if env.get("GRAYROUTE_TOKEN"):
+            values.setdefault("token", env["GRAYROUTE_TOKEN"])
+        if env.get("GRAYROUTE_REDIS_URL"):
+            values.setdefault("redis_url", env["GRAYROUTE_REDIS_URL"])
+        return cls(**values)
+
+    def identity(self) -> str:
+        return self.router_id or f"{socket.gethostname()}:{os.getpid()}"
