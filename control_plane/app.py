@@ -1,0 +1,94 @@
+"""The FastAPI application: API under /api/v1, the UI under /ui, health and metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from control_plane import migrate
+from control_plane.audit.router import router as audit_router
+from control_plane.auth import service as auth_service
+from control_plane.auth.router import router as auth_router
+from control_plane.db import create_engine, session_factory
+from control_plane.errors import error_body, install_handlers, is_database_unreachable
+from control_plane.notifications import SnapshotPublisher, notifier_for
+from control_plane.registry.router import router as registry_router
+from control_plane.settings import Settings, get_settings
+from control_plane.traffic.router import router as traffic_router
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    engine = create_engine(settings)
+    sessions = session_factory(engine)
+    publisher = SnapshotPublisher(sessions, notifier_for(settings.redis_url))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.is_sqlite:
+            # The embedded default needs no setup step; Postgres schemas move only by `grayroute db upgrade`.
+            migrate.upgrade(settings.database_url)
+        await publisher.notifier.start()
+        try:
+            if settings.bootstrap_admin_token is not None:
+                async with sessions() as session:
+                    await auth_service.ensure_bootstrap(session, plaintext=settings.bootstrap_admin_token.get_secret_value())
+            # Routers that start before any change still find a snapshot in Redis.
+            await publisher.publish()
+        except Exception as exc:  # noqa: BLE001 - start anyway; /readyz tells the truth
+            if not is_database_unreachable(exc):
+                raise
+            log.warning("database unreachable at start: %s", exc)
+        yield
+        await publisher.notifier.close()
+        await engine.dispose()
+
+    app = FastAPI(
+        title="grayroute",
+        summary="Gray-release control plane for TensorRT inference engines",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = sessions
+    app.state.publisher = publisher
+    install_handlers(app)
+    for router in (registry_router, traffic_router, audit_router, auth_router):
+        app.include_router(router)
+    _include_optional_routers(app)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        try:
+            async with sessions() as session:
+                await session.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001
+            return JSONResponse(error_body("unavailable", f"database unreachable: {type(exc).__name__}"), 503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def root(request: Request) -> RedirectResponse:
+        return RedirectResponse("/ui/" if any(getattr(r, "path", "") == "/ui/" for r in app.routes) else "/docs")
+
+    return app
+
+
+def _include_optional_routers(app: FastAPI) -> None:
+    """Routers of packages that build on the core (stats, web UI)."""

@@ -1,0 +1,112 @@
+"""Tokens, roles and what each role may do."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from control_plane.audit import service as audit_service
+from control_plane.auth.models import Token
+from control_plane.errors import Forbidden, InvalidInput, Unauthenticated
+
+TOKEN_PREFIX = "gr_"
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"
+    PUBLISHER = "publisher"
+    RELEASE_MANAGER = "release-manager"
+    VIEWER = "viewer"
+    ROUTER = "router"
+
+
+class Permission(enum.StrEnum):
+    READ = "read"  # every GET of the API and UI
+    SNAPSHOT = "snapshot"  # GET /snapshot
+    MODELS_WRITE = "models:write"  # create models, change their settings
+    VERSIONS_WRITE = "versions:write"  # register versions and engines
+    VERSIONS_OPERATE = "versions:operate"  # notes, warm, retire
+    ENDPOINTS_WRITE = "endpoints:write"  # external pools' backend URLs
+    POOLS_WRITE = "pools:write"
+    TRAFFIC_WRITE = "traffic:write"
+    TOKENS_WRITE = "tokens:write"
+    STATS_REPORT = "stats:report"  # routers push their windows
+
+
+GRANTS: dict[Role, frozenset[Permission]] = {
+    Role.ADMIN: frozenset(Permission),
+    Role.PUBLISHER: frozenset({Permission.READ, Permission.SNAPSHOT, Permission.MODELS_WRITE,
+                               Permission.VERSIONS_WRITE, Permission.VERSIONS_OPERATE, Permission.ENDPOINTS_WRITE}),
+    Role.RELEASE_MANAGER: frozenset({Permission.READ, Permission.SNAPSHOT, Permission.TRAFFIC_WRITE,
+                                     Permission.VERSIONS_OPERATE}),
+    Role.VIEWER: frozenset({Permission.READ, Permission.SNAPSHOT}),
+    Role.ROUTER: frozenset({Permission.SNAPSHOT, Permission.STATS_REPORT}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who is making a request."""
+
+    name: str
+    role: Role
+    token_id: int | None = None
+
+    def can(self, permission: Permission) -> bool:
+        return permission in GRANTS[self.role]
+
+
+SYSTEM = Actor("system", Role.ADMIN)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def authorize(actor: Actor, permission: Permission) -> None:
+    if not actor.can(permission):
+        raise Forbidden(f"role {actor.role.value!r} may not do this (needs {permission.value!r})",
+                        {"role": actor.role.value, "permission": permission.value})
+
+
+async def authenticate(session: AsyncSession, *, token: str) -> Actor:
+    """The actor behind a bearer token; Unauthenticated for unknown or revoked ones."""
+    row = (await session.execute(
+        select(Token.id, Token.name, Token.role).where(Token.token_hash == hash_token(token), Token.revoked_at.is_(None))
+    )).first()
+    if row is None:
+        raise Unauthenticated("unknown or revoked token")
+    return Actor(row.name, Role(row.role), row.id)
+
+
+async def create(session: AsyncSession, *, name: str, role: str, actor: Actor) -> tuple[Token, str]:
+    """Create a token; returns the row and the plaintext, which is never stored."""
+    try:
+        role_value = Role(role)
+    except ValueError:
+        raise InvalidInput.field("role", f"must be one of {[r.value for r in Role]}") from None
+    plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = Token(name=name, role=role_value.value, token_hash=hash_token(plaintext), prefix=plaintext[:10],
+                  created_by=actor.name)
+    session.add(token)
+    await session.flush()
+    await audit_service.record(session, actor=actor, action="token.create", target_type="token", target=name,
+                               after={"name": name, "role": role_value.value, "prefix": token.prefix})
+    await session.commit()
+    return token, plaintext
+
+
+async def ensure_bootstrap(session: AsyncSession, *, plaintext: str) -> None:
+    """Make the configured bootstrap token a valid admin token (idempotent)."""
+    digest = hash_token(plaintext)
+    if (await session.execute(select(Token.id).where(Token.token_hash == digest))).first() is None:
+        session.add(Token(name="bootstrap-admin", role=Role.ADMIN.value, token_hash=digest, prefix=plaintext[:10],
+                          created_by=SYSTEM.name))
+        await audit_service.record(session, actor=SYSTEM, action="token.bootstrap", target_type="token",
+                                   target="bootstrap-admin", after={"role": Role.ADMIN.value})
+        await session.commit()

@@ -1,0 +1,171 @@
+"""Change notification: tell routers (and reconcilers) that the snapshot changed.
+
+Two providers behind one small interface: in-process (the embedded default,
+which also serves long-polls) and Redis (snapshot stored at ``SNAPSHOT_KEY``,
+revision published on ``SNAPSHOT_CHANNEL``). A Redis outage never fails the
+change that triggered the publish: routers fall back to polling the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from control_plane.traffic import snapshot as snapshot_builder
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_KEY = "grayroute:snapshot"
+SNAPSHOT_CHANNEL = "grayroute:snapshot"
+
+
+class Notifier(Protocol):
+    async def publish(self, revision: int, payload: bytes) -> None: ...
+    async def wait_for_revision_after(self, revision: int, timeout: float) -> int: ...
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class InProcessNotifier:
+    """Wakes waiters in this process; the embedded default."""
+
+    def __init__(self) -> None:
+        self._latest = 0
+        self._changed = asyncio.Condition()
+
+    async def publish(self, revision: int, payload: bytes) -> None:
+        await self._observed(revision)
+
+    async def _observed(self, revision: int) -> None:
+        async with self._changed:
+            if revision > self._latest:
+                self._latest = revision
+                self._changed.notify_all()
+
+    async def wait_for_revision_after(self, revision: int, timeout: float) -> int:
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait_for(lambda: self._latest > revision), timeout)
+            return self._latest
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisNotifier(InProcessNotifier):
+    """Stores the snapshot in Redis and publishes its revision; listens for other replicas' changes."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        import redis.asyncio as redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._listener: asyncio.Task[None] | None = None
+
+    async def publish(self, revision: int, payload: bytes) -> None:
+        await self._observed(revision)
+        try:
+            # Only ever move the stored snapshot forward, even with several publishers.
+            await self._redis.eval(_SET_IF_NEWER, 2, SNAPSHOT_KEY, SNAPSHOT_KEY + ":revision", revision, payload)
+            await self._redis.publish(SNAPSHOT_CHANNEL, str(revision))
+        except Exception as exc:  # noqa: BLE001 - Redis is optional for correctness
+            log.warning("could not publish snapshot %d to Redis (routers will poll): %s", revision, exc)
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="grayroute-redis-listener")
+
+    async def _listen(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                pubsub = self._redis.pubsub()
+                await pubsub.subscribe(SNAPSHOT_CHANNEL)
+                delay = 0.5
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        with contextlib.suppress(ValueError):
+                            await self._observed(int(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                log.info("Redis subscription lost (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+        await self._redis.aclose()
+
+
+_SET_IF_NEWER = """
+local current = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+class SnapshotPublisher:
+    """Builds snapshots, caches the newest encoding, and hands revisions to the notifier."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], notifier: Notifier) -> None:
+        self._sessions = sessions
+        self.notifier = notifier
+        self._cached: tuple[int, bytes] | None = None
+        self._lock = asyncio.Lock()
+        self.listeners: list[Callable[[int], Awaitable[None]]] = []
+
+    async def encoded(self, session: AsyncSession | None = None) -> tuple[int, bytes]:
+        """(revision, JSON) of the current snapshot, rebuilt only when the revision moved."""
+        async with contextlib.AsyncExitStack() as stack:
+            if session is None:
+                session = await stack.enter_async_context(self._sessions())
+            revision = await snapshot_builder.current_revision(session)
+            cached = self._cached
+            if cached is not None and cached[0] == revision:
+                return cached
+            snapshot = await snapshot_builder.build(session)
+            encoded = (int(snapshot["revision"]), snapshot_builder.encode(snapshot))
+            if self._cached is None or encoded[0] >= self._cached[0]:
+                self._cached = encoded
+            return encoded
+
+    async def publish(self) -> int:
+        """Publish the current snapshot (after a committed change)."""
+        async with self._lock:
+            revision, payload = await self.encoded()
+            await self.notifier.publish(revision, payload)
+        for listener in self.listeners:
+            try:
+                await listener(revision)
+            except Exception:  # noqa: BLE001 - a listener must not fail the change
+                log.exception("snapshot listener failed")
+        return revision
+
+    async def commit(self, session: AsyncSession) -> None:
+        """Commit ``session``; publish when it bumped the snapshot revision."""
+        bumped = snapshot_builder.pending_revision(session)
+        await session.commit()
+        if bumped is not None:
+            try:
+                await self.publish()
+            except Exception:  # noqa: BLE001 - the change is committed; routers will poll
+                log.exception("publishing snapshot %d failed", bumped)
+
+
+def notifier_for(redis_url: str | None) -> Notifier:
+    return RedisNotifier(redis_url) if redis_url else InProcessNotifier()

@@ -1,0 +1,164 @@
+"""Registry endpoints: models, versions, engines, pools, deployments, external endpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+
+from control_plane.deps import (
+    EndpointWriter,
+    ModelWriter,
+    PoolWriter,
+    PublisherDep,
+    Reader,
+    SessionDep,
+    VersionOperator,
+    VersionWriter,
+)
+from control_plane.registry import service as registry_service
+from control_plane.registry.models import Model
+from control_plane.registry.schemas import (
+    MODEL_NAME,
+    VERSION_LABEL,
+    DeploymentRead,
+    EndpointsPut,
+    EngineCreate,
+    EngineRead,
+    ModelCreate,
+    ModelRead,
+    ModelUpdate,
+    PoolPut,
+    PoolRead,
+    VersionCreate,
+    VersionRead,
+    VersionUpdate,
+)
+from control_plane.traffic import service as traffic_service
+
+router = APIRouter(prefix="/api/v1")
+
+ModelPath = Annotated[str, Path(pattern=MODEL_NAME, max_length=63)]
+VersionPath = Annotated[str, Path(pattern=VERSION_LABEL, max_length=63)]
+PoolPath = Annotated[str, Path(pattern=MODEL_NAME, max_length=63)]
+
+
+async def _model_read(session: SessionDep, model: Model) -> ModelRead:
+    current = await traffic_service.get_current(session, model=model)
+    versions = await registry_service.list_versions(session, model=model)
+    return ModelRead.model_validate(model, from_attributes=True).model_copy(update={
+        "versions": [v.version for v in versions],
+        "default_version": current.default_version if current else None,
+        "traffic_revision": current.revision if current else 0,
+    })
+
+
+@router.post("/models", status_code=201, response_model=ModelRead, tags=["models"])
+async def create_model(body: ModelCreate, session: SessionDep, actor: ModelWriter) -> ModelRead:
+    model = await registry_service.create_model(session, body=body, actor=actor)
+    return await _model_read(session, model)
+
+
+@router.get("/models", response_model=list[ModelRead], tags=["models"])
+async def list_models(session: SessionDep, _actor: Reader) -> list[ModelRead]:
+    return [await _model_read(session, m) for m in await registry_service.list_models(session)]
+
+
+@router.get("/models/{model}", response_model=ModelRead, tags=["models"])
+async def get_model(model: ModelPath, session: SessionDep, _actor: Reader) -> ModelRead:
+    return await _model_read(session, await registry_service.get_model_or_raise(session, name=model))
+
+
+@router.patch("/models/{model}", response_model=ModelRead, tags=["models"])
+async def update_model(model: ModelPath, body: ModelUpdate, session: SessionDep, actor: ModelWriter,
+                       publisher: PublisherDep) -> ModelRead:
+    updated = await registry_service.update_model(session, name=model, body=body, actor=actor, publisher=publisher)
+    return await _model_read(session, updated)
+
+
+@router.post("/models/{model}/versions", status_code=201, response_model=VersionRead, tags=["versions"])
+async def create_version(model: ModelPath, body: VersionCreate, session: SessionDep, actor: VersionWriter,
+                         publisher: PublisherDep) -> VersionRead:
+    version = await registry_service.create_version(session, model_name=model, body=body, actor=actor,
+                                                    publisher=publisher)
+    return VersionRead.model_validate(version)
+
+
+@router.get("/models/{model}/versions", response_model=list[VersionRead], tags=["versions"])
+async def list_versions(model: ModelPath, session: SessionDep, _actor: Reader) -> list[VersionRead]:
+    found = await registry_service.get_model_or_raise(session, name=model)
+    return [VersionRead.model_validate(v) for v in await registry_service.list_versions(session, model=found)]
+
+
+@router.get("/models/{model}/versions/{version}", response_model=VersionRead, tags=["versions"])
+async def get_version(model: ModelPath, version: VersionPath, session: SessionDep, _actor: Reader) -> VersionRead:
+    found = await registry_service.get_model_or_raise(session, name=model)
+    return VersionRead.model_validate(await registry_service.get_version_or_raise(session, model=found,
+                                                                                 version=version))
+
+
+@router.patch("/models/{model}/versions/{version}", response_model=VersionRead, tags=["versions"])
+async def update_version(model: ModelPath, version: VersionPath, body: VersionUpdate, session: SessionDep,
+                         actor: VersionOperator, publisher: PublisherDep) -> VersionRead:
+    updated = await registry_service.update_version(session, model_name=model, version=version, body=body,
+                                                    actor=actor, publisher=publisher)
+    return VersionRead.model_validate(updated)
+
+
+@router.post("/models/{model}/versions/{version}/retire", response_model=VersionRead, tags=["versions"])
+async def retire_version(model: ModelPath, version: VersionPath, session: SessionDep, actor: VersionOperator,
+                         publisher: PublisherDep) -> VersionRead:
+    retired = await registry_service.retire_version(session, model_name=model, version=version, actor=actor,
+                                                    publisher=publisher)
+    return VersionRead.model_validate(retired)
+
+
+@router.post("/models/{model}/versions/{version}/engines", status_code=201, response_model=EngineRead,
+             tags=["versions"])
+async def add_engine(model: ModelPath, version: VersionPath, body: EngineCreate, session: SessionDep,
+                     actor: VersionWriter, publisher: PublisherDep) -> EngineRead:
+    engine = await registry_service.add_engine(session, model_name=model, version=version, body=body, actor=actor,
+                                               publisher=publisher)
+    return EngineRead.model_validate(engine)
+
+
+@router.put("/models/{model}/versions/{version}/endpoints", response_model=DeploymentRead, tags=["deployments"])
+async def put_external_endpoints(model: ModelPath, version: VersionPath, body: EndpointsPut, session: SessionDep,
+                                 actor: EndpointWriter, publisher: PublisherDep) -> DeploymentRead:
+    deployment = await registry_service.put_external_endpoints(session, model_name=model, version=version,
+                                                               body=body, actor=actor, publisher=publisher)
+    pool = await registry_service.get_pool_or_raise(session, name=body.pool)
+    return DeploymentRead(version=version, pool=pool.name, gpu_arch=pool.gpu_arch,
+                          desired_replicas=deployment.desired_replicas, ready_replicas=deployment.ready_replicas,
+                          endpoints=[e["url"] for e in deployment.endpoints], phase=deployment.phase,
+                          message=deployment.message, draining_since=deployment.draining_since,
+                          updated_at=deployment.updated_at)
+
+
+@router.get("/models/{model}/deployments", response_model=list[DeploymentRead], tags=["deployments"])
+async def list_deployments(model: ModelPath, session: SessionDep, _actor: Reader) -> list[DeploymentRead]:
+    found = await registry_service.get_model_or_raise(session, name=model)
+    return [
+        DeploymentRead(version=v.version, pool=p.name, gpu_arch=p.gpu_arch, desired_replicas=d.desired_replicas,
+                       ready_replicas=d.ready_replicas, endpoints=[e["url"] for e in d.endpoints], phase=d.phase,
+                       message=d.message, draining_since=d.draining_since, updated_at=d.updated_at)
+        for d, v, p in await registry_service.list_deployments(session, model=found)
+    ]
+
+
+@router.put("/pools/{pool}", response_model=PoolRead, tags=["pools"])
+async def put_pool(pool: PoolPath, body: PoolPut, session: SessionDep, actor: PoolWriter, publisher: PublisherDep,
+                   response: Response) -> PoolRead:
+    saved, created = await registry_service.put_pool(session, name=pool, body=body, actor=actor, publisher=publisher)
+    response.status_code = 201 if created else 200
+    return PoolRead.model_validate(saved)
+
+
+@router.get("/pools", response_model=list[PoolRead], tags=["pools"])
+async def list_pools(session: SessionDep, _actor: Reader) -> list[PoolRead]:
+    return [PoolRead.model_validate(p) for p in await registry_service.list_pools(session)]
+
+
+@router.get("/pools/{pool}", response_model=PoolRead, tags=["pools"])
+async def get_pool(pool: PoolPath, session: SessionDep, _actor: Reader) -> PoolRead:
+    return PoolRead.model_validate(await registry_service.get_pool_or_raise(session, name=pool))

@@ -1,0 +1,395 @@
+"""Registry logic: models, versions, engines, pools and external endpoints (no HTTP here)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from control_plane.audit import service as audit_service
+from control_plane.auth.service import Actor
+from control_plane.db import utcnow
+from control_plane.errors import Conflict, InvalidInput, NotFound
+from control_plane.notifications import SnapshotPublisher
+from control_plane.reconciler.models import Deployment, Phase
+from control_plane.registry.models import Engine, Model, Pool, PoolKind, Version, VersionStatus
+from control_plane.registry.schemas import (
+    EndpointsPut,
+    EngineCreate,
+    ModelCreate,
+    ModelUpdate,
+    PoolPut,
+    VersionCreate,
+    VersionUpdate,
+)
+from control_plane.traffic import snapshot as snapshot_service
+
+
+def model_state(model: Model) -> dict[str, Any]:
+    return {"name": model.name, "description": model.description, "key_header": model.key_header,
+            "salt": model.salt, "anonymous": model.anonymous, "replicas": dict(model.replicas)}
+
+
+def version_state(version: Version) -> dict[str, Any]:
+    return {"version": version.version, "precision": version.precision, "trt_version": version.trt_version,
+            "status": version.status, "notes": version.notes, "warm": version.warm,
+            "engines": [engine_state(e) for e in version.engines]}
+
+
+def engine_state(engine: Engine) -> dict[str, Any]:
+    return {"gpu_arch": engine.gpu_arch, "uri": engine.uri, "sha256": engine.sha256,
+            "size_bytes": engine.size_bytes, "trt_version": engine.trt_version}
+
+
+def pool_state(pool: Pool) -> dict[str, Any]:
+    return {"name": pool.name, "gpu_arch": pool.gpu_arch, "kind": pool.kind, "namespace": pool.namespace,
+            "node_selector": dict(pool.node_selector), "runtime_image": pool.runtime_image,
+            "trt_version": pool.trt_version}
+
+
+# --- models ---------------------------------------------------------------------------------
+
+async def get_model(session: AsyncSession, *, name: str, for_update: bool = False) -> Model | None:
+    """A model by name, or None."""
+    query = select(Model).where(Model.name == name)
+    if for_update:
+        query = query.with_for_update()
+    return (await session.scalars(query)).first()
+
+
+async def get_model_or_raise(session: AsyncSession, *, name: str, for_update: bool = False) -> Model:
+    """A model by name, or NotFound."""
+    model = await get_model(session, name=name, for_update=for_update)
+    if model is None:
+        raise NotFound(f"model {name!r} not found", {"model": name})
+    return model
+
+
+async def list_models(session: AsyncSession) -> Sequence[Model]:
+    """Every model, by name, with its versions loaded."""
+    return (await session.scalars(select(Model).options(selectinload(Model.versions)).order_by(Model.name))).all()
+
+
+async def _check_pools_exist(session: AsyncSession, names: Sequence[str], field: str) -> None:
+    if not names:
+        return
+    known = set((await session.scalars(select(Pool.name).where(Pool.name.in_(names)))).all())
+    missing = sorted(set(names) - known)
+    if missing:
+        raise InvalidInput(f"{field}: unknown pools {missing}",
+                           [{"field": f"{field}.{n}", "reason": "no such pool"} for n in missing])
+
+
+async def create_model(session: AsyncSession, *, body: ModelCreate, actor: Actor) -> Model:
+    """Register a model; 409 when the name is taken."""
+    if await get_model(session, name=body.name) is not None:
+        raise Conflict(f"model {body.name!r} already exists", {"model": body.name})
+    await _check_pools_exist(session, list(body.replicas), "replicas")
+    model = Model(name=body.name, description=body.description, key_header=body.key_header,
+                  salt=body.salt or body.name, anonymous=body.anonymous.value, replicas=dict(body.replicas),
+                  created_by=actor.name)
+    session.add(model)
+    try:
+        await session.flush()
+    except IntegrityError:
+        await session.rollback()
+        raise Conflict(f"model {body.name!r} already exists", {"model": body.name}) from None
+    await audit_service.record(session, actor=actor, action="model.create", target_type="model", target=model.name,
+                               model=model.name, after=model_state(model))
+    await session.commit()
+    return model
+
+
+async def update_model(session: AsyncSession, *, name: str, body: ModelUpdate, actor: Actor,
+                       publisher: SnapshotPublisher) -> Model:
+    """Change a model's settings; a new salt rebuckets everyone (a fresh allocation)."""
+    from control_plane.traffic import service as traffic_service
+
+    model = await get_model_or_raise(session, name=name, for_update=True)
+    before = model_state(model)
+    changes = body.model_dump(exclude_unset=True, exclude={"reason"}, exclude_none=True)
+    if "replicas" in changes:
+        await _check_pools_exist(session, list(changes["replicas"]), "replicas")
+    if changes.get("anonymous") == "default":
+        current = await traffic_service.get_current(session, model=model)
+        if current is None or current.default_version is None:
+            raise InvalidInput.field("anonymous", "'default' needs a traffic policy with a default_version first")
+    for field, value in changes.items():
+        setattr(model, field, value.value if hasattr(value, "value") else value)
+    after = model_state(model)
+    if after == before:
+        return model
+    if after["salt"] != before["salt"]:
+        await traffic_service.rebucket(session, model=model, actor=actor, reason=body.reason)
+    await audit_service.record(session, actor=actor, action="model.update", target_type="model", target=name,
+                               model=name, before=before, after=after, reason=body.reason)
+    if any(after[k] != before[k] for k in ("key_header", "salt", "anonymous", "replicas")):
+        await snapshot_service.bump(session)
+    await publisher.commit(session)
+    return model
+
+
+# --- versions and engines -------------------------------------------------------------------
+
+async def get_version(session: AsyncSession, *, model: Model, version: str) -> Version | None:
+    """A version of ``model`` with its engines, or None."""
+    return (await session.scalars(
+        select(Version).options(selectinload(Version.engines))
+        .where(Version.model_id == model.id, Version.version == version)
+    )).first()
+
+
+async def get_version_or_raise(session: AsyncSession, *, model: Model, version: str) -> Version:
+    """A version of ``model``, or NotFound."""
+    found = await get_version(session, model=model, version=version)
+    if found is None:
+        raise NotFound(f"version {version!r} of model {model.name!r} not found",
+                       {"model": model.name, "version": version})
+    return found
+
+
+async def list_versions(session: AsyncSession, *, model: Model) -> Sequence[Version]:
+    """Every version of ``model``, oldest first, with engines."""
+    return (await session.scalars(
+        select(Version).options(selectinload(Version.engines)).where(Version.model_id == model.id)
+        .order_by(Version.id)
+    )).all()
+
+
+def _engine(body: EngineCreate, default_trt: str) -> Engine:
+    return Engine(gpu_arch=body.gpu_arch, uri=body.uri, sha256=body.sha256, size_bytes=body.size_bytes,
+                  trt_version=body.trt_version or default_trt,
+                  benchmark=body.benchmark.model_dump(exclude_none=True) if body.benchmark else None)
+
+
+async def create_version(session: AsyncSession, *, model_name: str, body: VersionCreate, actor: Actor,
+                         publisher: SnapshotPublisher) -> Version:
+    """Register a version with its engines; 409 when the label is taken."""
+    model = await get_model_or_raise(session, name=model_name, for_update=True)
+    if await get_version(session, model=model, version=body.version) is not None:
+        raise Conflict(f"version {body.version!r} of model {model.name!r} already exists",
+                       {"model": model.name, "version": body.version})
+    archs = [e.gpu_arch for e in body.engines]
+    duplicates = sorted({a for a in archs if archs.count(a) > 1})
+    if duplicates:
+        raise InvalidInput(f"engines: more than one engine for {duplicates}",
+                           [{"field": f"engines[{archs.index(a)}].gpu_arch", "reason": "duplicate architecture"}
+                            for a in duplicates])
+    version = Version(model_id=model.id, version=body.version, precision=body.precision.value,
+                      trt_version=body.trt_version, source_uri=body.source_uri, source_sha256=body.source_sha256,
+                      notes=body.notes, warm=body.warm, registered_by=actor.name,
+                      engines=[_engine(e, body.trt_version) for e in body.engines])
+    session.add(version)
+    try:
+        await session.flush()
+    except IntegrityError:
+        await session.rollback()
+        raise Conflict(f"version {body.version!r} of model {model.name!r} already exists") from None
+    await audit_service.record(session, actor=actor, action="version.create", target_type="version",
+                               target=f"{model.name}/{version.version}", model=model.name,
+                               after=version_state(version))
+    if body.warm:
+        await snapshot_service.bump(session)  # wakes reconcilers: a warm version is deployed now
+    await publisher.commit(session)
+    return version
+
+
+async def update_version(session: AsyncSession, *, model_name: str, version: str, body: VersionUpdate,
+                         actor: Actor, publisher: SnapshotPublisher) -> Version:
+    """Change notes or the warm flag."""
+    model = await get_model_or_raise(session, name=model_name)
+    found = await get_version_or_raise(session, model=model, version=version)
+    if found.status == VersionStatus.RETIRED and body.warm:
+        raise Conflict(f"version {version!r} is retired and cannot be kept warm")
+    before = version_state(found)
+    if body.notes is not None:
+        found.notes = body.notes
+    if body.warm is not None:
+        found.warm = body.warm
+    after = version_state(found)
+    if after == before:
+        return found
+    await audit_service.record(session, actor=actor, action="version.update", target_type="version",
+                               target=f"{model.name}/{version}", model=model.name, before=before, after=after)
+    if before["warm"] != after["warm"]:
+        await snapshot_service.bump(session)
+    await publisher.commit(session)
+    return found
+
+
+async def retire_version(session: AsyncSession, *, model_name: str, version: str, actor: Actor,
+                         publisher: SnapshotPublisher) -> Version:
+    """Retire a version; 409 while the live policy still routes to it."""
+    from control_plane.traffic import service as traffic_service
+
+    model = await get_model_or_raise(session, name=model_name, for_update=True)
+    found = await get_version_or_raise(session, model=model, version=version)
+    if found.status == VersionStatus.RETIRED:
+        return found
+    current = await traffic_service.get_current(session, model=model)
+    if current is not None:
+        uses = traffic_service.uses_of(current, version)
+        if uses:
+            raise Conflict(f"version {version!r} still {', '.join(uses)}; move its traffic first",
+                           {"version": version, "uses": uses})
+    before = version_state(found)
+    found.status = VersionStatus.RETIRED.value
+    found.warm = False
+    found.retired_at = utcnow()
+    await audit_service.record(session, actor=actor, action="version.retire", target_type="version",
+                               target=f"{model.name}/{version}", model=model.name, before=before,
+                               after=version_state(found))
+    await snapshot_service.bump(session)
+    await publisher.commit(session)
+    return found
+
+
+async def add_engine(session: AsyncSession, *, model_name: str, version: str, body: EngineCreate, actor: Actor,
+                     publisher: SnapshotPublisher) -> Engine:
+    """Add the engine for another GPU architecture; 409 when that architecture has one."""
+    model = await get_model_or_raise(session, name=model_name)
+    found = await get_version_or_raise(session, model=model, version=version)
+    if found.status == VersionStatus.RETIRED:
+        raise Conflict(f"version {version!r} is retired")
+    if any(e.gpu_arch == body.gpu_arch for e in found.engines):
+        raise Conflict(f"version {version!r} already has an engine for {body.gpu_arch}",
+                       {"gpu_arch": body.gpu_arch})
+    engine = _engine(body, found.trt_version)
+    found.engines.append(engine)
+    try:
+        await session.flush()
+    except IntegrityError:
+        await session.rollback()
+        raise Conflict(f"version {version!r} already has an engine for {body.gpu_arch}") from None
+    await audit_service.record(session, actor=actor, action="engine.create", target_type="engine",
+                               target=f"{model.name}/{version}/{engine.gpu_arch}", model=model.name,
+                               after=engine_state(engine))
+    await snapshot_service.bump(session)  # a new architecture may be deployable now
+    await publisher.commit(session)
+    return engine
+
+
+async def runnable_pools(session: AsyncSession, *, version: Version) -> list[Pool]:
+    """Pools with an engine of ``version`` built for their architecture and TensorRT version."""
+    wanted = {(e.gpu_arch, e.trt_version) for e in version.engines}
+    if not wanted:
+        return []
+    pools = (await session.scalars(select(Pool).where(Pool.gpu_arch.in_({a for a, _ in wanted})))).all()
+    return [p for p in pools if (p.gpu_arch, p.trt_version) in wanted]
+
+
+# --- pools ----------------------------------------------------------------------------------
+
+async def get_pool_or_raise(session: AsyncSession, *, name: str) -> Pool:
+    """A pool by name, or NotFound."""
+    pool = (await session.scalars(select(Pool).where(Pool.name == name))).first()
+    if pool is None:
+        raise NotFound(f"pool {name!r} not found", {"pool": name})
+    return pool
+
+
+async def list_pools(session: AsyncSession) -> Sequence[Pool]:
+    """Every pool, by name."""
+    return (await session.scalars(select(Pool).order_by(Pool.name))).all()
+
+
+async def _upsert_pool(session: AsyncSession, *, name: str, body: PoolPut, actor: Actor) -> tuple[Pool, bool]:
+    pool = (await session.scalars(select(Pool).where(Pool.name == name).with_for_update())).first()
+    if body.kind == PoolKind.KUBERNETES and not body.runtime_image:
+        raise InvalidInput.field("runtime_image", "required for kubernetes pools (the Triton image to run)")
+    values = body.model_dump()
+    values["kind"] = body.kind.value
+    if pool is None:
+        pool = Pool(name=name, **values)
+        session.add(pool)
+        await session.flush()
+        await audit_service.record(session, actor=actor, action="pool.create", target_type="pool", target=name,
+                                   after=pool_state(pool))
+        return pool, True
+    before = pool_state(pool)
+    for field, value in values.items():
+        setattr(pool, field, value)
+    after = pool_state(pool)
+    if before != after:
+        await audit_service.record(session, actor=actor, action="pool.update", target_type="pool", target=name,
+                                   before=before, after=after)
+    return pool, before != after
+
+
+async def put_pool(session: AsyncSession, *, name: str, body: PoolPut, actor: Actor,
+                   publisher: SnapshotPublisher) -> tuple[Pool, bool]:
+    """Create or replace a pool; returns (pool, created)."""
+    existed = (await session.scalars(select(Pool.id).where(Pool.name == name))).first() is not None
+    pool, changed = await _upsert_pool(session, name=name, body=body, actor=actor)
+    if changed:
+        await snapshot_service.bump(session)
+    await publisher.commit(session)
+    return pool, not existed
+
+
+async def import_pools(session: AsyncSession, *, pools: dict[str, PoolPut], actor: Actor,
+                       publisher: SnapshotPublisher) -> int:
+    """Upsert many pools in one transaction (Helm install); returns how many changed."""
+    changed = 0
+    for name, body in pools.items():
+        _, did_change = await _upsert_pool(session, name=name, body=body, actor=actor)
+        changed += did_change
+    if changed:
+        await snapshot_service.bump(session)
+    await publisher.commit(session)
+    return changed
+
+
+# --- deployments and external endpoints -----------------------------------------------------
+
+async def list_deployments(session: AsyncSession, *, model: Model) -> list[tuple[Deployment, Version, Pool]]:
+    """Deployment status per (version, pool) of ``model``."""
+    rows = (await session.execute(
+        select(Deployment, Version, Pool).join(Version, Version.id == Deployment.version_id)
+        .join(Pool, Pool.id == Deployment.pool_id).where(Version.model_id == model.id)
+        .order_by(Version.id, Pool.name)
+    )).all()
+    return [(d, v, p) for d, v, p in rows]
+
+
+async def put_external_endpoints(session: AsyncSession, *, model_name: str, version: str, body: EndpointsPut,
+                                 actor: Actor, publisher: SnapshotPublisher) -> Deployment:
+    """Register the backends of a version on an ``external`` pool (Triton fleets outside Kubernetes)."""
+    model = await get_model_or_raise(session, name=model_name)
+    found = await get_version_or_raise(session, model=model, version=version)
+    if found.status == VersionStatus.RETIRED:
+        raise Conflict(f"version {version!r} is retired")
+    pool = (await session.scalars(select(Pool).where(Pool.name == body.pool))).first()
+    if pool is None:
+        raise InvalidInput.field("pool", f"no pool named {body.pool!r}")
+    if pool.kind != PoolKind.EXTERNAL:
+        raise InvalidInput.field("pool", f"pool {pool.name!r} is {pool.kind}; only external pools take endpoints "
+                                         "(the reconciler manages the others)")
+    if pool not in await runnable_pools(session, version=found):
+        raise InvalidInput.field("pool", f"version {version!r} has no engine for {pool.gpu_arch} with TensorRT "
+                                         f"{pool.trt_version}, so it cannot run on pool {pool.name!r}")
+    urls = list(dict.fromkeys(u.rstrip("/") for u in body.urls))
+    deployment = (await session.scalars(
+        select(Deployment).where(Deployment.version_id == found.id, Deployment.pool_id == pool.id)
+    )).first()
+    before = None
+    if deployment is None:
+        deployment = Deployment(version_id=found.id, pool_id=pool.id)
+        session.add(deployment)
+    else:
+        before = {"urls": [e["url"] for e in deployment.endpoints]}
+    deployment.endpoints = [{"url": u} for u in urls]
+    deployment.desired_replicas = deployment.ready_replicas = len(urls)
+    deployment.phase = (Phase.READY if urls else Phase.PENDING).value
+    deployment.message = "external endpoints registered through the API"
+    deployment.updated_at = utcnow()
+    await audit_service.record(session, actor=actor, action="endpoints.put", target_type="deployment",
+                               target=f"{model.name}/{version}@{pool.name}", model=model.name, before=before,
+                               after={"urls": urls})
+    await snapshot_service.bump(session)
+    await publisher.commit(session)
+    return deployment

@@ -1,0 +1,73 @@
+"""API shapes for traffic policies and route explanations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from control_plane.registry.schemas import HEADER_NAME, MODEL_NAME, VersionLabel
+
+Weight = Annotated[Decimal, Field(ge=0, le=100, decimal_places=2, description="percent, at most two decimals")]
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitIn(_Input):
+    version: VersionLabel
+    weight: Weight
+
+
+class HeaderMatchIn(_Input):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    header: Annotated[str, Field(pattern=HEADER_NAME, max_length=128)]
+    in_: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]],
+                   Field(alias="in", min_length=1, max_length=1000)]
+
+
+class KeyMatchIn(_Input):
+    key_in: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(min_length=1, max_length=10000)]
+
+
+class RuleIn(_Input):
+    name: Annotated[str, Field(pattern=MODEL_NAME)]
+    match: HeaderMatchIn | KeyMatchIn
+    version: VersionLabel
+
+
+class TrafficPut(_Input):
+    default_version: VersionLabel
+    splits: Annotated[list[SplitIn], Field(min_length=1, max_length=64)]
+    rules: Annotated[list[RuleIn], Field(max_length=64)] = []
+    reason: Annotated[str, Field(max_length=2000)] = ""
+    reapplied_from: Annotated[int | None, Field(ge=1, description="the revision whose weights this re-applies")] = None
+
+
+class TrafficRead(BaseModel):
+    model: str
+    revision: int
+    default_version: str | None
+    splits: list[dict[str, Any]]
+    rules: list[dict[str, Any]]
+    allocation: list[list[Any]]
+    reason: str
+    reapplied_from: int | None = None
+    created_by: str | None
+    created_at: datetime | None
+
+
+class RouteExplanation(BaseModel):
+    model: str
+    key: str | None
+    bucket: int | None
+    version: str | None = Field(description="where a request goes now, given which versions have ready backends")
+    route: str
+    rule: str | None
+    policy_version: str | None = Field(description="where the policy alone sends it, ignoring readiness")
+    ready_versions: list[str]
+    traffic_revision: int

@@ -1,0 +1,100 @@
+"""Build the routing snapshot from the database; bump its revision on routing changes.
+
+The snapshot's shape is owned by ``router.snapshot`` (the router validates
+what it receives with the same models).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from control_plane.db import utcnow
+from control_plane.registry.models import Model, Pool, Version, VersionStatus
+from control_plane.reconciler.models import Deployment
+from control_plane.traffic.models import SnapshotState, TrafficRevision
+
+_PENDING_KEY = "grayroute.snapshot_revision"
+
+
+async def bump(session: AsyncSession) -> int:
+    """Increase the snapshot revision inside the current transaction.
+
+    The single row is locked until commit, which also orders concurrent
+    routing changes: revisions are published in commit order.
+    """
+    revision = (await session.execute(
+        update(SnapshotState).where(SnapshotState.id == 1)
+        .values(revision=SnapshotState.revision + 1, updated_at=utcnow())
+        .returning(SnapshotState.revision)
+    )).scalar_one()
+    session.info[_PENDING_KEY] = revision
+    return int(revision)
+
+
+def pending_revision(session: AsyncSession) -> int | None:
+    """The revision this session bumped and has not published yet (cleared on read)."""
+    value = session.info.pop(_PENDING_KEY, None)
+    return int(value) if value is not None else None
+
+
+async def current_revision(session: AsyncSession) -> int:
+    return int((await session.execute(select(SnapshotState.revision).where(SnapshotState.id == 1))).scalar_one())
+
+
+async def build(session: AsyncSession) -> dict[str, Any]:
+    """The whole snapshot as plain data, read in a handful of set-based queries."""
+    # Read the revision first: everything after is at least as new as it.
+    revision = await current_revision(session)
+    latest = (select(TrafficRevision.model_id, func.max(TrafficRevision.revision).label("revision"))
+              .group_by(TrafficRevision.model_id).subquery())
+    policies = (await session.execute(
+        select(Model.id, Model.name, Model.key_header, Model.salt, Model.anonymous, TrafficRevision.revision,
+               TrafficRevision.default_version, TrafficRevision.splits, TrafficRevision.rules,
+               TrafficRevision.allocation)
+        .join(latest, latest.c.model_id == Model.id)
+        .join(TrafficRevision, (TrafficRevision.model_id == latest.c.model_id)
+              & (TrafficRevision.revision == latest.c.revision))
+    )).all()
+    versions = (await session.execute(
+        select(Version.id, Version.model_id, Version.version).where(Version.status != VersionStatus.RETIRED.value)
+    )).all()
+    ready = (await session.execute(
+        select(Deployment.version_id, Deployment.endpoints, Pool.name, Pool.gpu_arch)
+        .join(Pool, Pool.id == Deployment.pool_id)
+        .where(Deployment.ready_replicas > 0)
+    )).all()
+
+    endpoints_by_version: dict[int, list[dict[str, str]]] = {}
+    for version_id, endpoints, pool, gpu_arch in ready:
+        bucket = endpoints_by_version.setdefault(version_id, [])
+        bucket.extend({"url": e["url"], "pool": pool, "gpu_arch": gpu_arch} for e in endpoints or ())
+    versions_by_model: dict[int, dict[str, Any]] = {}
+    for version_id, model_id, label in versions:
+        versions_by_model.setdefault(model_id, {})[label] = {"endpoints": endpoints_by_version.get(version_id, [])}
+
+    models: dict[str, Any] = {}
+    for row in policies:
+        if not row.allocation:
+            continue
+        models[row.name] = {
+            "key_header": row.key_header,
+            "salt": row.salt,
+            "anonymous": row.anonymous,
+            "default_version": row.default_version,
+            "traffic_revision": row.revision,
+            "rules": row.rules,
+            "splits": row.splits,
+            "allocation": row.allocation,
+            "versions": versions_by_model.get(row.id, {}),
+        }
+    return {"revision": revision, "generated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "models": models}
+
+
+def encode(snapshot: dict[str, Any]) -> bytes:
+    return orjson.dumps(snapshot)
