@@ -11,23 +11,20 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/grayroute
 WORKDIR /src
-# Dependencies change less often than code: resolve them in their own layer.
 COPY pyproject.toml README.md ./
-RUN mkdir control_plane router migrations web \
- && /opt/grayroute/bin/pip install . \
- && /opt/grayroute/bin/pip uninstall -y grayroute
 COPY control_plane ./control_plane
 COPY router ./router
 COPY migrations ./migrations
 COPY web ./web
-# A regular (not editable) install: the runtime stage needs no source tree.
-RUN /opt/grayroute/bin/pip install --no-deps . \
+# A regular (not editable) install, so the runtime stage needs no source tree;
+# `--help` proves the console script and its imports work.
+RUN /opt/grayroute/bin/pip install . \
  && /opt/grayroute/bin/grayroute --help >/dev/null
 
 # --- runtime: the venv and an unprivileged user, nothing else ---------------
 FROM ${PYTHON_IMAGE}
-# A fixed numeric UID/GID, so Kubernetes can verify runAsNonRoot; the chart
-# uses the same numbers.
+# A fixed numeric UID/GID lets Kubernetes verify runAsNonRoot; the chart uses
+# the same numbers.
 RUN groupadd --system --gid 10001 grayroute \
  && useradd --system --uid 10001 --gid grayroute --no-create-home \
       --home-dir /nonexistent --shell /usr/sbin/nologin grayroute
@@ -35,8 +32,8 @@ COPY --from=build /opt/grayroute /opt/grayroute
 ENV PATH=/opt/grayroute/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
-# Writable scratch space only; the chart mounts emptyDirs here and runs with a
-# read-only root filesystem.
+# The only writable place under the chart's read-only root filesystem (an
+# emptyDir); relative state paths resolve here.
 WORKDIR /tmp
 USER 10001:10001
 # control plane 8080, router 8000, reconciler health 8081

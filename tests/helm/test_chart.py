@@ -48,7 +48,6 @@ RECONCILER_WORKLOAD_GRANTS = {
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
-    ("", "pods"): {"get", "list", "watch"},
 }
 RECONCILER_LEASE_GRANTS = {("coordination.k8s.io", "leases"): {"get", "create", "update", "patch"}}
 
@@ -278,7 +277,7 @@ def test_control_plane_contract(rendered: Rendered) -> None:
     assert _probe(container, "readinessProbe") == ("/readyz", "http")
 
 
-def test_router_contract(rendered: Rendered) -> None:
+def test_router_contract(rendered: Rendered, values_case: tuple[str, dict[str, Any]]) -> None:
     container = _container(rendered, "Deployment", "router")
     service = rendered.one("Service", "control-plane")
     control_plane_url = f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
@@ -286,6 +285,7 @@ def test_router_contract(rendered: Rendered) -> None:
         "router", "--host", "0.0.0.0", "--port", "8000",
         "--control-plane", control_plane_url,
         "--snapshot-file", "/var/cache/grayroute/snapshot.json",
+        "--log-level", "debug" if values_case[0] == "full" else "info",
     ]  # fmt: skip
     assert _probe(container, "livenessProbe") == ("/v2/health/live", "http")
     assert _probe(container, "readinessProbe") == ("/v2/health/ready", "http")
@@ -547,7 +547,8 @@ def test_each_component_gets_only_the_secrets_it_needs(full: Rendered) -> None:
         "GRAYROUTE_TOKEN",
     }
     assert set(_env(_container(full, "Deployment", "control-plane"))) == backend | {
-        "GRAYROUTE_BOOTSTRAP_ADMIN_TOKEN"
+        "GRAYROUTE_BOOTSTRAP_ADMIN_TOKEN",
+        "GRAYROUTE_COOKIE_SECURE",
     }
     assert set(_env(_container(full, "Deployment", "reconciler"))) == backend
     for component in ("db-upgrade", "pools-import"):
@@ -557,6 +558,21 @@ def test_each_component_gets_only_the_secrets_it_needs(full: Rendered) -> None:
 def test_bootstrap_admin_token_is_optional(rendered: Rendered, values_case: tuple[str, dict[str, Any]]) -> None:
     env = _env(_container(rendered, "Deployment", "control-plane"))
     assert ("GRAYROUTE_BOOTSTRAP_ADMIN_TOKEN" in env) == (values_case[0] == "full")
+
+
+@pytest.mark.parametrize(
+    ("values", "secure"),
+    [
+        (REQUIRED_SECRETS, "false"),
+        (_full_values(), "true"),  # the Ingress terminates TLS
+        (_merge(_full_values(), {"controlPlane": {"secureCookies": False}}), "false"),
+        (_merge(REQUIRED_SECRETS, {"controlPlane": {"secureCookies": True}}), "true"),
+    ],
+    ids=["plain", "ingress-tls", "forced-off", "forced-on"],
+)
+def test_session_cookies_are_secure_behind_tls(chart: helm.Chart, values: dict[str, Any], secure: str) -> None:
+    env = _env(_container(render(chart, values), "Deployment", "control-plane"))
+    assert env["GRAYROUTE_COOKIE_SECURE"] == {"name": "GRAYROUTE_COOKIE_SECURE", "value": secure}
 
 
 def test_a_secret_value_cannot_be_put_in_values(chart: helm.Chart) -> None:

@@ -150,6 +150,15 @@ settings object refuses a default secret outside the embedded demo.
 {{ include "grayroute.env.sessionKey" . }}
 {{- end -}}
 
+{{/* Session cookies are HTTPS-only when asked, or by default when the Ingress terminates TLS. */}}
+{{- define "grayroute.cookieSecure" -}}
+{{- if kindIs "bool" .Values.controlPlane.secureCookies -}}
+{{- .Values.controlPlane.secureCookies -}}
+{{- else -}}
+{{- and .Values.ingress.enabled (gt (len .Values.ingress.tls) 0) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Pod-level hardening shared by every workload. */}}
 {{- define "grayroute.podSecurityContext" -}}
 runAsNonRoot: true
