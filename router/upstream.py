@@ -33,7 +33,7 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "backend", "transport", "parser", "waiter", "headers", "chunks",
-        "closed", "received", "complete", "reused", "timer",
+        "closed", "received", "complete", "reused", "timer", "keep_alive",
     )
 
     def __init__(self, backend: Backend) -> None:
@@ -48,6 +48,7 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.reused = False
         self.timer: asyncio.TimerHandle | None = None
+        self.keep_alive = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -80,6 +81,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        # llhttp forgets this once the callback returns
+        self.keep_alive = self.parser.should_keep_alive()
         waiter = self.waiter
         if waiter is None or waiter.done():
             return
@@ -208,7 +211,7 @@ class Backend:
             raise
         finally:
             self.outstanding -= 1
-        if conn.parser.should_keep_alive() and not conn.closed and len(idle) < self.max_idle:
+        if conn.keep_alive and not conn.closed and len(idle) < self.max_idle:
             conn.waiter = None
             idle.append(conn)
         else:
