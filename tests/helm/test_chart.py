@@ -238,6 +238,21 @@ def test_one_resource_kind_per_template(rendered: Rendered) -> None:
     assert {t for t, n in counts.items() if n > 1} <= {"reconciler-role.yaml", "reconciler-rolebinding.yaml"}
 
 
+def test_names_fit_kubernetes_limits_for_the_longest_release_name(chart: helm.Chart) -> None:
+    release = "r" * 53  # Helm's limit on release names
+    manifests = chart.render(_full_values(), name=release, namespace=NAMESPACE, is_install=True)
+    names = [
+        doc["metadata"]["name"]
+        for path, text in manifests.items()
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+    assert names
+    for name in names:
+        assert len(name) <= 63 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), name
+
+
 def test_helpers_are_prefixed_with_the_chart_name() -> None:
     for tpl in (CHART_DIR / "templates").glob("*.tpl"):
         assert tpl.name == "_helpers.tpl"
@@ -323,6 +338,19 @@ def test_router_autoscaling_and_disruption_budget(rendered: Rendered) -> None:
     }
     assert hpa["spec"]["minReplicas"] >= 2
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_autoscaling_bounds_are_checked(chart: helm.Chart) -> None:
+    values = _merge(REQUIRED_SECRETS, {"router": {"autoscaling": {"minReplicas": 5, "maxReplicas": 3}}})
+    with pytest.raises(helm.HelmRenderError, match="minReplicas must not be greater than router.autoscaling.maxReplicas"):
+        render(chart, values)
+
+
+def test_fixed_replicas_without_autoscaling(chart: helm.Chart) -> None:
+    values = _merge(REQUIRED_SECRETS, {"router": {"replicas": 4, "autoscaling": {"enabled": False}}})
+    rendered = render(chart, values)
+    assert not rendered.of_kind("HorizontalPodAutoscaler")
+    assert rendered.one("Deployment", "router")["spec"]["replicas"] == 4
 
 
 def test_migration_hook_runs_before_install_and_upgrade(rendered: Rendered) -> None:
@@ -437,6 +465,28 @@ def test_every_pod_is_hardened(rendered: Rendered) -> None:
             assert len(tmp) == 1 and tmp[0]["name"] in tmp_volumes, f"{where}: /tmp is not an emptyDir"
             assert container["resources"]["requests"]["memory"], where
             assert container["resources"]["limits"]["memory"], where
+
+
+def test_no_service_link_variables(rendered: Rendered) -> None:
+    # A release named "grayroute" would otherwise inject GRAYROUTE_* variables.
+    for where, pod in rendered.pod_specs():
+        assert pod["enableServiceLinks"] is False, where
+
+
+def test_platform_assigned_uids_keep_the_hardening(chart: helm.Chart) -> None:
+    values = _merge(REQUIRED_SECRETS, {"podSecurity": {"runAsUser": None, "runAsGroup": None}})
+    chart.validate_schema(values)
+    rendered = render(chart, values)
+    for where, pod in rendered.pod_specs():
+        assert "runAsUser" not in pod["securityContext"] and "fsGroup" not in pod["securityContext"], where
+        assert pod["securityContext"]["runAsNonRoot"] is True, where
+    for _, obj in rendered.objects:
+        kubernetes_validate.validate(obj, KUBE_VERSIONS[0], strict=True)
+
+
+def test_root_uid_is_rejected(chart: helm.Chart) -> None:
+    message = _schema_error(chart, _merge(REQUIRED_SECRETS, {"podSecurity": {"runAsUser": 0}}))
+    assert "at '/podSecurity/runAsUser': minimum: got 0, want 1" in message
 
 
 def test_only_the_reconciler_gets_an_api_token(rendered: Rendered) -> None:

@@ -159,6 +159,14 @@ settings object refuses a default secret outside the embedded demo.
 {{- end -}}
 {{- end -}}
 
+{{/*
+Service links would inject variables such as GRAYROUTE_CONTROL_PLANE_PORT
+(from a release named "grayroute") into the GRAYROUTE_ settings namespace.
+*/}}
+{{- define "grayroute.podDefaults" -}}
+enableServiceLinks: false
+{{- end -}}
+
 {{/* Pod-level hardening shared by every workload. */}}
 {{- define "grayroute.podSecurityContext" -}}
 runAsNonRoot: true
@@ -212,6 +220,7 @@ spec:
   restartPolicy: Never
   # Jobs talk to the database only, never to the Kubernetes API.
   automountServiceAccountToken: false
+  {{- include "grayroute.podDefaults" $ | nindent 2 }}
   {{- with $.Values.imagePullSecrets }}
   imagePullSecrets:
     {{- range . }}
