@@ -46,11 +46,13 @@ PoolPath = Annotated[str, Path(pattern=MODEL_NAME, max_length=63)]
 async def _model_read(session: SessionDep, model: Model) -> ModelRead:
     current = await traffic_service.get_current(session, model=model)
     versions = await registry_service.list_versions(session, model=model)
-    return ModelRead.model_validate(model, from_attributes=True).model_copy(update={
-        "versions": [v.version for v in versions],
-        "default_version": current.default_version if current else None,
-        "traffic_revision": current.revision if current else 0,
-    })
+    return ModelRead(
+        name=model.name, description=model.description, key_header=model.key_header, salt=model.salt,
+        anonymous=model.anonymous, replicas=model.replicas, created_by=model.created_by,
+        created_at=model.created_at, updated_at=model.updated_at, versions=[v.version for v in versions],
+        default_version=current.default_version if current else None,
+        traffic_revision=current.revision if current else 0,
+    )
 
 
 @router.post("/models", status_code=201, response_model=ModelRead, tags=["models"])

@@ -123,8 +123,6 @@ class VersionRead(BaseModel):
 
 
 class ModelRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
     name: str
     description: str
     key_header: str

@@ -64,7 +64,7 @@ async def get_traffic_revision(model: ModelPath, revision: int, session: Session
 @router.get("/models/{model}/route", response_model=RouteExplanation)
 async def explain_route(
     model: ModelPath, session: SessionDep, _actor: Reader,
-    key: Annotated[str | None, Query(max_length=256, description="the routing key (e.g. a user ID)")] = None,
+    key: Annotated[str | None, Query(max_length=4096, description="the routing key (e.g. a user ID)")] = None,
     header: Annotated[list[str], Query(description="extra request headers as name:value, for rules")] = [],  # noqa: B006
 ) -> RouteExplanation:
     headers: dict[str, str] = {}

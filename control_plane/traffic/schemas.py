@@ -31,7 +31,7 @@ class HeaderMatchIn(_Input):
 
 
 class KeyMatchIn(_Input):
-    key_in: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], Field(min_length=1, max_length=10000)]
+    key_in: Annotated[list[Annotated[str, Field(min_length=1, max_length=4096)]], Field(min_length=1, max_length=10000)]
 
 
 class RuleIn(_Input):
