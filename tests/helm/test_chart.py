@@ -19,6 +19,9 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import TypeAdapter
+
+from control_plane.registry.schemas import PoolPut
 
 CHART_DIR = Path(__file__).resolve().parents[2] / "helm" / "grayroute"
 FULL_VALUES = Path(__file__).resolve().parent / "full-values.yaml"
@@ -402,7 +405,7 @@ def test_pools_are_rendered_and_imported(full: Rendered) -> None:
             "namespace": None,
             "node_selector": {},
             "runtime_image": None,
-            "trt_version": None,
+            "trt_version": "10.0",
         },
     ]
     job = full.one("Job", "pools-import")
@@ -413,6 +416,18 @@ def test_pools_are_rendered_and_imported(full: Rendered) -> None:
     mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/etc/grayroute")
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+
+
+def test_pool_files_are_what_the_api_accepts(full: Rendered) -> None:
+    (configmap,) = full.of_kind("ConfigMap")
+    for pool in json.loads(configmap["data"]["pools.json"]):
+        TypeAdapter(PoolPut).validate_python({k: v for k, v in pool.items() if k != "name"})
+
+
+def test_duplicate_pool_names_are_refused(chart: helm.Chart) -> None:
+    pool = {"name": "a100", "gpuArch": "sm_80", "kind": "local", "trtVersion": "10.3"}
+    with pytest.raises(helm.HelmRenderError, match='the name "a100" is used twice'):
+        render(chart, _merge(REQUIRED_SECRETS, {"pools": [pool, pool]}))
 
 
 def test_no_pools_no_import(chart: helm.Chart) -> None:
@@ -693,10 +708,14 @@ def test_bad_secret_name_is_rejected(chart: helm.Chart, override: dict[str, Any]
             {"pools": [{"name": "a100", "gpuArch": "sm_80", "kind": "kubernetes", "trtVersion": 10.3}]},
             "at '/pools/0/trtVersion': got number, want string",
         ),
-        ({"pools": [{"name": "a100", "gpuArch": "ampere", "kind": "gpu"}]}, "at '/pools/0/kind': value must be one of"),
+        (
+            {"pools": [{"name": "a100", "gpuArch": "sm_80", "kind": "gpu", "trtVersion": "10.3"}]},
+            "at '/pools/0/kind': value must be one of",
+        ),
+        ({"pools": [{"name": "a100", "gpuArch": "sm_80", "kind": "local"}]}, "at '/pools/0': missing property 'trtVersion'"),
     ],
     ids=["string-for-int", "float-for-int", "string-for-bool", "string-for-list", "port-range", "enum", "typo",
-         "unquoted-version", "pool-kind"],
+         "unquoted-version", "pool-kind", "pool-no-trt"],
 )  # fmt: skip
 def test_wrong_types_are_rejected(chart: helm.Chart, override: dict[str, Any], expected: str) -> None:
     message = _schema_error(chart, _merge(REQUIRED_SECRETS, override))

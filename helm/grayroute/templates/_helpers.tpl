@@ -94,7 +94,12 @@ fromJsonArray.
 {{/* Pools as `grayroute pools import` reads them (snake_case keys). */}}
 {{- define "grayroute.poolsJson" -}}
 {{- $pools := list -}}
+{{- $names := dict -}}
 {{- range .Values.pools -}}
+{{- if hasKey $names .name -}}
+{{- fail (printf "pools: the name %q is used twice" .name) -}}
+{{- end -}}
+{{- $_ := set $names .name true -}}
 {{- $namespace := .namespace -}}
 {{- if and (not $namespace) (eq .kind "kubernetes") -}}
 {{- $namespace = $.Release.Namespace -}}
