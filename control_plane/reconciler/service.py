@@ -1,0 +1,179 @@
+"""The reconciler's database side: load desired-state inputs, write deployment status back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import selectinload
+
+from control_plane.notifications import SnapshotPublisher
+from control_plane.reconciler import desired
+from control_plane.reconciler.models import Deployment
+from control_plane.reconciler.status import StatusRow
+from control_plane.registry.models import Model, Pool, Version
+from control_plane.traffic import snapshot
+from control_plane.traffic.models import TrafficRevision
+
+
+def _traffic(revision: TrafficRevision | None) -> desired.TrafficSpec | None:
+    if revision is None:
+        return None
+    splits = tuple(
+        desired.Split(str(s["version"]), float(s.get("weight") or 0))
+        for s in revision.splits or ()
+        if isinstance(s, dict) and "version" in s
+    )
+    targets = frozenset(str(r["version"]) for r in revision.rules or () if isinstance(r, dict) and r.get("version"))
+    return desired.TrafficSpec(default_version=revision.default_version, splits=splits, rule_targets=targets)
+
+
+def _model(model: Model, revision: TrafficRevision | None) -> desired.ModelSpec:
+    versions = tuple(
+        desired.VersionSpec(
+            id=v.id,
+            label=v.version,
+            precision=v.precision,
+            trt_version=v.trt_version,
+            status=v.status,
+            warm=v.warm,
+            engines=tuple(
+                desired.EngineSpec(gpu_arch=e.gpu_arch, uri=e.uri, sha256=e.sha256, trt_version=e.trt_version)
+                for e in v.engines
+            ),
+        )
+        for v in model.versions
+    )
+    replicas = {str(k): int(n) for k, n in (model.replicas or {}).items() if isinstance(n, int | float)}
+    return desired.ModelSpec(id=model.id, name=model.name, versions=versions, traffic=_traffic(revision),
+                             replicas=replicas)
+
+
+def _pool(pool: Pool) -> desired.PoolSpec:
+    return desired.PoolSpec(
+        id=pool.id,
+        name=pool.name,
+        gpu_arch=pool.gpu_arch,
+        kind=pool.kind,
+        trt_version=pool.trt_version,
+        namespace=pool.namespace,
+        node_selector={str(k): str(v) for k, v in (pool.node_selector or {}).items()},
+        runtime_image=pool.runtime_image,
+    )
+
+
+async def load_inputs(session: AsyncSession, *, kind: str) -> desired.Inputs:
+    """Everything ``desired.plan`` needs, in four queries."""
+    models = (await session.scalars(
+        select(Model).options(selectinload(Model.versions).selectinload(Version.engines)).order_by(Model.id)
+    )).all()
+    latest = (select(TrafficRevision.model_id, func.max(TrafficRevision.revision).label("revision"))
+              .group_by(TrafficRevision.model_id).subquery())
+    revisions = {
+        r.model_id: r
+        for r in (await session.scalars(
+            select(TrafficRevision).join(
+                latest,
+                (TrafficRevision.model_id == latest.c.model_id) & (TrafficRevision.revision == latest.c.revision),
+            )
+        )).all()
+    }
+    pools = (await session.scalars(select(Pool).order_by(Pool.id))).all()
+    previous = (await session.scalars(
+        select(Deployment).join(Pool, Pool.id == Deployment.pool_id).where(Pool.kind == kind)
+    )).all()
+    return desired.Inputs(
+        models=tuple(_model(m, revisions.get(m.id)) for m in models),
+        pools=tuple(_pool(p) for p in pools),
+        previous=tuple(
+            desired.PreviousStatus(d.version_id, d.pool_id, d.desired_replicas, d.phase, d.draining_since)
+            for d in previous
+        ),
+    )
+
+
+def _values(row: StatusRow) -> dict[str, Any]:
+    return {
+        "desired_replicas": row.desired_replicas,
+        "ready_replicas": row.ready_replicas,
+        "endpoints": [{"url": url} for url in row.endpoints],
+        "phase": row.phase.value,
+        "message": row.message,
+        "draining_since": row.draining_since,
+    }
+
+
+def _routing_view(d: Deployment) -> tuple[int, tuple[str, ...]]:
+    ready = d.ready_replicas > 0
+    return (1 if ready else 0, tuple(e.get("url", "") for e in d.endpoints or ()) if ready else ())
+
+
+async def save_status(
+    session: AsyncSession,
+    *,
+    kind: str,
+    rows: Sequence[StatusRow],
+    removed: Sequence[desired.DeploymentKey],
+) -> tuple[bool, bool]:
+    """Stage changed rows in ``session``; returns (anything written, routing changed).
+
+    Rows that did not change are not touched, so a quiet resync writes nothing
+    to the database either. Only rows of pools of ``kind`` are considered:
+    external pools' rows belong to the API.
+    """
+    existing = {
+        (d.version_id, d.pool_id): d
+        for d in (await session.scalars(
+            select(Deployment).join(Pool, Pool.id == Deployment.pool_id).where(Pool.kind == kind)
+        )).all()
+    }
+    wrote = routing = False
+    for row in rows:
+        values = _values(row)
+        current = existing.get(row.key)
+        if current is None:
+            session.add(Deployment(version_id=row.version_id, pool_id=row.pool_id, **values))
+            wrote = True
+            routing = routing or row.ready_replicas > 0
+            continue
+        if any(getattr(current, k) != v for k, v in values.items()):
+            before = _routing_view(current)
+            for k, v in values.items():
+                setattr(current, k, v)
+            wrote = True
+            routing = routing or before != row.routing_view()
+    for key in removed:
+        current = existing.get(key)
+        if current is not None:
+            routing = routing or current.ready_replicas > 0
+            await session.delete(current)
+            wrote = True
+    return wrote, routing
+
+
+class DatabaseStore:
+    """The reconciler loop's :class:`~control_plane.reconciler.loop.Store` over the database."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], publisher: SnapshotPublisher | None = None) -> None:
+        self.sessions = sessions
+        self.publisher = publisher
+
+    async def load(self, *, kind: str) -> desired.Inputs:
+        async with self.sessions() as session:
+            return await load_inputs(session, kind=kind)
+
+    async def save(self, rows: Sequence[StatusRow], removed: Sequence[desired.DeploymentKey], *, kind: str) -> bool:
+        async with self.sessions() as session:
+            wrote, routing = await save_status(session, kind=kind, rows=rows, removed=removed)
+            if not wrote:
+                return False
+            if routing:
+                # Ready endpoints are part of the routing snapshot: a new revision tells the routers.
+                await snapshot.bump(session)
+            if self.publisher is not None:
+                await self.publisher.commit(session)
+            else:
+                await session.commit()
+            return routing
