@@ -21,7 +21,9 @@ import pytest
 import yaml
 from pydantic import TypeAdapter
 
+from control_plane.cli import build_parser
 from control_plane.registry.schemas import PoolPut
+from control_plane.settings import Settings
 
 CHART_DIR = Path(__file__).resolve().parents[2] / "helm" / "grayroute"
 FULL_VALUES = Path(__file__).resolve().parent / "full-values.yaml"
@@ -288,6 +290,42 @@ def _probe(container: dict[str, Any], probe: str) -> tuple[str, Any]:
     return http["path"], http["port"]
 
 
+def test_every_command_is_accepted_by_the_real_cli(rendered: Rendered) -> None:
+    parser = build_parser()
+    commands = set()
+    for where, pod in rendered.pod_specs():
+        for container in pod["containers"]:
+            args = parser.parse_args(container["args"])  # exits on an unknown option
+            commands.add(args.command)
+    assert {"serve", "router", "reconcile", "db"} <= commands
+
+
+# Stand-ins for what the Secrets hold, to check the settings object accepts the environment.
+SECRET_STAND_INS = {
+    "GRAYROUTE_DATABASE_URL": "postgresql+asyncpg://grayroute:pw@postgres/grayroute",
+    "GRAYROUTE_REDIS_URL": "redis://redis:6379/0",
+    "GRAYROUTE_SECRET_KEY": "0123456789abcdef0123456789abcdef",
+    "GRAYROUTE_BOOTSTRAP_ADMIN_TOKEN": "bootstrap-admin-token",
+}
+
+
+def test_the_settings_object_accepts_every_environment(
+    rendered: Rendered, values_case: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for where, pod in rendered.pod_specs():
+        if "router" in where:
+            continue  # the router reads only its token and Redis URL
+        (container,) = pod["containers"]
+        with monkeypatch.context() as patch:
+            for name, var in _env(container).items():
+                patch.setenv(name, var["value"] if "value" in var else SECRET_STAND_INS[name])
+            settings = Settings()
+        assert not settings.embedded, where
+        assert settings.log_level == ("DEBUG" if values_case[0] == "full" else "INFO")
+        if "control-plane" in where:
+            assert settings.cookie_secure is (values_case[0] == "full")
+
+
 def test_control_plane_contract(rendered: Rendered) -> None:
     container = _container(rendered, "Deployment", "control-plane")
     assert container["args"] == ["serve", "--host", "0.0.0.0", "--port", "8080"]
@@ -317,11 +355,14 @@ def test_reconciler_contract(rendered: Rendered, values_case: tuple[str, dict[st
     deployment = rendered.one("Deployment", "reconciler")
     assert deployment["spec"]["replicas"] == 2
     container = _container(rendered, "Deployment", "reconciler")
-    drain, resync = ("900", "20") if values_case[0] == "full" else ("600", "30")
-    assert container["args"] == [
+    expected = [
         "reconcile", "--target", "kubernetes", "--namespace", NAMESPACE,
-        "--health-port", "8081", "--drain-seconds", drain, "--resync-seconds", resync,
+        "--health-port", "8081", "--drain-seconds", "600", "--resync-seconds", "30",
     ]  # fmt: skip
+    if values_case[0] == "full":
+        expected[-3:] = ["900", "--resync-seconds", "20"]
+        expected += ["--fetch-image", "registry.example.com/mirror/curl:8.10.1"]
+    assert container["args"] == expected
     assert container["ports"] == [{"name": "health", "containerPort": 8081, "protocol": "TCP"}]
     assert _probe(container, "livenessProbe") == ("/healthz", "health")
     assert _probe(container, "readinessProbe") == ("/healthz", "health")
