@@ -295,7 +295,7 @@ def test_every_command_is_accepted_by_the_real_cli(rendered: Rendered) -> None:
 
     parser = build_parser()
     commands = set()
-    for where, pod in rendered.pod_specs():
+    for _, pod in rendered.pod_specs():
         for container in pod["containers"]:
             args = parser.parse_args(container["args"])  # exits on an unknown option
             commands.add(args.command)
