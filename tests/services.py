@@ -75,9 +75,7 @@ class PostgresServer:
             check=True, capture_output=True,
         )
         server = cls(directory, free_port())
-        server.pg_ctl("start", "-w", "-l", str(directory / "log"),
-                      "-o", f"-p {server.port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off "
-                            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
+        server.resume()
         subprocess.run(
             _as_postgres_user([_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(server.port), "-U", "grayroute", "grayroute"]),
             check=True, capture_output=True,
@@ -94,10 +92,12 @@ class PostgresServer:
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def restart(self, down_seconds: float = 0.0) -> None:
-        """Stop, stay down for ``down_seconds``, start again on the same port."""
+    def pause(self) -> None:
+        """Stop the server, keeping its data and port (an outage)."""
         self.pg_ctl("stop", "-m", "fast")
-        time.sleep(down_seconds)
+
+    def resume(self) -> None:
+        """Start the paused server again on the same port."""
         self.pg_ctl("start", "-w", "-l", str(self.directory / "log"),
                     "-o", f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off "
                           "-c synchronous_commit=off -c max_connections=300")
