@@ -1,0 +1,1 @@
+"""Per-version figures reported by routers, merged across routers for the UI and rollouts."""

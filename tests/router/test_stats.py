@@ -1,0 +1,182 @@
+"""Per-version figures: router windows, to the control plane (POST or Redis), merged by /stats."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+
+from control_plane.stats import service as stats_service
+from control_plane.stats.schemas import StatsReport
+from router.stats import LATENCY_BOUNDS_MS, bucket_index, percentile_ms
+from tests.control_plane.conftest import Api, api, cp_server, cp_settings, role_tokens  # noqa: F401 - fixtures
+from tests.router.conftest import (
+    ControlPlaneStub, RouterProcess, infer, model_spec, router_env, snapshot, start_backend,
+)
+
+
+def _bucket_of_ms(ms: float) -> int:
+    return bucket_index(ms / 1000)
+
+
+def _client_percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _send(router: RouterProcess, plan: list[tuple[str, str | None]]) -> tuple[Counter, dict[str, list[float]]]:
+    """Send (user, explicit version) requests; count answers per (version, status), time them per version."""
+    counts: Counter = Counter()
+    latencies: dict[str, list[float]] = {}
+    async with aiohttp.ClientSession() as session:
+        for user, version in plan:
+            started = time.perf_counter()
+            status, served, _ = await infer(session, router, user, version=version)
+            latencies.setdefault(served or "", []).append((time.perf_counter() - started) * 1000)
+            counts[(served, status)] += 1
+    return counts, latencies
+
+
+async def test_reports_reach_the_control_plane_and_merge_exactly(
+    backends: dict, control_plane: ControlPlaneStub, routers: list, tmp_path: Path,
+) -> None:
+    await start_backend(backends, "3", "3", delay=0.02)
+    await start_backend(backends, "4", "4", delay=0.004)
+    await start_backend(backends, "5", "5", status=500)
+    spec = model_spec({v: [backends[v].url] for v in ("3", "4", "5")}, [("3", 80), ("4", 10), ("5", 10)],
+                      default_version="3")
+    control_plane.set(snapshot(1, resnet50=spec))
+    router = RouterProcess("--control-plane", control_plane.url, "--stats-interval", "0.5",
+                           env=router_env()).start()
+    routers.append(router)
+    await router.wait_ready(1)
+    plan = [(f"u{i}", "3") for i in range(60)] + [(f"u{i}", "4") for i in range(90)] + [("x", "5")] * 7
+    sent, latencies = await _send(router, plan)
+    deadline = time.monotonic() + 5
+    while sum(_totals(control_plane.reports).get("requests", {}).values()) < len(plan):
+        assert time.monotonic() < deadline, control_plane.reports
+        await asyncio.sleep(0.1)
+
+    store = stats_service.MemoryStatsStore(3600)
+    for report in control_plane.reports:
+        await stats_service.record(store, report=StatsReport.model_validate(report))
+    merged = {v.version: v for v in (await stats_service.get(store, model="resnet50", window=60)).versions}
+    assert {v: m.requests for v, m in merged.items()} == {"3": 60, "4": 90, "5": 7}
+    assert merged["5"].errors == 7 and merged["5"].error_rate == 1.0
+    assert merged["3"].errors == 0 and merged["3"].fallbacks == 0
+    for version in ("3", "4"):
+        for q, field in ((0.5, "p50_ms"), (0.95, "p95_ms")):
+            ours = getattr(merged[version], field)
+            theirs = _client_percentile(latencies[version], q)
+            assert abs(_bucket_of_ms(ours) - _bucket_of_ms(theirs)) <= 1, (version, field, ours, theirs)
+    assert merged["3"].p50_ms is not None and 15 < merged["3"].p50_ms <= 40
+
+
+def _totals(reports: list[dict[str, Any]]) -> dict[str, Counter]:
+    totals: dict[str, Counter] = {"requests": Counter()}
+    for report in reports:
+        for versions in report["models"].values():
+            for version, cell in versions.items():
+                totals["requests"][version] += cell["requests"]
+    return totals
+
+
+def test_percentile_is_within_its_bucket() -> None:
+    buckets = [0] * (len(LATENCY_BOUNDS_MS) + 1)
+    buckets[bucket_index(0.012)] = 100  # all between 10 and 15 ms
+    p50 = percentile_ms(buckets, 0.5)
+    assert p50 is not None and 10 < p50 <= 15
+    assert percentile_ms([0] * len(buckets), 0.5) is None
+
+
+def test_bad_reports_are_refused() -> None:
+    cell = {"requests": 2, "errors": 0, "fallbacks": 0, "latency_sum_ms": 1.0,
+            "buckets": [2] + [0] * len(LATENCY_BOUNDS_MS)}
+    good = {"router": "r", "window_start": 1.0, "window_end": 2.0, "models": {"m": {"1": cell}}}
+    StatsReport.model_validate(good)
+    for bad in (
+        {**good, "bounds_ms": [1.0, 2.0]},
+        {**good, "window_end": 0.5},
+        {**good, "models": {"m": {"1": {**cell, "buckets": [1, 0]}}}},
+        {**good, "models": {"m": {"1": {**cell, "errors": 3}}}},
+        {**good, "models": {"m": {"1": {**cell, "requests": 5}}}},
+    ):
+        with pytest.raises(ValueError):
+            StatsReport.model_validate(bad)
+
+
+@pytest.fixture
+def clean_stats(cp_settings: Any) -> Iterator[None]:  # noqa: F811
+    client = redis.Redis.from_url(cp_settings.redis_url)
+    client.delete("grayroute:stats:ranker")
+    yield
+    client.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_real_control_plane_snapshot_and_stats(
+    api: Api, role_tokens: dict[str, str], cp_settings: Any, clean_stats: None,  # noqa: F811
+    backends: dict, routers: list, tmp_path: Path,
+) -> None:
+    """Routers against the real control plane: its snapshot routes traffic; /stats merges two routers,
+    one reporting through Redis, one by POST."""
+    stable = await start_backend(backends, "3", "3")
+    candidate = await start_backend(backends, "4", "4")
+    api.canary(model="ranker", weight=10)
+    for version, backend in (("3", stable), ("4", candidate)):
+        response = api.as_("publisher").put(f"/models/ranker/versions/{version}/endpoints",
+                                            json={"pool": "a100", "urls": [backend.url]})
+        assert response.status_code == 200, response.text
+    revision = int(api.as_("router").get("/snapshot").headers["etag"].strip('"'))
+    env = {"GRAYROUTE_TOKEN": role_tokens["router"]}
+    with_redis = RouterProcess("--control-plane", api.base_url, "--stats-interval", "0.5",
+                               env={**env, "GRAYROUTE_REDIS_URL": cp_settings.redis_url}).start()
+    by_post = RouterProcess("--control-plane", api.base_url, "--stats-interval", "0.5", env=env).start()
+    routers += [with_redis, by_post]
+    await with_redis.wait_ready(revision)
+    await by_post.wait_ready(revision)
+
+    explained = {}
+    sent: Counter = Counter()
+    async with aiohttp.ClientSession() as session:
+        for i in range(120):
+            user = f"user-{i}"
+            if i < 10:
+                explained[user] = api.as_("viewer").get("/models/ranker/route", params={"key": user}).json()
+            router = with_redis if i % 3 else by_post
+            status, version, route = await infer(session, router, user, model="ranker")
+            assert status == 200 and route == "split"
+            sent[version] += 1
+            if user in explained:
+                assert version == explained[user]["version"], explained[user]
+        # a traffic change reaches both routers (Redis notification / HTTP poll)
+        assert api.traffic("ranker", {"3": 50, "4": 50}, default="3").status_code == 200
+        new_revision = int(api.as_("router").get("/snapshot").headers["etag"].strip('"'))
+        await with_redis.wait_ready(new_revision, timeout=5)
+        await by_post.wait_ready(new_revision, timeout=5)
+
+    deadline = time.monotonic() + 10
+    while True:
+        stats = api.as_("viewer").get("/models/ranker/stats", params={"window": 60})
+        assert stats.status_code == 200, stats.text
+        body = stats.json()
+        got = {v["version"]: v["requests"] for v in body["versions"]}
+        if got == dict(sent) and body["routers"] == 2:
+            break
+        assert time.monotonic() < deadline, (got, sent, body)
+        await asyncio.sleep(0.2)
+    assert all(v["errors"] == 0 and v["p50_ms"] is not None for v in body["versions"])
+    # a router token may report and read; a viewer may not report
+    assert api.as_("router").get("/models/ranker/stats").status_code == 200
+    report = {"router": "x", "window_start": 1.0, "window_end": 2.0, "models": {}}
+    assert api.as_("viewer").post("/stats/report", json=report).status_code == 403
+    assert api.as_(None).get("/models/ranker/stats").status_code == 401
+    assert api.as_("viewer").get("/models/nope/stats").status_code == 404
