@@ -73,11 +73,17 @@ def _matches(labels: dict[str, str], selector: str | None) -> bool:
 
 
 class _Fault:
-    def __init__(self, count: int, status: int, stall: float, verbs: set[str] | None) -> None:
+    def __init__(self, count: int, status: int, stall: float, verbs: set[str] | None,
+                 resources: set[str] | None = None) -> None:
         self.count = count
         self.status = status
         self.stall = stall
         self.verbs = verbs
+        self.resources = resources
+
+    def matches(self, verb: str, plural: str) -> bool:
+        return (self.count > 0 and (self.verbs is None or verb in self.verbs)
+                and (self.resources is None or plural in self.resources))
 
 
 class FakeApiServer:
@@ -133,10 +139,11 @@ class FakeApiServer:
 
     # ------------------------------------------------------------ test controls
 
-    def fail(self, count: int, *, status: int = 500, verbs: set[str] | None = None) -> None:
+    def fail(self, count: int, *, status: int = 500, verbs: set[str] | None = None,
+             resources: set[str] | None = None) -> None:
         """Answer the next ``count`` matching requests with ``status``."""
         with self._lock:
-            self._faults.append(_Fault(count, status, 0.0, verbs))
+            self._faults.append(_Fault(count, status, 0.0, verbs, resources))
 
     def stall(self, count: int, *, seconds: float, verbs: set[str] | None = None) -> None:
         """Hold the next ``count`` matching requests for ``seconds`` before answering them."""
@@ -334,7 +341,7 @@ class FakeApiServer:
                 with server._lock:
                     server.counts[verb] += 1
                     server.counts_by_resource[(verb, plural)] += 1
-                    fault = next((f for f in server._faults if f.count > 0 and (f.verbs is None or verb in f.verbs)), None)
+                    fault = next((f for f in server._faults if f.matches(verb, plural)), None)
                     if fault:
                         fault.count -= 1
                 if server.latency:

@@ -155,7 +155,7 @@ async def test_rejected_apply_is_written_to_status_and_not_retried(apiserver: Fa
     target = make_target(api_client_factory)
     r = Reconciler(store=store, target=target)
     try:
-        apiserver.fail(1, status=422, verbs={"apply"})
+        apiserver.fail(1, status=422, verbs={"apply"}, resources={"deployments"})
         result = await r.reconcile_once()
         assert result.ok  # nothing to back off for
         row = store.rows[(10, 1)]

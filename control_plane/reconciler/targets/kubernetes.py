@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 _MANAGED = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 # Conflicts and throttling clear up on their own; other 4xx answers will not.
 _RETRYABLE_4XX = {408, 409, 429}
+# A rejected object is re-sent unchanged only this rarely (an admission policy may have changed).
+_REJECTED_RETRY_SECONDS = 600.0
 
 
 def load_api_client(*, pool_size: int = 32, kubeconfig: str | None = None) -> client.ApiClient:
@@ -117,8 +120,8 @@ class KubernetesTarget:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="k8s-apply")
         # Namespaces we have put objects in, so garbage collection still looks there.
         self._namespaces: set[str] = {namespace}
-        # (kind, name) -> (content hash, message) of applies the server rejected for good.
-        self._rejected: dict[tuple[str, str], tuple[str, str]] = {}
+        # (kind, ns/name) -> (content hash, message, when) of applies the server rejected.
+        self._rejected: dict[tuple[str, str], tuple[str, str, float]] = {}
         self._watched: set[str] = set()
         self._wake: Wake | None = None
         self._stop = threading.Event()
@@ -181,7 +184,7 @@ class KubernetesTarget:
                     if have is not None and (have["metadata"].get("annotations") or {}).get(SPEC_HASH) == wanted:
                         continue
                     rejected = self._rejected.get((kind, f"{ns}/{d.name}"))
-                    if rejected and rejected[0] == wanted:
+                    if rejected and rejected[0] == wanted and time.monotonic() - rejected[2] < _REJECTED_RETRY_SECONDS:
                         errors[d.key] = rejected[1]
                         continue
                     pending.add(d.key)
@@ -198,6 +201,8 @@ class KubernetesTarget:
             report.writes += 1
             try:
                 fut.result()
+                if key is not None:
+                    self._rejected.pop(tuple(what.split(" ", 1)), None)  # type: ignore[arg-type]
             except Exception as exc:  # noqa: BLE001
                 if key is None or is_transient(exc):
                     report.transient_errors.append(f"{what}: {describe(exc)}")
@@ -209,7 +214,9 @@ class KubernetesTarget:
                     errors[key] = message
                     wanted_obj = self._rendered_for(desired, key, kind)
                     if wanted_obj is not None:
-                        self._rejected[(kind, ref)] = (wanted_obj["metadata"]["annotations"][SPEC_HASH], message)
+                        self._rejected[(kind, ref)] = (
+                            wanted_obj["metadata"]["annotations"][SPEC_HASH], message, time.monotonic()
+                        )
 
         for d in desired:
             listing = listings.get(self.namespace_of(d))
