@@ -195,6 +195,10 @@ class ModelRouting:
     rules: tuple[Rule, ...]
     starts: tuple[int, ...]  # range starts, for bisect
     owners: tuple[str, ...]  # owner of each range
+    # Per-request fast paths (decide runs once per request, budget < 1 us):
+    owner_of: tuple[str, ...] = ()  # owner of every bucket: one index instead of a bisect
+    rule_keys: frozenset[str] = frozenset()  # every value a key rule matches
+    rule_headers: tuple[str, ...] = ()  # every header a header rule reads
 
     @classmethod
     def build(
@@ -209,6 +213,10 @@ class ModelRouting:
         allocation: Sequence[Range],
     ) -> ModelRouting:
         check_allocation(allocation)
+        rules = tuple(rules)
+        owner_of: list[str] = []
+        for start, end, version in allocation:
+            owner_of.extend([version] * (end - start))
         return cls(
             name=name,
             key_header=key_header.lower(),
@@ -219,9 +227,14 @@ class ModelRouting:
             rules=tuple(rules),
             starts=tuple(start for start, _, _ in allocation),
             owners=tuple(version for _, _, version in allocation),
+            owner_of=tuple(owner_of),
+            rule_keys=frozenset(v for r in rules if r.header is None for v in r.values),
+            rule_headers=tuple(dict.fromkeys(r.header for r in rules if r.header is not None)),
         )
 
     def owner(self, bucket: int) -> str:
+        if self.owner_of:
+            return self.owner_of[bucket]
         return self.owners[bisect_right(self.starts, bucket) - 1]
 
 
@@ -237,6 +250,11 @@ class Decision(NamedTuple):
     @property
     def route_header(self) -> str:
         return f"rule:{self.rule}" if self.route is Route.RULE else self.route.value
+
+
+# namedtuple's generated __new__ is a Python frame; the common path skips it
+_new_decision = tuple.__new__
+xxh3_64_intdigest = xxhash.xxh3_64_intdigest
 
 
 def decide(
@@ -257,22 +275,37 @@ def decide(
         return Decision(None, Route.UNKNOWN_VERSION, chosen=explicit_version)
 
     key = headers.get(model.key_header) or None
-    for rule in model.rules:
-        value = key if rule.header is None else headers.get(rule.header)
-        if value is not None and value in rule.values and rule.version in ready:
-            return Decision(rule.version, Route.RULE, rule=rule.name)
+    if model.rules:
+        # most requests match no rule: two set probes instead of walking every rule
+        hit = key is not None and key in model.rule_keys
+        if not hit:
+            for header in model.rule_headers:
+                if header in headers:
+                    hit = True
+                    break
+        if hit:
+            for rule in model.rules:
+                value = key if rule.header is None else headers.get(rule.header)
+                if value is not None and value in rule.values and rule.version in ready:
+                    return Decision(rule.version, Route.RULE, rule=rule.name)
 
+    bucket: int | None
+    chosen: str | None
     if key is not None:
-        bucket: int | None = (xxhash.xxh3_64_intdigest(model.salt_prefix + key.encode()) * BUCKETS) >> 64
-        route = Route.SPLIT
-    elif model.anonymous_default:
-        bucket, route = None, Route.ANONYMOUS
+        keyed = (xxh3_64_intdigest(model.salt_prefix + key.encode()) * BUCKETS) >> 64
+        chosen = model.owner_of[keyed] if model.owner_of else model.owner(keyed)
+        if chosen in ready:
+            return _new_decision(Decision, (chosen, Route.SPLIT, keyed, None, None))
+        bucket, route = keyed, Route.SPLIT
     else:
-        bucket, route = (rng or random).randrange(BUCKETS), Route.ANONYMOUS
-    chosen = model.default_version if bucket is None else model.owner(bucket)
+        if model.anonymous_default:
+            bucket, route = None, Route.ANONYMOUS
+        else:
+            bucket, route = (rng or random).randrange(BUCKETS), Route.ANONYMOUS
+        chosen = model.default_version if bucket is None else model.owner(bucket)
+        if chosen is not None and chosen in ready:
+            return Decision(chosen, route, bucket=bucket)
 
-    if chosen is not None and chosen in ready:
-        return Decision(chosen, route, bucket=bucket)
     default = model.default_version
     if default is not None and default in ready:
         return Decision(default, Route.FALLBACK, bucket=bucket, chosen=chosen)
