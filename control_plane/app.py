@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise
             log.warning("database unreachable at start: %s", exc)
         yield
+        await publisher.drain()
         await publisher.notifier.close()
         await engine.dispose()
 

@@ -90,8 +90,10 @@ def _pools(args: argparse.Namespace) -> int:
         notifier = notifier_for(settings.redis_url)
         publisher = SnapshotPublisher(session_factory(session.bind), notifier)
         try:
-            return await registry_service.import_pools(session, pools=pools, actor=Actor("helm", Role.ADMIN),
-                                                       publisher=publisher)
+            changed = await registry_service.import_pools(session, pools=pools, actor=Actor("helm", Role.ADMIN),
+                                                          publisher=publisher)
+            await publisher.drain()
+            return changed
         finally:
             await notifier.close()
 

@@ -127,6 +127,8 @@ class SnapshotPublisher:
         self.notifier = notifier
         self._cached: tuple[int, bytes] | None = None
         self._lock = asyncio.Lock()
+        self._dirty = False
+        self._worker: asyncio.Task[None] | None = None
         self.listeners: list[Callable[[int], Awaitable[None]]] = []
 
     async def encoded(self, session: AsyncSession | None = None) -> tuple[int, bytes]:
@@ -145,7 +147,7 @@ class SnapshotPublisher:
             return encoded
 
     async def publish(self) -> int:
-        """Publish the current snapshot (after a committed change)."""
+        """Publish the current snapshot now."""
         async with self._lock:
             revision, payload = await self.encoded()
             await self.notifier.publish(revision, payload)
@@ -156,15 +158,31 @@ class SnapshotPublisher:
                 log.exception("snapshot listener failed")
         return revision
 
-    async def commit(self, session: AsyncSession) -> None:
-        """Commit ``session``; publish when it bumped the snapshot revision."""
-        bumped = snapshot_builder.pending_revision(session)
-        await session.commit()
-        if bumped is not None:
+    def schedule(self) -> None:
+        """Publish soon, off the request path; changes arriving during a build coalesce into one more build."""
+        self._dirty = True
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._publish_while_dirty(), name="grayroute-snapshot-publisher")
+
+    async def _publish_while_dirty(self) -> None:
+        while self._dirty:
+            self._dirty = False
             try:
                 await self.publish()
             except Exception:  # noqa: BLE001 - the change is committed; routers will poll
-                log.exception("publishing snapshot %d failed", bumped)
+                log.exception("publishing the snapshot failed")
+
+    async def drain(self) -> None:
+        """Wait until every scheduled publish is done (shutdown, CLI, tests)."""
+        while self._worker is not None and not self._worker.done():
+            await asyncio.shield(self._worker)
+
+    async def commit(self, session: AsyncSession) -> None:
+        """Commit ``session``; when it bumped the snapshot revision, schedule a publish."""
+        bumped = snapshot_builder.pending_revision(session)
+        await session.commit()
+        if bumped is not None:
+            self.schedule()
 
 
 def notifier_for(redis_url: str | None) -> Notifier:
