@@ -48,6 +48,7 @@ def run_worker(settings: RouterSettings) -> None:
         lifespan="on",
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # the router is the edge; X-Forwarded-* are passed on, not interpreted
         log_level="warning",
         backlog=2048,
         timeout_keep_alive=75,  # longer than typical load-balancer idle timeouts
