@@ -221,7 +221,10 @@ class RouterApp:
         declared = 0
         for name, value in scope["headers"]:
             if name in wanted:
-                decision_headers[name.decode("latin-1")] = value.decode("latin-1")
+                try:  # keys are hashed as UTF-8 (spec); clients send them as UTF-8 bytes
+                    decision_headers[name.decode("latin-1")] = value.decode()
+                except UnicodeDecodeError:
+                    decision_headers[name.decode("latin-1")] = value.decode("latin-1")
             if name not in _HOP_BY_HOP:
                 forwarded.append((name, value))
             elif name == b"content-length":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 from pathlib import Path
@@ -115,3 +116,106 @@ async def test_live_router_agrees_with_decide(backends: dict, routers: list[Rout
         status, version, route = await infer(session, router, None)
         assert status == 200 and route == "anonymous"
     assert {"split", "rule:qa", "rule:beta"} <= set(seen)
+
+
+async def test_every_bucket_vector_through_a_live_router(routing_vectors: dict[str, Any], backends: dict,
+                                                         routers: list[RouterProcess], tmp_path: Path) -> None:
+    """One model per case, owning only the expected bucket as version "hit": the router must compute
+    exactly that bucket (UTF-8 keys and salts included)."""
+    hit = await start_backend(backends, "hit", "hit")
+    miss = await start_backend(backends, "miss", "miss")
+    models = {}
+    for i, case in enumerate(routing_vectors["buckets"]):
+        if not case["key"]:
+            continue
+        b = case["bucket"]
+        allocation = [r for r in ([0, b, "miss"], [b, b + 1, "hit"], [b + 1, 10_000, "miss"]) if r[0] < r[1]]
+        models[f"case-{i}"] = {
+            "salt": case["salt"], "splits": [{"version": "miss", "weight": 99.99}, {"version": "hit", "weight": 0.01}],
+            "allocation": allocation,
+            "versions": {"hit": {"endpoints": [{"url": hit.url, "pool": "p", "gpu_arch": "sm_80"}]},
+                         "miss": {"endpoints": [{"url": miss.url, "pool": "p", "gpu_arch": "sm_80"}]}},
+        }
+    file = tmp_path / "snapshot.json"
+    file.write_bytes(snapshot(3, **models))
+    router = RouterProcess("--snapshot-file", str(file), env=router_env()).start()
+    routers.append(router)
+    await router.wait_ready(3)
+    async with aiohttp.ClientSession() as session:
+        for i, case in enumerate(routing_vectors["buckets"]):
+            if not case["key"]:
+                continue
+            async with session.post(f"{router.url}/v2/models/case-{i}/infer", json={},
+                                    headers={"x-user-id": case["key"]}) as response:  # sent as UTF-8
+                assert response.status == 200
+                assert response.headers["x-grayroute-version"] == "hit", case
+
+
+async def test_allocation_vectors_through_a_live_router(routing_vectors: dict[str, Any], backends: dict,
+                                                        routers: list[RouterProcess], tmp_path: Path) -> None:
+    """Each allocation case as a model; a live sample of keys lands on the owners the vector names."""
+    models, owners = {}, {}
+    versions = sorted({s["version"] for case in routing_vectors["allocations"] for s in case["splits"]})
+    for version in versions:
+        await start_backend(backends, version, version)
+    for i, case in enumerate(routing_vectors["allocations"]):
+        name = f"alloc-{i}"
+        models[name] = {
+            "salt": name, "splits": case["splits"], "allocation": case["allocation"],
+            "versions": {v: {"endpoints": [{"url": backends[v].url, "pool": "p", "gpu_arch": "sm_80"}]}
+                         for v in versions},
+        }
+        owners[name] = case["allocation"]
+    file = tmp_path / "snapshot.json"
+    file.write_bytes(snapshot(4, **models))
+    router = RouterProcess("--snapshot-file", str(file), env=router_env()).start()
+    routers.append(router)
+    await router.wait_ready(4)
+    async with aiohttp.ClientSession() as session:
+        for name, allocation in owners.items():
+            counts: Counter = Counter()
+            keys = [f"k{j}" for j in range(300)]
+            results = await asyncio.gather(*(infer(session, router, key, model=name) for key in keys))
+            for key, (status, version, _) in zip(keys, results):
+                bucket = bucket_of(name, key)
+                want = next(v for s, e, v in allocation if s <= bucket < e)
+                assert (status, version) == (200, want), (name, key)
+                counts[version] += 1
+
+
+async def test_live_canary_raise_moves_only_into_the_canary(backends: dict, control_plane: Any,
+                                                            routers: list[RouterProcess]) -> None:
+    for version in ("3", "4", "5"):
+        await start_backend(backends, version, version)
+    endpoints = {v: [backends[v].url] for v in ("3", "4", "5")}
+    before = model_spec(endpoints, [("3", 80), ("4", 5), ("5", 15)], default_version="3")
+    after = model_spec(endpoints, [("3", 75), ("4", 10), ("5", 15)], default_version="3",
+                       previous=[tuple(r) for r in before["allocation"]])
+    control_plane.set(snapshot(1, resnet50=before))
+    router = RouterProcess("--control-plane", control_plane.url, "--poll-interval", "0.2", env=router_env()).start()
+    routers.append(router)
+    await router.wait_ready(1)
+    users = [f"person-{i}" for i in range(2000)]
+    async with aiohttp.ClientSession() as session:
+        old = [r[1] for r in await asyncio.gather(*(infer(session, router, u) for u in users))]
+        control_plane.set(snapshot(2, resnet50=after))
+        await router.wait_ready(2, timeout=5)
+        new = [r[1] for r in await asyncio.gather(*(infer(session, router, u) for u in users))]
+    moves = Counter((a, b) for a, b in zip(old, new) if a != b)
+    assert set(moves) == {("3", "4")}, moves
+    assert all(b == "5" for a, b in zip(old, new) if a == "5")
+    assert all(b == "4" for a, b in zip(old, new) if a == "4")
+    assert abs(moves[("3", "4")] / len(users) - 0.05) < 0.02
+    share = Counter(new)
+    for version, weight in (("3", 75), ("4", 10), ("5", 15)):
+        assert abs(share[version] / len(users) * 100 - weight) < 3.0, share
+
+
+def test_router_never_imports_the_control_plane() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, router.app, router.cli, router.server, router.config, router.reporter; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('control_plane', 'sqlalchemy', 'fastapi')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
