@@ -33,7 +33,7 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "backend", "transport", "parser", "waiter", "headers", "chunks",
-        "closed", "received", "complete", "reused", "timer", "keep_alive",
+        "closed", "received", "complete", "reused", "timer", "keep_alive", "framed",
     )
 
     def __init__(self, backend: Backend) -> None:
@@ -49,6 +49,7 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         self.timer: asyncio.TimerHandle | None = None
         self.keep_alive = False
+        self.framed = True  # False: the body runs until the backend closes (no length, not chunked)
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -69,12 +70,21 @@ class _Connection(asyncio.Protocol):
             return
         if not self.received and self.reused:
             self._fail(StaleConnection(f"keep-alive connection to {self.backend.url} closed"))
+        elif not self.framed:
+            self.keep_alive = False
+            self.on_message_complete()
         else:
             self._fail(UpstreamError(f"{self.backend.url} closed the connection mid-response"))
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status >= 200 and status not in (204, 304):
+            names = {name.lower() for name, _ in self.headers}
+            self.framed = b"content-length" in names or b"transfer-encoding" in names
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
@@ -120,6 +130,7 @@ class _Connection(asyncio.Protocol):
         self.chunks = []
         self.received = False
         self.complete = False
+        self.framed = True
         self.timer = loop.call_later(timeout, self._timed_out)
         if body:
             self.transport.writelines((head, body))
