@@ -1,0 +1,231 @@
+"""The UI against a real server: Postgres (a database of its own), Redis, uvicorn, headless Chromium.
+
+The web tests keep to their own database and their own Redis so they never see
+or disturb the API tests' rows, snapshot key or pub/sub channel. Every test
+seeds its own model through the real API, so tests need no cleanup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from control_plane import migrate
+from control_plane.app import create_app
+from control_plane.settings import Settings
+from router.stats import LATENCY_BOUNDS_MS
+from tests.services import LiveServer, RedisServer
+
+ADMIN_TOKEN = "gr_web-test-admin-token-0123456789abcdefghijkl"
+SECRET_KEY = "web-test-secret-key-0123456789abcdef"
+DATABASE = "grayroute_web"
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = os.environ.get("GRAYROUTE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1280, "height": 860}  # a laptop screen
+
+
+def run_async(coroutine: Any) -> Any:
+    """Run a coroutine to completion from sync code, even while Playwright's loop runs in this thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def _own_database(postgres_url: str) -> str:
+    """A fresh database beside the shared one, so the API tests' truncations never hit ours."""
+    import asyncpg
+
+    base = postgres_url.replace("postgresql+asyncpg://", "postgresql://")
+
+    async def create() -> None:
+        connection = await asyncpg.connect(base)
+        try:
+            await connection.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+            await connection.execute(f"CREATE DATABASE {DATABASE}")
+        finally:
+            await connection.close()
+
+    run_async(create())
+    return re.sub(r"/[^/]+$", f"/{DATABASE}", postgres_url)
+
+
+@pytest.fixture(scope="session")
+def web_redis() -> Iterator[str]:
+    server = RedisServer.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def web_settings(postgres_url: str, web_redis: str) -> Settings:
+    url = _own_database(postgres_url)
+    migrate.upgrade(url)
+    return Settings(database_url=url, redis_url=web_redis, secret_key=SECRET_KEY, bootstrap_admin_token=ADMIN_TOKEN)
+
+
+@pytest.fixture(scope="session")
+def server(web_settings: Settings) -> Iterator[LiveServer]:
+    live = LiveServer(create_app(web_settings)).start()
+    yield live
+    live.stop()
+
+
+class Api:
+    """Seeds and checks through the real API, as admin unless told otherwise."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.admin = httpx.Client(base_url=base_url + "/api/v1", timeout=30,
+                                  headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        self.tokens: dict[str, str] = {}
+
+    def token(self, name: str, role: str) -> str:
+        if name not in self.tokens:
+            response = self.admin.post("/tokens", json={"name": name, "role": role})
+            assert response.status_code == 201, response.text
+            self.tokens[name] = response.json()["token"]
+        return self.tokens[name]
+
+    def canary(self, model: str, *, weight: str = "5") -> None:
+        """An external sm_80 pool, ``model`` with versions 3 and 4 (sm_80 engines, endpoints), 95/5."""
+        response = self.admin.put("/pools/a100", json={"gpu_arch": "sm_80", "kind": "external",
+                                                        "trt_version": "10.3"})
+        assert response.status_code in (200, 201), response.text
+        response = self.admin.post("/models", json={"name": model, "description": "ImageNet classifier, batch 1-32"})
+        assert response.status_code == 201, response.text
+        benchmarks = {"3": {"p50_ms": 4.1, "p99_ms": 9.8, "throughput": 2150, "gpu_mem_mb": 1840},
+                      "4": {"p50_ms": 2.6, "p99_ms": 6.9, "throughput": 3420, "gpu_mem_mb": 1010}}
+        for version, precision in (("3", "fp16"), ("4", "int8")):
+            response = self.admin.post(f"/models/{model}/versions", json={
+                "version": version, "precision": precision, "trt_version": "10.3",
+                "notes": "INT8 calibration on 2k ImageNet images" if version == "4" else "",
+                "engines": [{"gpu_arch": "sm_80", "uri": f"s3://engines/{model}/{version}/sm_80.plan",
+                             "sha256": "ab" * 32, "size_bytes": 96 << 20, "benchmark": benchmarks[version]}]})
+            assert response.status_code == 201, response.text
+            response = self.admin.put(f"/models/{model}/versions/{version}/endpoints", json={
+                "pool": "a100", "urls": [f"http://127.0.0.1:{9000 + int(version)}"]})
+            assert response.status_code == 200, response.text
+        self.put_traffic(model, {"3": str(100 - float(weight)), "4": weight}, default="3", reason="first canary",
+                         if_match='"0"')
+
+    def put_traffic(self, model: str, splits: dict[str, str], *, default: str, reason: str,
+                    if_match: str | None = None) -> dict[str, Any]:
+        if if_match is None:
+            if_match = self.admin.get(f"/models/{model}/traffic").headers["etag"]
+        response = self.admin.put(f"/models/{model}/traffic", headers={"If-Match": if_match}, json={
+            "default_version": default, "reason": reason,
+            "splits": [{"version": v, "weight": w} for v, w in splits.items()]})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def traffic(self, model: str) -> dict[str, Any]:
+        response = self.admin.get(f"/models/{model}/traffic")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def weights(self, model: str) -> dict[str, float]:
+        return {s["version"]: s["weight"] for s in self.traffic(model)["splits"]}
+
+    def report_stats(self, model: str, *, minutes: int = 5) -> None:
+        """Router windows for the last few minutes: 3 steady, 4 a little faster but with more errors."""
+        router = httpx.Client(base_url=self.base_url + "/api/v1", timeout=30, headers={
+            "Authorization": f"Bearer {self.token('edge-router-1', 'router')}"})
+        now = time.time()
+        for i in range(minutes * 6):
+            end = now - (minutes * 6 - 1 - i) * 10
+            wobble = 1 + 0.15 * ((i * 7) % 5 - 2) / 2
+            versions = {"3": _window(int(940 * wobble), errors=1, shape=(5, 28, 40, 19, 6, 2)),
+                        "4": _window(int(52 * wobble), errors=1 if i % 2 else 0, shape=(22, 45, 24, 6, 2, 1))}
+            response = router.post("/stats/report", json={
+                "router": "edge-router-1", "window_start": end - 10, "window_end": end,
+                "models": {model: versions}})
+            assert response.status_code == 202, response.text
+        router.close()
+
+    def close(self) -> None:
+        self.admin.close()
+
+
+def _window(requests: int, *, errors: int, shape: tuple[int, ...]) -> dict[str, Any]:
+    # Spread requests over the 4-20 ms buckets in proportions ``shape``.
+    first = LATENCY_BOUNDS_MS.index(5.0)
+    buckets = [0] * (len(LATENCY_BOUNDS_MS) + 1)
+    total = sum(shape)
+    for offset, part in enumerate(shape):
+        buckets[first + offset] = requests * part // total
+    buckets[first + 1] += requests - sum(buckets)
+    latency = sum(count * LATENCY_BOUNDS_MS[i] for i, count in enumerate(buckets) if i < len(LATENCY_BOUNDS_MS))
+    return {"requests": requests, "errors": errors, "fallbacks": 0, "latency_sum_ms": latency, "buckets": buckets}
+
+
+@pytest.fixture(scope="session")
+def api(server: LiveServer) -> Iterator[Api]:
+    client = Api(server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def model(api: Api, request: pytest.FixtureRequest) -> str:
+    """A model of this test's own, seeded with a 95/5 canary."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.originalname.removeprefix("test_").lower()).strip("-")[:40]
+    name = f"web-{slug.strip('-')}-{hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:6]}"
+    api.canary(name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def sign_in(browser: Any, server: LiveServer, api: Api) -> Iterator[Callable[[str, str], Any]]:
+    contexts: list[Any] = []
+
+    def signed_in(name: str, role: str) -> Any:
+        context = browser.new_context(base_url=server.url, viewport=VIEWPORT)
+        context.set_default_timeout(10_000)
+        contexts.append(context)
+        page = context.new_page()
+        page.goto("/ui/")
+        assert "/ui/login" in page.url
+        page.fill("#token", api.token(name, role))
+        page.click("button[type=submit]")
+        page.wait_for_url(re.compile(r"/ui/$"))
+        return page
+
+    yield signed_in
+    for context in contexts:
+        context.close()
+
+
+def screenshot(page: Any, name: str, *, docs: str | None = None) -> Path:
+    """Full-page PNG in test-artifacts/ (gitignored); ``docs`` also copies it into docs/ for the README."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if docs:
+        (ROOT / "docs").mkdir(exist_ok=True)
+        shutil.copyfile(path, ROOT / "docs" / docs)
+    return path

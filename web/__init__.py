@@ -1,0 +1,1 @@
+"""The release managers' web UI: server-rendered pages under /ui, served by the control plane."""

@@ -1,0 +1,67 @@
+"""Small server-side SVG charts for the live figures (no chart library, nothing fetched by the browser)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from html import escape
+
+from markupsafe import Markup
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    label: str
+    value: float | None  # None: no figure (drawn as a dash)
+    text: str  # the value as the page shows it
+    color: str
+
+
+def bars(items: Sequence[Bar], *, title: str, width: int = 260) -> Markup:
+    """One horizontal bar per version, scaled to the largest value."""
+    row, label_w, text_w = 20, 44, 78
+    track = width - label_w - text_w
+    top = max((b.value for b in items if b.value is not None), default=0.0) or 1.0
+    parts = [f'<svg class="chart" role="img" width="{width}" height="{row * len(items) + 4}" '
+             f'viewBox="0 0 {width} {row * len(items) + 4}" xmlns="http://www.w3.org/2000/svg">'
+             f"<title>{escape(title)}</title>"]
+    for i, bar in enumerate(items):
+        y = 2 + i * row
+        parts.append(f'<text x="0" y="{y + 14}" class="chart-label">{escape(bar.label)}</text>')
+        parts.append(f'<rect x="{label_w}" y="{y + 3}" width="{track}" height="12" rx="2" class="chart-track"/>')
+        if bar.value is not None and bar.value > 0:
+            length = max(2.0, track * bar.value / top)
+            parts.append(f'<rect x="{label_w}" y="{y + 3}" width="{length:.1f}" height="12" rx="2" '
+                         f'fill="{escape(bar.color)}"/>')
+        parts.append(f'<text x="{width}" y="{y + 14}" text-anchor="end" class="chart-value">{escape(bar.text)}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def sparkline(series: Sequence[tuple[str, str, Sequence[float | None]]], *, title: str, width: int = 260,
+              height: int = 44) -> Markup:
+    """Lines over time, one per (label, color, points); gaps where a point is None."""
+    points_n = max((len(p) for _, _, p in series), default=0)
+    values = [v for _, _, p in series for v in p if v is not None]
+    if points_n < 2 or not values:
+        return Markup("")
+    top = max(values) or 1.0
+    step = (width - 4) / (points_n - 1)
+    parts = [f'<svg class="chart spark" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+             f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>'
+             f'<line x1="0" y1="{height - 1}" x2="{width}" y2="{height - 1}" class="chart-axis"/>']
+    for _label, color, points in series:
+        path: list[str] = []
+        pen_down = False
+        for i, value in enumerate(points):
+            if value is None:
+                pen_down = False
+                continue
+            x = 2 + i * step
+            y = height - 3 - (height - 8) * value / top
+            path.append(f"{'L' if pen_down else 'M'}{x:.1f},{y:.1f}")
+            pen_down = True
+        if path:
+            parts.append(f'<path d="{" ".join(path)}" fill="none" stroke="{escape(color)}" stroke-width="1.6"/>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
