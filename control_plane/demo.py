@@ -1,0 +1,295 @@
+"""``grayroute demo``: everything on one machine, with a live canary and traffic.
+
+One process tree on the embedded defaults: this process serves the API and UI
+and drives the demo; children run the reconciler (local target: engine-server
+processes on loopback) and one router. A generator sends requests with many
+user IDs through the router so the UI's figures move. Ctrl-C stops everything
+in order; the SQLite file and tokens stay, so the next run continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+log = logging.getLogger("grayroute.demo")
+
+MODEL = "demo-classifier"
+STABLE, CANDIDATE = "1", "2"
+POOL = "local-cpu"
+ROLES_NEEDED = ("admin", "router")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=Path(".grayroute-demo"),
+                        help="SQLite database, tokens, engine cache and logs (default ./.grayroute-demo)")
+    parser.add_argument("--host", default="127.0.0.1", help="address for the UI/API and the router")
+    parser.add_argument("--port", type=int, default=8080, help="UI and API port (default 8080)")
+    parser.add_argument("--router-port", type=int, default=8000, help="router port (default 8000)")
+    parser.add_argument("--rps", type=float, default=20.0, help="generated requests per second (0: none)")
+    parser.add_argument("--users", type=int, default=10_000, help="distinct user IDs the generator uses")
+
+
+def run(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Children inherit the embedded configuration through the environment.
+    os.environ["GRAYROUTE_DATABASE_URL"] = f"sqlite+aiosqlite:///{data_dir / 'grayroute.db'}"
+    os.environ["GRAYROUTE_STATE_DIR"] = str(data_dir / "state")
+    os.environ.pop("GRAYROUTE_REDIS_URL", None)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("uvicorn.access", "httpx", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        asyncio.run(Demo(args, data_dir).run())
+    except DemoError as exc:
+        print(f"grayroute demo: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class DemoError(Exception):
+    """The demo could not start; the message says why."""
+
+
+def _die_with_parent() -> None:
+    # Children must not outlive the demo even if it is killed outright (Linux).
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace, data_dir: Path) -> None:
+        self.args = args
+        self.data_dir = data_dir
+        self.api_url = f"http://{args.host}:{args.port}"
+        self.router_url = f"http://{args.host}:{args.router_port}"
+        self.children: list[asyncio.subprocess.Process] = []
+        self.stop = asyncio.Event()
+        self.sent = self.failed = 0
+
+    async def run(self) -> None:
+        import uvicorn
+
+        from control_plane.app import create_app
+        from control_plane.settings import Settings
+
+        tokens = self._tokens()
+        settings = Settings(bootstrap_admin_token=tokens["admin"])
+        server = _QuietSignalsServer(uvicorn.Config(create_app(settings), host=self.args.host, port=self.args.port,
+                                                    log_level="warning"))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop.set)
+        serving = asyncio.create_task(server.serve())
+        try:
+            await self._wait_started(server, serving)
+            async with httpx.AsyncClient(base_url=self.api_url + "/api/v1", timeout=10,
+                                         headers={"Authorization": f"Bearer {tokens['admin']}"}) as api:
+                await self._ensure_router_token(api, tokens)
+                await self._seed(api)
+                await self._spawn("reconciler", "reconcile", "--target", "local", "--resync-seconds", "2",
+                                  "--drain-seconds", "120")
+                await self._spawn("router", "router", "--host", self.args.host, "--port", str(self.args.router_port),
+                                  "--control-plane", self.api_url, "--snapshot-file",
+                                  str(self.data_dir / "router-snapshot.json"), "--stats-interval", "2",
+                                  env={"GRAYROUTE_TOKEN": tokens["router"]})
+                await self._wait_ready(api)
+            self._banner(tokens["admin"])
+            generator = asyncio.create_task(self._generate())
+            reporter = asyncio.create_task(self._report())
+            await self.stop.wait()
+            generator.cancel()
+            reporter.cancel()
+            await asyncio.gather(generator, reporter, return_exceptions=True)
+        finally:
+            print("\nstopping: router, reconciler (and its engine servers), control plane …", flush=True)
+            await self._stop_children()
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(serving, 15)
+            print("stopped; the data stays in", self.data_dir, flush=True)
+
+    # --- setup ------------------------------------------------------------------------------
+    def _tokens(self) -> dict[str, str]:
+        """Demo tokens, kept (0600) beside the database so a second run reuses them."""
+        import secrets
+
+        path = self.data_dir / "tokens.json"
+        tokens: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        if "admin" not in tokens:
+            tokens["admin"] = "gr_" + secrets.token_urlsafe(32)
+            path.write_text(json.dumps(tokens))
+            path.chmod(0o600)
+        return tokens
+
+    async def _ensure_router_token(self, api: httpx.AsyncClient, tokens: dict[str, str]) -> None:
+        if "router" in tokens:
+            probe = await api.get("/snapshot", headers={"Authorization": f"Bearer {tokens['router']}"})
+            if probe.status_code == 200:
+                return
+        response = await api.post("/tokens", json={"name": "demo-router", "role": "router"})
+        response.raise_for_status()
+        tokens["router"] = response.json()["token"]
+        path = self.data_dir / "tokens.json"
+        path.write_text(json.dumps(tokens))
+        path.chmod(0o600)
+
+    async def _wait_started(self, server: Any, serving: asyncio.Task[None]) -> None:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if serving.done():
+                serving.result()
+                raise DemoError(f"the control plane could not listen on {self.api_url} (port in use?)")
+            if time.monotonic() > deadline:
+                raise DemoError("the control plane did not start within 30 s")
+            await asyncio.sleep(0.05)
+
+    async def _seed(self, api: httpx.AsyncClient) -> None:
+        """The demo model, on first run only: later runs keep whatever the user changed."""
+        if (await api.get(f"/models/{MODEL}")).status_code == 200:
+            log.info("continuing with the existing %s", MODEL)
+            return
+        log.info("registering %s with an fp32 stable and an fp16 candidate", MODEL)
+        steps: list[tuple[str, str, dict[str, Any]]] = [
+            ("PUT", f"/pools/{POOL}", {"gpu_arch": "sm_80", "kind": "local", "trt_version": "10.3"}),
+            ("POST", "/models", {"name": MODEL, "description": "4-class classifier (ONNX on CPU stands in for "
+                                 "TensorRT)", "replicas": {POOL: 2}}),
+        ]
+        for version, precision, p50 in ((STABLE, "fp32", 2.1), (CANDIDATE, "fp16", 1.2)):
+            steps.append(("POST", f"/models/{MODEL}/versions", {
+                "version": version, "precision": precision, "trt_version": "10.3",
+                "notes": "stable" if version == STABLE else "candidate: half precision",
+                "engines": [{"gpu_arch": "sm_80", "uri": f"file://engines/{MODEL}/{version}/sm_80.plan",
+                             "sha256": f"{int(version):064x}", "size_bytes": 24_000_000,
+                             "benchmark": {"p50_ms": p50, "p99_ms": p50 * 1.8, "throughput": 1000 / p50,
+                                           "gpu_mem_mb": 410 if precision == "fp32" else 230}}]}))
+        for method, path, body in steps:
+            response = await api.request(method, path, json=body)
+            if response.status_code >= 300:
+                raise DemoError(f"seeding failed at {method} {path}: {response.text}")
+        response = await api.put(f"/models/{MODEL}/traffic", headers={"If-Match": '"0"'}, json={
+            "default_version": STABLE, "reason": "demo: 5% canary of the fp16 engine",
+            "splits": [{"version": STABLE, "weight": 95}, {"version": CANDIDATE, "weight": 5}]})
+        if response.status_code != 200:
+            raise DemoError(f"seeding the traffic policy failed: {response.text}")
+
+    async def _spawn(self, name: str, *command: str, env: dict[str, str] | None = None) -> None:
+        log_path = self.data_dir / f"{name}.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "control_plane.cli", *command, stdout=log_file, stderr=log_file,
+            stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **(env or {})},
+            # Own process group: Ctrl-C reaches only this process, which stops children in order.
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        log_file.close()
+        self.children.append(process)
+        log.info("started %s (pid %d, log %s)", name, process.pid, log_path)
+
+    async def _wait_ready(self, api: httpx.AsyncClient) -> None:
+        deadline = time.monotonic() + 120
+        async with httpx.AsyncClient(timeout=2) as client:
+            while time.monotonic() < deadline:
+                if self.stop.is_set():
+                    return
+                for process in self.children:
+                    if process.returncode is not None:
+                        raise DemoError(f"a child exited with {process.returncode}; see the logs in {self.data_dir}")
+                deployments = (await api.get(f"/models/{MODEL}/deployments")).json()
+                ready = {d["version"] for d in deployments if d["ready_replicas"] > 0}
+                with contextlib.suppress(httpx.HTTPError):
+                    router_ready = (await client.get(self.router_url + "/v2/health/ready")).status_code == 200
+                    if router_ready and {STABLE, CANDIDATE} <= ready:
+                        return
+                await asyncio.sleep(0.5)
+        raise DemoError(f"engines or router not ready after 120 s; see the logs in {self.data_dir}")
+
+    def _banner(self, admin_token: str) -> None:
+        print(f"""
+grayroute demo is running
+  UI and API   {self.api_url}/ui   (API docs: {self.api_url}/docs)
+  router       {self.router_url}/v2/models/{MODEL}/infer
+  admin token  {admin_token}
+  try          curl -s -H 'x-user-id: alice' -H 'content-type: application/json' \\
+                 -d '{{"inputs":[{{"name":"input","shape":[1,16],"datatype":"FP32","data":[{",".join(["0.5"] * 16)}]}}]}}' \\
+                 -i {self.router_url}/v2/models/{MODEL}/infer
+  traffic      {self.args.rps:g} requests/s from {self.args.users} users through the router
+Ctrl-C stops everything; run it again to continue where you left off.
+""", flush=True)
+
+    # --- traffic ----------------------------------------------------------------------------
+    async def _generate(self) -> None:
+        if self.args.rps <= 0:
+            return
+        rng = random.Random()
+        interval = 1.0 / self.args.rps
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+        async with httpx.AsyncClient(base_url=self.router_url, timeout=10, limits=limits) as client:
+            in_flight: set[asyncio.Task[None]] = set()
+            next_at = time.monotonic()
+            while True:
+                user = f"user-{rng.randrange(self.args.users)}"
+                body = {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
+                                    "data": [round(rng.uniform(-1, 1), 3) for _ in range(16)]}]}
+                task = asyncio.create_task(self._one(client, user, body))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                next_at += interval
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    async def _one(self, client: httpx.AsyncClient, user: str, body: dict[str, Any]) -> None:
+        try:
+            response = await client.post(f"/v2/models/{MODEL}/infer", json=body, headers={"x-user-id": user})
+            self.sent += 1
+            self.failed += response.status_code >= 400
+        except httpx.HTTPError:
+            self.sent += 1
+            self.failed += 1
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            log.info("generator: %d requests sent, %d failed", self.sent, self.failed)
+
+    # --- shutdown ---------------------------------------------------------------------------
+    async def _stop_children(self) -> None:
+        # Router first (stop taking traffic), then the reconciler, which stops its engine servers.
+        for process in reversed(self.children):
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(process.wait(), 20)
+                except TimeoutError:
+                    log.warning("pid %d did not stop in 20 s; killing its process group", process.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    await process.wait()
+
+
+class _QuietSignalsServer:
+    """uvicorn.Server that leaves signal handling to the demo (which must stop children first)."""
+
+    def __new__(cls, config: Any) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):  # type: ignore[no-untyped-def, override]
+                yield
+
+        return Server(config)

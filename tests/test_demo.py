@@ -1,0 +1,137 @@
+"""The newcomer path: `grayroute demo` runs a live canary and stops without leaving anything behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from tests.services import free_port
+
+MODEL = "demo-classifier"
+BODY = {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": [0.25] * 16}]}
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = set(), [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.add(child)
+            stack.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _start(data_dir: Path, port: int, router_port: int) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAYROUTE_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "control_plane.cli", "demo", "--data-dir", str(data_dir), "--port", str(port),
+         "--router-port", str(router_port), "--rps", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+
+
+def _wait_for_banner(process: subprocess.Popen[str], timeout: float = 180) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    os.set_blocking(process.stdout.fileno(), False)
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line:
+            lines.append(line)
+            if line.startswith("Ctrl-C stops everything"):
+                return lines
+        elif process.poll() is not None:
+            raise AssertionError("demo exited early:\n" + "".join(lines))
+        else:
+            time.sleep(0.1)
+    raise AssertionError("demo did not become ready:\n" + "".join(lines))
+
+
+def _versions(router: str, users: range) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    with httpx.Client(base_url=router, timeout=10) as client:
+        for n in users:
+            response = client.post(f"/v2/models/{MODEL}/infer", json=BODY, headers={"x-user-id": f"u-{n}"})
+            assert response.status_code == 200, response.text
+            seen[response.headers["x-grayroute-version"]] += 1
+    return seen
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    tree = _descendants(process.pid)
+    assert tree, "the demo should have child processes"
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 0
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in tree if _alive(p)], "processes left behind after Ctrl-C"
+
+
+def test_demo_runs_a_live_canary_and_stops_cleanly(tmp_path: Path) -> None:
+    port, router_port = free_port(), free_port()
+    router = f"http://127.0.0.1:{router_port}"
+    process = _start(tmp_path, port, router_port)
+    try:
+        banner = "".join(_wait_for_banner(process))
+        assert f"http://127.0.0.1:{port}/ui" in banner and router in banner
+        admin = json.loads((tmp_path / "tokens.json").read_text())["admin"]
+        assert admin in banner
+
+        seen = _versions(router, range(2000))
+        assert set(seen) == {"1", "2"}
+        assert 0.03 <= seen["2"] / 2000 <= 0.07, seen  # 5% canary
+
+        api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {admin}"})
+        etag = api.get(f"/models/{MODEL}/traffic").headers["etag"]
+        response = api.put(f"/models/{MODEL}/traffic", headers={"If-Match": etag}, json={
+            "default_version": "1", "reason": "test: half", "splits": [{"version": "1", "weight": 50},
+                                                                        {"version": "2", "weight": 50}]})
+        assert response.status_code == 200, response.text
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            seen = _versions(router, range(400))
+            if 0.4 <= seen["2"] / 400 <= 0.6:
+                break
+            time.sleep(0.5)
+        assert 0.4 <= seen["2"] / 400 <= 0.6, seen
+        api.close()
+    finally:
+        if process.poll() is None:
+            _stop(process)
+
+    # A second run continues from the same database.
+    process = _start(tmp_path, port, router_port)
+    try:
+        _wait_for_banner(process)
+        admin = json.loads((tmp_path / "tokens.json").read_text())["admin"]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {admin}"}) as api:
+            traffic = api.get(f"/models/{MODEL}/traffic").json()
+        assert traffic["revision"] == 2 and traffic["reason"] == "test: half"
+    finally:
+        if process.poll() is None:
+            _stop(process)
