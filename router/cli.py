@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stats-interval", type=float, default=None, metavar="SECONDS",
                         help="period of per-version stats reports (default 5)")
     parser.add_argument("--router-id", default=None, help="name in stats reports (default host:pid)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", default="info", type=str.lower, choices=["debug", "info", "warning", "error"])
 
 
 def run(args: argparse.Namespace) -> int:

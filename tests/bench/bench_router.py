@@ -170,9 +170,16 @@ async def _paced(port: int, rate: int, seconds: float) -> list[float]:
 
 
 def paced(port: int, rate: int, seconds: float) -> dict[str, float]:
+    import gc
+
     import uvloop
 
-    latencies = uvloop.run(_paced(port, rate, seconds))
+    gc.collect()
+    gc.disable()  # the generator's own pauses would land in every target's tail
+    try:
+        latencies = uvloop.run(_paced(port, rate, seconds))
+    finally:
+        gc.enable()
     latencies.sort()
     return {"p50_ms": statistics.median(latencies), "p99_ms": latencies[int(0.99 * len(latencies)) - 1],
             "n": len(latencies)}
@@ -239,7 +246,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="router worker counts to measure")
     parser.add_argument("--rate", type=int, default=1000, help="req/s for the added-latency run")
-    parser.add_argument("--paced-seconds", type=float, default=5.0)
+    parser.add_argument("--paced-seconds", type=float, default=4.0)
+    parser.add_argument("--paced-rounds", type=int, default=3, help="interleaved paced runs; medians are shown")
     parser.add_argument("--rounds", type=int, default=30, help="propagation rounds (4 routers each)")
     args = parser.parse_args()
     for tool in ("wrk",):
@@ -250,6 +258,7 @@ def main() -> int:
     python = sys.executable
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRAYROUTE_")}
     work = Path(tempfile.mkdtemp(prefix="grayroute-bench-"))
+    load = os.getloadavg()
     rows: list[tuple[str, dict[str, float]]] = []
     paced_rows: list[tuple[str, dict[str, float]]] = []
     try:
@@ -288,11 +297,14 @@ def main() -> int:
                 router_ports[workers] = (port, router)
 
             print(f"added latency at {args.rate} req/s (paced)…", file=sys.stderr)
-            paced_rows.append(("direct to backend", paced(b3, args.rate, args.paced_seconds)))
-            paced_rows.append(("nginx split_clients", paced(nginx_port, args.rate, args.paced_seconds)))
-            for workers, (port, _) in router_ports.items():
-                paced_rows.append((f"grayroute router, {workers} worker{'s' if workers > 1 else ''}",
-                                   paced(port, args.rate, args.paced_seconds)))
+            targets = [("direct to backend", b3), ("nginx split_clients", nginx_port)] + [
+                (f"grayroute router, {w} worker{'s' if w > 1 else ''}", p) for w, (p, _) in router_ports.items()]
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in targets}
+            for _ in range(args.paced_rounds):  # interleaved, so background noise hits every target alike
+                for name, port in targets:
+                    runs[name].append(paced(port, args.rate, args.paced_seconds))
+            for name, _ in targets:
+                paced_rows.append((name, {k: statistics.median(r[k] for r in runs[name]) for k in ("p50_ms", "p99_ms")}))
             for _, router in router_ports.values():
                 procs.stop(router)
 
@@ -320,7 +332,7 @@ def main() -> int:
     nginx_rps = next(r["rps"] for name, r in rows if name.startswith("nginx"))
     print()
     print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-          f"Python {platform.python_version()}; wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
+          f"load average {load[0]:.1f} at start; Python {platform.python_version()}; wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
           "95/5 split, load generator on the same cores")
     print()
     print(f"{'target':<30} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx':>9} {'errors':>7}")
@@ -329,7 +341,8 @@ def main() -> int:
               f"{r['rps'] / nginx_rps:>8.2f}x {int(r['errors']):>7}")
     print()
     direct = paced_rows[0][1]
-    print(f"at {args.rate} req/s, paced open loop ({args.paced_seconds:.0f} s each)")
+    print(f"at {args.rate} req/s, paced open loop ({args.paced_seconds:.0f} s each, median of {args.paced_rounds} "
+          "interleaved runs)")
     print(f"{'target':<30} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10}")
     for name, r in paced_rows:
         print(f"{name:<30} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
