@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 class RouterSettings(BaseModel):
@@ -42,6 +42,12 @@ class RouterSettings(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError("control plane URL must start with http:// or https://")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _fixed_port_for_workers(self) -> RouterSettings:
+        if self.workers > 1 and self.port == 0:
+            raise ValueError("several workers share one port: give --port explicitly")
+        return self
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **options: Any) -> RouterSettings:

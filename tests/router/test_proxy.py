@@ -185,3 +185,16 @@ async def test_metrics_are_summed_across_workers(backends: dict, routers: list, 
     line = next(l for l in text.splitlines() if l.startswith("grayroute_requests_total{") and 'status="200"' in l)
     assert line.endswith(" 40.0"), line
     assert os.path.exists(router.log)
+
+
+async def test_backend_that_keeps_failing_is_ejected(backends: dict, routers: list, tmp_path: Path,
+                                                     session: aiohttp.ClientSession) -> None:
+    stable = await start_backend(backends, "3", "3")
+    stuck = await start_backend(backends, "4", "4", delay=3.0)
+    spec = model_spec({"3": [stable.url], "4": [stuck.url]}, [("4", 100)], default_version="3")
+    router = await _router(routers, tmp_path, snapshot(1, resnet50=spec), "--upstream-timeout", "0.2")
+    answers = [await infer(session, router, f"u{i}") for i in range(3)]
+    assert [a[0] for a in answers] == [504, 504, 504]
+    assert all(a[1:] == ("4", "split") for a in answers)  # the error still names who failed
+    # three failures in a row: ejected; its users fall back to the default version
+    assert await infer(session, router, "u9") == (200, "3", "fallback")
