@@ -142,6 +142,7 @@ def _add_component_commands(commands: argparse._SubParsersAction) -> None:  # ty
     for name, module, help_text in (
         ("router", "router.cli", "run the edge router (data plane)"),
         ("reconcile", "control_plane.reconciler.cli", "run the deployment reconciler"),
+        ("register", "control_plane.registry.cli", "register a version and its engines (from CI)"),
         ("demo", "control_plane.demo", "run everything on this machine with a live canary"),
     ):
         try:

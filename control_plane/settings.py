@@ -74,3 +74,12 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+class ClientSettings(BaseSettings):
+    """What API clients (``grayroute register`` in CI) read: where the control plane is, and a token."""
+
+    model_config = SettingsConfigDict(env_prefix="GRAYROUTE_", extra="ignore")
+
+    control_plane_url: str = "http://127.0.0.1:8080"
+    token: SecretStr | None = None

@@ -1,0 +1,144 @@
+"""``grayroute register``: publish a version and its engines from a CI pipeline, through the API.
+
+Idempotent, so a re-run of the same pipeline is harmless: an existing version
+is reused, an engine already registered with the same sha256 is skipped, and
+a different sha256 for a registered architecture is an error (engines are
+immutable; register a new version instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from control_plane.settings import ClientSettings
+
+_CHUNK = 8 << 20
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model name (created if missing)")
+    parser.add_argument("version", help="version label, e.g. a build number")
+    parser.add_argument("--precision", required=True, choices=["fp32", "fp16", "int8", "bf16", "fp8"])
+    parser.add_argument("--trt-version", required=True, help="TensorRT version the engines were built with")
+    parser.add_argument("--engine", action="append", default=[], metavar="ARCH=URI",
+                        help="an engine's GPU architecture and artifact URI, e.g. sm_80=s3://engines/r50/4/sm_80.plan")
+    parser.add_argument("--file", action="append", default=[], metavar="ARCH=PATH",
+                        help="the local engine file for ARCH: its sha256 and size are computed")
+    parser.add_argument("--sha256", action="append", default=[], metavar="ARCH=HEX",
+                        help="the engine's sha256 when the file is not at hand")
+    parser.add_argument("--benchmark", action="append", default=[], metavar="ARCH=KEY=VALUE,...",
+                        help="trtexec figures, e.g. sm_80=p50_ms=1.2,p99_ms=2.5,throughput=2400,gpu_mem_mb=900")
+    parser.add_argument("--source-uri", default="", help="the ONNX the engines were built from")
+    parser.add_argument("--notes", default="")
+    parser.add_argument("--control-plane", help="base URL (default: $GRAYROUTE_CONTROL_PLANE_URL)")
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        arch, sep, rest = value.partition("=")
+        if not sep or not arch or not rest:
+            raise SystemExit(f"grayroute register: {flag} {value!r}: expected ARCH=VALUE")
+        pairs[arch] = rest
+    return pairs
+
+
+def _digest(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def engines_from(args: argparse.Namespace) -> list[dict[str, Any]]:
+    uris, files = _pairs(args.engine, "--engine"), _pairs(args.file, "--file")
+    sums, figures = _pairs(args.sha256, "--sha256"), _pairs(args.benchmark, "--benchmark")
+    engines = []
+    for arch, uri in uris.items():
+        engine: dict[str, Any] = {"gpu_arch": arch, "uri": uri}
+        if arch in files:
+            path = Path(files[arch])
+            if not path.is_file():
+                raise SystemExit(f"grayroute register: --file {arch}={path}: no such file")
+            print(f"hashing {path} …", file=sys.stderr)
+            engine["sha256"], engine["size_bytes"] = _digest(path)
+        elif arch in sums:
+            engine["sha256"] = sums[arch].lower()
+        else:
+            raise SystemExit(f"grayroute register: engine {arch} needs --file {arch}=PATH or --sha256 {arch}=HEX")
+        if arch in figures:
+            try:
+                engine["benchmark"] = {k: float(v) for k, _, v in (kv.partition("=") for kv in figures[arch].split(","))}
+            except ValueError:
+                raise SystemExit(f"grayroute register: --benchmark {arch}: numbers expected") from None
+        engines.append(engine)
+    unknown = (set(files) | set(sums) | set(figures)) - set(uris)
+    if unknown:
+        raise SystemExit(f"grayroute register: no --engine given for {sorted(unknown)}")
+    return engines
+
+
+def _fail(response: httpx.Response) -> None:
+    try:
+        error = response.json()["error"]
+        detail = "".join(f"\n  {d['field']}: {d['reason']}" for d in error.get("details") or []
+                         if isinstance(d, dict) and "field" in d)
+        message = f"{error['message']}{detail}"
+    except (ValueError, KeyError, TypeError):
+        message = response.text
+    raise SystemExit(f"grayroute register: {response.request.method} {response.request.url.path} → "
+                     f"{response.status_code}: {message}")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = ClientSettings()
+    if settings.token is None:
+        raise SystemExit("grayroute register: set GRAYROUTE_TOKEN to a publisher token")
+    engines = engines_from(args)
+    base = (args.control_plane or settings.control_plane_url).rstrip("/") + "/api/v1"
+    headers = {"Authorization": f"Bearer {settings.token.get_secret_value()}"}
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as api:
+        response = api.get(f"/models/{args.model}")
+        if response.status_code == 404:
+            response = api.post("/models", json={"name": args.model})
+            if response.status_code != 201:
+                _fail(response)
+            print(f"created model {args.model}")
+        elif response.status_code != 200:
+            _fail(response)
+
+        response = api.get(f"/models/{args.model}/versions/{args.version}")
+        if response.status_code == 404:
+            response = api.post(f"/models/{args.model}/versions", json={
+                "version": args.version, "precision": args.precision, "trt_version": args.trt_version,
+                "source_uri": args.source_uri, "notes": args.notes, "engines": engines})
+            if response.status_code != 201:
+                _fail(response)
+            print(f"registered {args.model}/{args.version} with engines for "
+                  f"{', '.join(e['gpu_arch'] for e in engines) or 'no architecture yet'}")
+            return 0
+        if response.status_code != 200:
+            _fail(response)
+        existing = {e["gpu_arch"]: e for e in response.json()["engines"]}
+        for engine in engines:
+            known = existing.get(engine["gpu_arch"])
+            if known is not None:
+                if known["sha256"] != engine["sha256"]:
+                    raise SystemExit(f"grayroute register: {args.model}/{args.version} already has a different "
+                                     f"{engine['gpu_arch']} engine (sha256 {known['sha256'][:12]}…); engines are "
+                                     "immutable, register a new version")
+                print(f"{engine['gpu_arch']}: already registered")
+                continue
+            response = api.post(f"/models/{args.model}/versions/{args.version}/engines", json=engine)
+            if response.status_code != 201:
+                _fail(response)
+            print(f"{engine['gpu_arch']}: engine added")
+    return 0
