@@ -206,8 +206,9 @@ router = APIRouter(prefix="/ui", route_class=_PageRoute, include_in_schema=False
 
 def install(app: FastAPI) -> None:
     """Called by ``create_app``: the pages and the files they need (served here; no CDN)."""
-    app.include_router(router)
+    # The files first: the pages end with a catch-all that answers unknown /ui paths with a page.
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
+    app.include_router(router)
 
 
 # --- sign in and out --------------------------------------------------------------------------
@@ -318,6 +319,13 @@ def _previous_layout(model: Model, current: TrafficRevision | None) -> list[Rang
     return [(s, e, v) for s, e, v in current.allocation]
 
 
+def _target_label(event: Any, model: str) -> str:
+    """Targets relative to the page's model: "resnet50/4@a100" -> "4@a100", "resnet50" -> "traffic"."""
+    if event.target == model:
+        return str(event.target_type)
+    return str(event.target).removeprefix(model + "/")
+
+
 def _change_summary(event: Any) -> str:
     before, after = event.before or {}, event.after or {}
     if event.target_type == "traffic":
@@ -388,7 +396,8 @@ async def _model_page(request: Request, visitor: Visitor, db: Any, name: str, *,
         "candidates": candidates,
         "selectable": [v.version for v in versions if v.status != VersionStatus.RETIRED],
         "revisions": await traffic_service.list_revisions(db, model=model, limit=25),
-        "events": [(e, _change_summary(e)) for e in await audit_service.list(db, model=model.name, limit=40)],
+        "events": [(e, _target_label(e, model.name), _change_summary(e))
+                   for e in await audit_service.list(db, model=model.name, limit=40)],
         "figures": figures,
         "edit": edit, "errors": edit.errors if edit else {},
         "edit_default": edit.default_version if edit and edit.default_version else default,
@@ -652,3 +661,9 @@ async def set_warm(name: str, version: str, request: Request, visitor: VisitorDe
     else:
         visitor.ui.flash("ok", f"Version {version} is {'kept warm' if warm else 'no longer kept warm'}.")
     return _redirect(f"/ui/models/{quote(name)}#versions")
+
+
+@router.get("/{rest:path}")
+async def not_found(rest: str, visitor: VisitorDep) -> Response:
+    _reader(visitor)
+    raise NotFound(f"there is no page at /ui/{rest}")

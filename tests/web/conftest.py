@@ -99,27 +99,31 @@ class Api:
             self.tokens[name] = response.json()["token"]
         return self.tokens[name]
 
-    def canary(self, model: str, *, weight: str = "5") -> None:
+    def canary(self, model: str, *, weight: str = "5", description: str = "ImageNet classifier, batch 1-32") -> None:
         """An external sm_80 pool, ``model`` with versions 3 and 4 (sm_80 engines, endpoints), 95/5."""
         response = self.admin.put("/pools/a100", json={"gpu_arch": "sm_80", "kind": "external",
                                                         "trt_version": "10.3"})
         assert response.status_code in (200, 201), response.text
-        response = self.admin.post("/models", json={"name": model, "description": "ImageNet classifier, batch 1-32"})
+        response = self.admin.post("/models", json={"name": model, "description": description})
         assert response.status_code == 201, response.text
-        benchmarks = {"3": {"p50_ms": 4.1, "p99_ms": 9.8, "throughput": 2150, "gpu_mem_mb": 1840},
-                      "4": {"p50_ms": 2.6, "p99_ms": 6.9, "throughput": 3420, "gpu_mem_mb": 1010}}
-        for version, precision in (("3", "fp16"), ("4", "int8")):
-            response = self.admin.post(f"/models/{model}/versions", json={
-                "version": version, "precision": precision, "trt_version": "10.3",
-                "notes": "INT8 calibration on 2k ImageNet images" if version == "4" else "",
-                "engines": [{"gpu_arch": "sm_80", "uri": f"s3://engines/{model}/{version}/sm_80.plan",
-                             "sha256": "ab" * 32, "size_bytes": 96 << 20, "benchmark": benchmarks[version]}]})
-            assert response.status_code == 201, response.text
-            response = self.admin.put(f"/models/{model}/versions/{version}/endpoints", json={
-                "pool": "a100", "urls": [f"http://127.0.0.1:{9000 + int(version)}"]})
-            assert response.status_code == 200, response.text
+        self.version(model, "3", precision="fp16", benchmark={"p50_ms": 4.1, "p99_ms": 9.8, "throughput": 2150,
+                                                               "gpu_mem_mb": 1840})
+        self.version(model, "4", precision="int8", notes="INT8 calibration on 2k ImageNet images",
+                     benchmark={"p50_ms": 2.6, "p99_ms": 6.9, "throughput": 3420, "gpu_mem_mb": 1010})
         self.put_traffic(model, {"3": str(100 - float(weight)), "4": weight}, default="3", reason="first canary",
                          if_match='"0"')
+
+    def version(self, model: str, version: str, *, precision: str = "fp16", notes: str = "",
+                benchmark: dict[str, float] | None = None, urls: list[str] | None = None) -> None:
+        """A version with an sm_80 engine and backends on the external pool (none: its deployment is pending)."""
+        response = self.admin.post(f"/models/{model}/versions", json={
+            "version": version, "precision": precision, "trt_version": "10.3", "notes": notes,
+            "engines": [{"gpu_arch": "sm_80", "uri": f"s3://engines/{model}/{version}/sm_80.plan",
+                         "sha256": "ab" * 32, "size_bytes": 96 << 20, "benchmark": benchmark}]})
+        assert response.status_code == 201, response.text
+        response = self.admin.put(f"/models/{model}/versions/{version}/endpoints", json={
+            "pool": "a100", "urls": [f"http://127.0.0.1:{9000 + int(version)}"] if urls is None else urls})
+        assert response.status_code == 200, response.text
 
     def put_traffic(self, model: str, splits: dict[str, str], *, default: str, reason: str,
                     if_match: str | None = None) -> dict[str, Any]:

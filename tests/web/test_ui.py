@@ -19,8 +19,12 @@ def csrf_of(page: Any) -> str:
     return page.locator("input[name=csrf]").first.get_attribute("value")
 
 
-def test_release_manager_moves_the_canary_from_5_to_10_percent(api: Api, model: str, sign_in: Any) -> None:
+def test_release_manager_moves_the_canary_from_5_to_10_percent(api: Api, sign_in: Any) -> None:
+    model = "resnet50"  # the README's screenshot
+    api.canary(model)
     api.report_stats(model)
+    api.canary("bert-squad", weight="20", description="Question answering, SQuAD v2")
+    api.version("bert-squad", "5", urls=[])  # registered, its backends not up yet: amber
     page = sign_in("alice", "release-manager")
     row = page.locator(f"tr[data-model={model}]")
     expect(row).to_contain_text("95%")
@@ -56,6 +60,8 @@ def test_release_manager_moves_the_canary_from_5_to_10_percent(api: Api, model: 
     expect(page.locator("tr[data-revision='2']")).to_contain_text("p99 flat for an hour")
     expect(page.locator("#audit")).to_contain_text("traffic.update")
     page.reload()  # without the flash, as people see it day to day
+    page.fill("input[name='weight:4']", "25")
+    expect(page.locator("[data-movement]")).to_contain_text("+15% of users move from 3 to 4")
     screenshot(page, "model-page", docs="ui-model-page.png")
 
 
@@ -292,6 +298,7 @@ def test_bad_input_never_yields_a_server_error(api: Api, model: str, server: Any
             ("get", f"/ui/models/{model}/confirm/rollback?version=3", None),
             ("get", f"/ui/models/{model}/preview?weight:4=1e400&weight:3=x", None),
             ("get", "/ui/login?next=https://elsewhere.example", None),
+            ("get", "/ui/no/such/page", None),
             ("post", f"/ui/models/{model}/traffic", {"csrf": token, "revision": "zz", "weight:4": "5",
                                                      "weight:3": "95", "default_version": "nope"}),
             ("post", f"/ui/models/{model}/traffic", {"csrf": token, "revision": "1", "weight:9": "5",
