@@ -38,9 +38,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             migrate.upgrade(settings.database_url)
         await publisher.notifier.start()
         try:
-            if settings.bootstrap_admin_token is not None:
-                async with sessions() as session:
-                    await auth_service.ensure_bootstrap(session, plaintext=settings.bootstrap_admin_token.get_secret_value())
+            for provisioned, role in ((settings.bootstrap_admin_token, auth_service.Role.ADMIN),
+                                      (settings.router_token, auth_service.Role.ROUTER)):
+                if provisioned is not None:
+                    async with sessions() as session:
+                        await auth_service.ensure_bootstrap(session, plaintext=provisioned.get_secret_value(),
+                                                            role=role)
             # Routers that start before any change still find a snapshot in Redis.
             await publisher.publish()
         except Exception as exc:  # noqa: BLE001 - start anyway; /readyz tells the truth

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     secret_key: SecretStr = SecretStr(DEMO_SECRET_KEY)
     bootstrap_admin_token: SecretStr | None = None
+    # Lets a deployment hand routers a token it generated itself (Helm: from a Secret).
+    router_token: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Postgres: pool sizing and how long a request may wait for the database.
     db_pool_size: int = 10

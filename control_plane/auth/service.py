@@ -101,12 +101,13 @@ async def create(session: AsyncSession, *, name: str, role: str, actor: Actor) -
     return token, plaintext
 
 
-async def ensure_bootstrap(session: AsyncSession, *, plaintext: str) -> None:
-    """Make the configured bootstrap token a valid admin token (idempotent)."""
+async def ensure_bootstrap(session: AsyncSession, *, plaintext: str, role: Role = Role.ADMIN) -> None:
+    """Make a token provisioned outside grayroute (e.g. from a Kubernetes Secret) valid (idempotent)."""
     digest = hash_token(plaintext)
     if (await session.execute(select(Token.id).where(Token.token_hash == digest))).first() is None:
-        session.add(Token(name="bootstrap-admin", role=Role.ADMIN.value, token_hash=digest, prefix=plaintext[:10],
+        name = f"bootstrap-{role.value}"
+        session.add(Token(name=name, role=role.value, token_hash=digest, prefix=plaintext[:10],
                           created_by=SYSTEM.name))
         await audit_service.record(session, actor=SYSTEM, action="token.bootstrap", target_type="token",
-                                   target="bootstrap-admin", after={"role": Role.ADMIN.value})
+                                   target=name, after={"role": role.value})
         await session.commit()

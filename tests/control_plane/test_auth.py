@@ -104,3 +104,20 @@ def test_unknown_role_is_refused(api: Api) -> None:
     response = api.post("/tokens", json={"name": "x", "role": "superuser"})
     assert response.status_code == 422
     assert response.json()["error"]["details"][0]["field"] == "role"
+
+
+def test_provisioned_router_token_is_registered_at_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    from control_plane.app import create_app
+    from tests.services import LiveServer
+
+    router_token = "gr_provisioned-router-token-from-a-kubernetes-secret"
+    settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'g.db'}", router_token=router_token)
+    server = LiveServer(create_app(settings)).start()
+    try:
+        headers = {"Authorization": f"Bearer {router_token}"}
+        assert httpx.get(server.url + "/api/v1/snapshot", headers=headers).status_code == 200
+        assert httpx.get(server.url + "/api/v1/models", headers=headers).status_code == 403  # role router only
+    finally:
+        server.stop()

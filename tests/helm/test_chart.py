@@ -308,6 +308,7 @@ SECRET_STAND_INS = {
     "GRAYROUTE_REDIS_URL": "redis://redis:6379/0",
     "GRAYROUTE_SECRET_KEY": "0123456789abcdef0123456789abcdef",
     "GRAYROUTE_BOOTSTRAP_ADMIN_TOKEN": "bootstrap-admin-token",
+    "GRAYROUTE_ROUTER_TOKEN": "gr_router-token-from-a-secret",
 }
 
 
@@ -328,6 +329,8 @@ def test_the_settings_object_accepts_every_environment(
         assert settings.log_level == ("DEBUG" if values_case[0] == "full" else "INFO")
         if "control-plane" in where:
             assert settings.cookie_secure is (values_case[0] == "full")
+            # The routers' Secret reaches the control plane, which registers it at start.
+            assert settings.router_token is not None
 
 
 def test_control_plane_contract(rendered: Rendered) -> None:
@@ -661,6 +664,7 @@ def test_each_component_gets_only_the_secrets_it_needs(full: Rendered) -> None:
     assert set(_env(_container(full, "Deployment", "control-plane"))) == backend | {
         "GRAYROUTE_BOOTSTRAP_ADMIN_TOKEN",
         "GRAYROUTE_COOKIE_SECURE",
+        "GRAYROUTE_ROUTER_TOKEN",  # registered at start for the routers
     }
     assert set(_env(_container(full, "Deployment", "reconciler"))) == backend
     for component in ("db-upgrade", "pools-import"):
