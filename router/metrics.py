@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,16 +53,7 @@ class Recorder:
         if status >= 500:
             cell.errors += 1
         cell.latency_sum += seconds
-        # bisect_left inlined: this runs once per request
-        bounds = LATENCY_BOUNDS_S
-        lo, hi = 0, len(bounds)
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if bounds[mid] < seconds:
-                lo = mid + 1
-            else:
-                hi = mid
-        cell.buckets[lo] += 1
+        cell.buckets[bisect_left(LATENCY_BOUNDS_S, seconds)] += 1
         if chosen is not None:  # a fallback away from ``chosen``
             cell.fallbacks += 1
             fkey = (model, chosen, version)
