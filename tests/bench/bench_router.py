@@ -127,15 +127,43 @@ def snapshot(revision: int, b3: int, b4: int, canary: float = 5.0,
     }}})
 
 
-def wrk(port: int, script: Path, duration: int, connections: int, threads: int) -> dict[str, float]:
+def cpu_seconds(root: int) -> float:
+    """CPU time used so far by ``root`` and its descendants (all threads)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    family, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in family:
+                family.add(child)
+                frontier.append(child)
+    return sum(times.get(pid, 0.0) for pid in family)
+
+
+def wrk(port: int, script: Path, duration: int, connections: int, threads: int,
+        server: int | None = None) -> dict[str, float]:
+    before = cpu_seconds(server) if server else 0.0
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "-s", str(script), f"http://127.0.0.1:{port}/"],
         capture_output=True, text=True, timeout=duration + 30, check=True,
     ).stdout
+    used = cpu_seconds(server) - before if server else 0.0
     line = next(line for line in out.splitlines() if line.startswith("JSON "))
     data = json.loads(line[5:])
     return {"rps": data["requests"] / data["seconds"], "p50_ms": data["p50"] / 1000, "p99_ms": data["p99"] / 1000,
-            "errors": data["errors"]}
+            "errors": data["errors"], "cpu_us": used / max(data["requests"], 1) * 1e6}
 
 
 async def _paced(port: int, rate: int, seconds: float) -> list[float]:
@@ -266,7 +294,7 @@ def main() -> int:
         script.write_text(WRK_SCRIPT)
         with processes() as procs:
             b3, b4 = free_port(), free_port()
-            procs.start(python, "-m", "tests.router.kserve", "--port", str(b3), "--version", "3")
+            backend3 = procs.start(python, "-m", "tests.router.kserve", "--port", str(b3), "--version", "3")
             procs.start(python, "-m", "tests.router.kserve", "--port", str(b4), "--version", "4")
             wait_for_port(b3)
             wait_for_port(b4)
@@ -275,17 +303,17 @@ def main() -> int:
             nginx_port = free_port()
             (work / "nginx.conf").write_text(NGINX_CONF.format(dir=work, b3=b3, b4=b4, port=nginx_port,
                                                                 workers=os.cpu_count() or 2))
-            procs.start(nginx, "-c", str(work / "nginx.conf"), "-p", str(work))
+            nginx_process = procs.start(nginx, "-c", str(work / "nginx.conf"), "-p", str(work))
             wait_for_port(nginx_port)
 
-            def measure(name: str, port: int) -> None:
+            def measure(name: str, port: int, server: int) -> None:
                 wrk(port, script, 2, args.connections, args.threads)  # warm-up
-                rows.append((name, wrk(port, script, args.duration, args.connections, args.threads)))
+                rows.append((name, wrk(port, script, args.duration, args.connections, args.threads, server)))
                 print(f"  {name}: {rows[-1][1]['rps']:.0f} req/s", file=sys.stderr)
 
             print("throughput (wrk)…", file=sys.stderr)
-            measure("direct to backend", b3)
-            measure("nginx split_clients", nginx_port)
+            measure("direct to backend", b3, backend3.pid)
+            measure("nginx split_clients", nginx_port, nginx_process.pid)
             router_ports = {}
             for workers in args.workers:
                 port = free_port()
@@ -293,7 +321,7 @@ def main() -> int:
                                      "--snapshot-file", str(snap), "--log-level", "warning", env=env)
                 wait_for_port(port)
                 time.sleep(1.0 + workers * 0.5)  # every worker bound and loaded
-                measure(f"grayroute router, {workers} worker{'s' if workers > 1 else ''}", port)
+                measure(f"grayroute router, {workers} worker{'s' if workers > 1 else ''}", port, router.pid)
                 router_ports[workers] = (port, router)
 
             print(f"added latency at {args.rate} req/s (paced)…", file=sys.stderr)
@@ -335,10 +363,11 @@ def main() -> int:
           f"load average {load[0]:.1f} at start; Python {platform.python_version()}; wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
           "95/5 split, load generator on the same cores")
     print()
-    print(f"{'target':<30} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx':>9} {'errors':>7}")
+    print(f"{'target':<30} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx':>9} {'CPU us/req':>11} {'errors':>7}")
     for name, r in rows:
         print(f"{name:<30} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-              f"{r['rps'] / nginx_rps:>8.2f}x {int(r['errors']):>7}")
+              f"{r['rps'] / nginx_rps:>8.2f}x {r['cpu_us']:>11.1f} {int(r['errors']):>7}")
+    print("(CPU us/req: CPU time of that server's processes only, per request: steady even on a busy machine)")
     print()
     direct = paced_rows[0][1]
     print(f"at {args.rate} req/s, paced open loop ({args.paced_seconds:.0f} s each, median of {args.paced_rounds} "
