@@ -6,7 +6,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -20,7 +20,9 @@ from control_plane.errors import error_body, install_handlers, is_database_unrea
 from control_plane.notifications import SnapshotPublisher, notifier_for
 from control_plane.registry.router import router as registry_router
 from control_plane.settings import Settings, get_settings
+from control_plane.stats import router as stats_routes
 from control_plane.traffic.router import router as traffic_router
+from web import views as web_views
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     for router in (registry_router, traffic_router, audit_router, auth_router):
         app.include_router(router)
-    _include_optional_routers(app)
+    stats_routes.install(app)
+    web_views.install(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -88,21 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
-    async def root(request: Request) -> RedirectResponse:
-        return RedirectResponse("/ui/" if any(getattr(r, "path", "") == "/ui/" for r in app.routes) else "/docs")
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
 
     return app
-
-
-def _include_optional_routers(app: FastAPI) -> None:
-    """Routers of packages that build on the core (stats, web UI), while they are being written."""
-    import importlib
-
-    for module in ("control_plane.stats.router", "web.views"):
-        try:
-            component = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name not in (module, module.rpartition(".")[0]):
-                raise
-            continue
-        component.install(app) if hasattr(component, "install") else app.include_router(component.router)
