@@ -100,10 +100,7 @@ class Api:
         return self.tokens[name]
 
     def canary(self, model: str, *, weight: str = "5", description: str = "ImageNet classifier, batch 1-32") -> None:
-        """An external sm_80 pool, ``model`` with versions 3 and 4 (sm_80 engines, endpoints), 95/5."""
-        response = self.admin.put("/pools/a100", json={"gpu_arch": "sm_80", "kind": "external",
-                                                        "trt_version": "10.3"})
-        assert response.status_code in (200, 201), response.text
+        """``model`` with versions 3 and 4 (sm_80 engines, endpoints on the external pool a100), 95/5."""
         response = self.admin.post("/models", json={"name": model, "description": description})
         assert response.status_code == 201, response.text
         self.version(model, "3", precision="fp16", benchmark={"p50_ms": 4.1, "p99_ms": 9.8, "throughput": 2150,
@@ -178,6 +175,8 @@ def _window(requests: int, *, errors: int, shape: tuple[int, ...]) -> dict[str, 
 @pytest.fixture(scope="session")
 def api(server: LiveServer) -> Iterator[Api]:
     client = Api(server.url)
+    response = client.admin.put("/pools/a100", json={"gpu_arch": "sm_80", "kind": "external", "trt_version": "10.3"})
+    assert response.status_code in (200, 201), response.text
     yield client
     client.close()
 

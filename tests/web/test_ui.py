@@ -317,3 +317,18 @@ def test_bad_input_never_yields_a_server_error(api: Api, model: str, server: Any
             if not response.is_redirect:
                 assert response.headers["content-type"].startswith(("text/html", "application/json")), path
         assert api.weights(model) == {"3": 95.0, "4": 5.0}
+
+
+def test_the_first_policy_of_a_new_model(api: Api, sign_in: Any) -> None:
+    api.admin.post("/models", json={"name": "web-fresh-model"})
+    api.version("web-fresh-model", "1")
+    page = sign_in("alice", "release-manager")
+    page.goto("/ui/models/web-fresh-model")
+    expect(page.locator("#traffic")).to_contain_text("No traffic policy yet")
+    page.click("[data-apply]")  # every weight at 0: refused, with the API's reason
+    expect(page.locator("tfoot")).to_contain_text("at least 1 item")
+    page.fill("input[name='weight:1']", "100")
+    expect(page.locator("[data-movement]")).to_contain_text("a fresh layout: users are assigned 100% to 1")
+    page.click("[data-apply]")
+    expect(page.locator(".flash-ok")).to_contain_text("Revision 1 is live: 1 100%")
+    assert api.traffic("web-fresh-model")["default_version"] == "1"
