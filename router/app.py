@@ -202,7 +202,10 @@ class RouterApp:
                 raise errors.UnknownModel(f"model {model_name!r} is not served", {"model": model_name})
             await self._proxy(scope, receive, send, model, explicit, started)
         except errors.RouterError as exc:
-            self.recorder.refused(model_name, exc.status, exc.code)
+            # unknown names share one label: clients must not be able to mint time series
+            table = self.table
+            known = table is not None and model_name in table.models
+            self.recorder.refused(model_name if known else "", exc.status, exc.code)
             await _send_error(send, exc)
 
     async def _proxy(
