@@ -86,6 +86,11 @@ class _Fault:
                 and (self.resources is None or plural in self.resources))
 
 
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 drops connections when a client opens dozens at once.
+    request_queue_size = 256
+
+
 class FakeApiServer:
     """Start with :meth:`start`; point a client at :meth:`write_kubeconfig`."""
 
@@ -103,7 +108,7 @@ class FakeApiServer:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._closing = False
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -173,7 +178,7 @@ class FakeApiServer:
     def set_ready(self, namespace: str, deployment: str, ready: int) -> None:
         with self._lock:
             self.ready_override[(namespace, deployment)] = ready
-            self._run_controller()
+            self._run_controller(namespace, deployment)
 
     # ------------------------------------------------------------ storage
 
@@ -225,56 +230,65 @@ class FakeApiServer:
         self._store(plural, ns, name, merged, created=False)
         return merged
 
-    def _run_controller(self) -> None:
-        """Deployment status and EndpointSlices, as kube-controller-manager would keep them."""
-        for (plural, ns, name), dep in list(self.objects.items()):
-            if plural != "deployments":
-                continue
+    def _run_controller(self, ns: str | None = None, name: str | None = None) -> None:
+        """Deployment status and EndpointSlices, as kube-controller-manager would keep them.
+
+        After a write only the touched namespace/name is settled, so large
+        benchmarks stay linear; without arguments everything is.
+        """
+        if ns is None:
+            for plural, ns2, name2 in list(self.objects):
+                if plural in ("deployments", "services"):
+                    self._settle(ns2, name2)
+            return
+        self._settle(ns, name or "")
+
+    def _settle(self, ns: str, name: str) -> None:
+        dep = self.objects.get(("deployments", ns, name))
+        if dep is not None:
             replicas = int(dep.get("spec", {}).get("replicas", 1))
             ready = self.ready_override.get((ns, name), replicas if self.auto_ready else 0)
             ready = min(ready, replicas)
-            status = {"replicas": replicas, "readyReplicas": ready, "observedGeneration": dep["metadata"].get("generation", 1)}
+            status = {"replicas": replicas, "readyReplicas": ready,
+                      "observedGeneration": dep["metadata"].get("generation", 1)}
             if dep.get("status") != status:
                 updated = json.loads(json.dumps(dep))
                 updated["status"] = status
-                self._store(plural, ns, name, updated, created=False)
-        for (plural, ns, name), svc in list(self.objects.items()):
-            if plural != "services":
-                continue
-            selector = svc.get("spec", {}).get("selector") or {}
-            pods: list[tuple[bool, int]] = []
-            for (p2, ns2, dname), dep in self.objects.items():
-                if p2 != "deployments" or ns2 != ns:
-                    continue
-                labels = dep["spec"]["template"]["metadata"].get("labels", {})
-                if selector and all(labels.get(k) == v for k, v in selector.items()):
-                    replicas = int(dep["spec"].get("replicas", 1))
-                    ready = int(dep.get("status", {}).get("readyReplicas", 0))
-                    pods += [(i < ready, i) for i in range(replicas)]
-            octet = sum(name.encode()) % 250
-            endpoints = [
-                {"addresses": [f"10.{octet}.{len(name) % 250}.{i + 1}"], "conditions": {"ready": is_ready}}
-                for is_ready, i in pods
-            ]
-            slice_name = f"{name}-slice"
-            body = {
-                "metadata": {"labels": {SERVICE_NAME_LABEL: name, **svc["metadata"].get("labels", {})}},
-                "addressType": "IPv4",
-                "endpoints": endpoints,
-                "ports": [{"name": "http", "port": 8000, "protocol": "TCP"}],
-            }
-            current = self.objects.get(("endpointslices", ns, slice_name))
-            if current is None:
-                self._store("endpointslices", ns, slice_name, self._new("endpointslices", ns, slice_name, body), True)
-            elif current.get("endpoints") != endpoints:
-                updated = json.loads(json.dumps(current))
-                updated["endpoints"] = endpoints
-                self._store("endpointslices", ns, slice_name, updated, created=False)
-        for (plural, ns, name) in list(self.objects):
-            if plural == "endpointslices":
-                svc_name = self.objects[(plural, ns, name)]["metadata"].get("labels", {}).get(SERVICE_NAME_LABEL)
-                if svc_name and ("services", ns, svc_name) not in self.objects:
-                    self._remove((plural, ns, name))
+                self._store("deployments", ns, name, updated, created=False)
+        # The Service of a Deployment shares its name here (that is how grayroute names them).
+        svc = self.objects.get(("services", ns, name))
+        slice_name = f"{name}-slice"
+        if svc is None:
+            if ("endpointslices", ns, slice_name) in self.objects:
+                self._remove(("endpointslices", ns, slice_name))
+            return
+        selector = svc.get("spec", {}).get("selector") or {}
+        pods: list[tuple[bool, int]] = []
+        dep = self.objects.get(("deployments", ns, name))
+        if dep is not None:
+            labels = dep["spec"]["template"]["metadata"].get("labels", {})
+            if selector and all(labels.get(k) == v for k, v in selector.items()):
+                replicas = int(dep["spec"].get("replicas", 1))
+                ready = int(dep.get("status", {}).get("readyReplicas", 0))
+                pods = [(i < ready, i) for i in range(replicas)]
+        octet = sum(name.encode()) % 250
+        endpoints = [
+            {"addresses": [f"10.{octet}.{len(name) % 250}.{i + 1}"], "conditions": {"ready": is_ready}}
+            for is_ready, i in pods
+        ]
+        body = {
+            "metadata": {"labels": {SERVICE_NAME_LABEL: name, **svc["metadata"].get("labels", {})}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "http", "port": 8000, "protocol": "TCP"}],
+        }
+        current = self.objects.get(("endpointslices", ns, slice_name))
+        if current is None:
+            self._store("endpointslices", ns, slice_name, self._new("endpointslices", ns, slice_name, body), True)
+        elif current.get("endpoints") != endpoints:
+            updated = json.loads(json.dumps(current))
+            updated["endpoints"] = endpoints
+            self._store("endpointslices", ns, slice_name, updated, created=False)
 
     # ------------------------------------------------------------ HTTP
 
@@ -283,17 +297,22 @@ class FakeApiServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; with Nagle each response would wait for a delayed ACK.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
             def _send(self, status: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client gave up (a timeout under test)
 
             def _status(self, code: int, reason: str, message: str) -> None:
                 self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
@@ -302,7 +321,10 @@ class FakeApiServer:
             def _body(self) -> dict[str, Any]:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b"{}"
-                parsed = yaml.safe_load(raw) if "yaml" in (self.headers.get("Content-Type") or "") else json.loads(raw)
+                try:
+                    parsed = json.loads(raw)  # JSON is YAML; PyYAML would take tens of ms per object
+                except ValueError:
+                    parsed = yaml.safe_load(raw)
                 return parsed or {}
 
             def do_GET(self) -> None:
@@ -323,6 +345,9 @@ class FakeApiServer:
             def _dispatch(self, method: str) -> None:
                 url = urlparse(self.path)
                 query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+                if url.path.startswith("/_fake/"):
+                    self._control(method, url.path)
+                    return
                 m = _PATH.match(url.path)
                 if not m or m.group("plural") not in _KINDS:
                     self._body() if method in ("POST", "PUT", "PATCH") else None
@@ -357,8 +382,21 @@ class FakeApiServer:
                 with server._lock:
                     code, payload = server._serve(verb, plural, ns, name, query, body)
                     if verb in ("apply", "create", "update", "delete") and code < 300:
-                        server._run_controller()
+                        server._run_controller(ns, name or body.get("metadata", {}).get("name"))
                 self._send(code, payload)
+
+            def _control(self, method: str, path: str) -> None:
+                # Test controls for a double running in another process (the benchmark).
+                if path == "/_fake/counts":
+                    with server._lock:
+                        self._send(200, {"counts": dict(server.counts), "writes": server.writes(),
+                                         "objects": len(server.objects)})
+                elif path == "/_fake/reset" and method == "POST":
+                    self._body()
+                    server.reset_counts()
+                    self._send(200, {})
+                else:
+                    self._status(404, "NotFound", path)
 
             def _watch(self, plural: str, ns: str, query: dict[str, str]) -> None:
                 since = int(query.get("resourceVersion") or 0)
@@ -455,3 +493,22 @@ def running(**kwargs: Any) -> Iterator[FakeApiServer]:
         yield server
     finally:
         server.stop()
+
+
+def main() -> None:
+    """Serve the double in its own process (so it does not share the caller's GIL); print its URL."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    args = parser.parse_args()
+    server = FakeApiServer(latency=args.latency).start()
+    print(server.url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
