@@ -7,7 +7,9 @@ Sources, in the order they are tried:
 - while Redis is reachable, the revision published on ``grayroute:snapshot``
   (the document itself is read from the key of the same name);
 - while it is not, HTTP polling with ``If-None-Match`` every ``poll_interval``,
-  trying Redis again on each round.
+  trying Redis again on each round;
+- and a conditional GET every ~30 s even while notifications flow, in case the
+  control plane could not reach Redis when it published.
 
 Every document is validated and compiled before it replaces the table in one
 assignment; a bad one is logged and refused, an older revision is ignored.
@@ -34,6 +36,7 @@ log = logging.getLogger("grayroute.router.config")
 REDIS_KEY = "grayroute:snapshot"
 REDIS_CHANNEL = "grayroute:snapshot"
 SNAPSHOT_PATH = "/api/v1/snapshot"
+RESYNC_SECONDS = 30.0  # conditional GET even while notifications flow
 
 
 class SnapshotSource:
@@ -196,8 +199,14 @@ class SnapshotSource:
             await pubsub.subscribe(REDIS_CHANNEL)
             self.mode = "notify"
             await self._from_redis_key(None)  # catch up on what was published while away
+            loop = asyncio.get_running_loop()
+            resync_at = loop.time() + jitter(RESYNC_SECONDS)
             while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30.0)
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if loop.time() >= resync_at:
+                    # a control plane that could not reach Redis still serves HTTP: a cheap 304 most of the time
+                    resync_at = loop.time() + jitter(RESYNC_SECONDS)
+                    await self.fetch_http()
                 if message is None or message.get("type") != "message":
                     continue
                 try:
