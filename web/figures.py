@@ -126,6 +126,7 @@ async def load(app_state: Any, *, model: str, default_version: str | None, versi
     shown = [v for v in versions if v in by_version] + [v for v in by_version if v not in versions]
     slots = _trend_series(stats_service, entries, model=model, now=now, versions=shown)
     base = by_version.get(default_version or "")
+    total_requests = sum(v.requests for v in stats.versions) or 1
     figures = Figures("ok", routers=stats.routers)
     for metric in _METRICS:
         chart = bars([Bar(v, metric.value(by_version[v]), metric.text(metric.value(by_version[v])),
@@ -143,7 +144,11 @@ async def load(app_state: Any, *, model: str, default_version: str | None, versi
                 card.deltas.append(Delta(v, "no comparison", "neutral"))
                 continue
             text, change = metric.delta(value, base_value)
-            card.deltas.append(Delta(v, f"{text} vs {default_version}", _tone(change, metric.higher_is_worse)))
+            if metric.higher_is_worse is None:  # volume follows the split: say which share it got
+                text += f" vs {default_version} · {by_version[v].requests / total_requests:.1%} of requests"
+            else:
+                text += f" vs {default_version}"
+            card.deltas.append(Delta(v, text, _tone(change, metric.higher_is_worse)))
         figures.cards.append(card)
     for v in shown:
         s = by_version[v]

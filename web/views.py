@@ -75,9 +75,6 @@ class Visitor:
     actor: Actor | None
     settings: Settings
 
-    def can(self, permission: Permission) -> bool:
-        return self.actor is not None and self.actor.can(permission)
-
 
 async def _visitor(request: Request, db: SessionDep, settings: SettingsDep) -> Visitor:
     ui = ui_session.load(request, settings)
@@ -411,6 +408,21 @@ async def _model_page(request: Request, visitor: Visitor, db: Any, name: str, *,
 @router.get("/models/{name}")
 async def model_page(name: str, request: Request, visitor: VisitorDep, db: SessionDep) -> Response:
     return await _model_page(request, visitor, db, name)
+
+
+@router.get("/models/{name}/figures")
+async def figures_panel(name: str, request: Request, visitor: VisitorDep, db: SessionDep) -> Response:
+    """The live-figures panel alone, for the page to refresh in place."""
+    _reader(visitor)
+    model = await registry_service.get_model_or_raise(db, name=name)
+    versions = [v.version for v in await registry_service.list_versions(db, model=model)]
+    current = await traffic_service.get_current(db, model=model)
+    colors = _colors(versions)
+    figures = await live_figures.load(request.app.state, model=model.name,
+                                      default_version=current.default_version if current else None,
+                                      versions=versions, colors=colors)
+    return templates.TemplateResponse(request, "_figures.html", {"model": model, "figures": figures,
+                                                                 "colors": colors})
 
 
 # --- traffic: preview, apply, quick actions ---------------------------------------------------

@@ -332,3 +332,19 @@ def test_the_first_policy_of_a_new_model(api: Api, sign_in: Any) -> None:
     page.click("[data-apply]")
     expect(page.locator(".flash-ok")).to_contain_text("Revision 1 is live: 1 100%")
     assert api.traffic("web-fresh-model")["default_version"] == "1"
+
+
+def test_live_figures_compare_versions_with_the_default(api: Api, model: str, sign_in: Any) -> None:
+    page = sign_in("victor", "viewer")
+    page.goto(f"/ui/models/{model}")
+    expect(page.locator("#figures")).to_contain_text("No figures yet")
+    api.report_stats(model, minutes=1)
+    panel = page.request.get(f"/ui/models/{model}/figures")  # what the page fetches to refresh itself
+    assert panel.status == 200
+    html = panel.text()
+    assert html.count("<svg") == 8  # a bar chart and a trend line per figure
+    assert re.search(r"4: \+0\.\d\d pp vs 3", html)  # error rate: worse than the default
+    assert "tone-worse" in html and "tone-better" in html  # latency: better than the default
+    page.reload()
+    expect(page.locator("#figures .card")).to_have_count(4)
+    expect(page.locator("#figures")).to_contain_text("1 router reporting")
