@@ -32,7 +32,7 @@ class MemoryStatsStore:
     async def add(self, model: str, entry: Entry) -> None:
         entries = self._entries.setdefault(model, deque())
         entries.append(entry)
-        horizon = time.time() - self.retention
+        horizon = entry["window_end"] - self.retention
         while entries and entries[0]["window_end"] < horizon:
             entries.popleft()
 

@@ -180,3 +180,29 @@ async def test_real_control_plane_snapshot_and_stats(
     assert api.as_("viewer").post("/stats/report", json=report).status_code == 403
     assert api.as_(None).get("/models/ranker/stats").status_code == 401
     assert api.as_("viewer").get("/models/nope/stats").status_code == 404
+
+
+async def test_merge_across_routers_and_windows() -> None:
+    store = stats_service.MemoryStatsStore(3600)
+    width = len(LATENCY_BOUNDS_MS) + 1
+
+    def window(router: str, start: float, requests: int, errors: int, ms: float) -> StatsReport:
+        buckets = [0] * width
+        buckets[bucket_index(ms / 1000)] = requests
+        return StatsReport.model_validate({
+            "router": router, "window_start": start, "window_end": start + 5,
+            "models": {"m": {"3": {"requests": requests, "errors": errors, "fallbacks": 1, "latency_sum_ms": ms * requests,
+                                   "buckets": buckets}}}})
+
+    now = 10_000.0
+    for router in ("a", "b"):
+        for start in (now - 70, now - 30, now - 25):  # the first ended before the 60 s window
+            await stats_service.record(store, report=window(router, start, 10, 1, 12.0))
+    stats = await stats_service.get(store, model="m", window=60, now=now)
+    (v,) = stats.versions
+    assert stats.routers == 2
+    assert (v.requests, v.errors, v.fallbacks) == (40, 4, 4)
+    assert v.error_rate == 0.1
+    assert v.requests_per_second == pytest.approx(40 / 60)
+    assert v.p50_ms is not None and 10 < v.p50_ms <= 15 and v.mean_ms == pytest.approx(12.0)
+    assert (await stats_service.get(store, model="other", window=60, now=now)).versions == []
