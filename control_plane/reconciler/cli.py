@@ -15,6 +15,8 @@ from control_plane.settings import Settings
 
 if TYPE_CHECKING:
     from control_plane.notifications import Notifier
+    from control_plane.reconciler.targets import Target
+    from control_plane.reconciler.targets.lease import LeaseElector
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,8 @@ async def main(args: argparse.Namespace, settings: Settings, stop: asyncio.Event
     notifier = notifier_for(settings.redis_url)
     await notifier.start()
     publisher = SnapshotPublisher(sessions, notifier)
-    elector = None
+    elector: LeaseElector | None = None
+    target: Target
     if args.target == "kubernetes":
         from control_plane.reconciler.targets.kubernetes import KubernetesTarget, load_api_client
         from control_plane.reconciler.targets.lease import LeaseElector

@@ -366,10 +366,10 @@ def plan(inputs: Inputs, *, kind: str, now: datetime, drain: timedelta) -> Plan:
         key = (prev.version_id, prev.pool_id)
         if key in deployments or key in failures or prev.pool_id in foreign:
             continue  # another target (or the API, for external pools) owns foreign rows
-        pool = pool_by_id.get(prev.pool_id)
+        prev_pool = pool_by_id.get(prev.pool_id)
         found = located.get(prev.version_id)
-        engine = engine_for(found[1], pool) if (found and pool) else None
-        if prev.phase == "Failed" or found is None or pool is None or engine is None:
+        engine = engine_for(found[1], prev_pool) if (found and prev_pool) else None
+        if prev.phase == "Failed" or found is None or prev_pool is None or engine is None:
             removed.append(key)
             continue
         since = prev.draining_since or now
@@ -378,7 +378,7 @@ def plan(inputs: Inputs, *, kind: str, now: datetime, drain: timedelta) -> Plan:
             continue
         model, version = found
         deployments[key] = _deployment(
-            model, version, pool, engine,
+            model, version, prev_pool, engine,
             replicas=max(1, prev.desired_replicas),
             intent=Intent.DRAINING,
             draining_since=since,

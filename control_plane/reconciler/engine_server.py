@@ -104,7 +104,7 @@ class Engine:
         if data is None:
             raise InferenceError("'data' is required (binary tensors are not supported)")
         try:
-            array = np.asarray(data, dtype=_NUMPY_OF[datatype]).reshape(shape)
+            array: np.ndarray[Any, Any] = np.asarray(data, dtype=_NUMPY_OF[datatype]).reshape(shape)
         except (ValueError, TypeError) as exc:
             raise InferenceError(f"'data' does not match shape {shape}: {exc}") from None
         if array.ndim == 1:

@@ -51,7 +51,7 @@ class Backoff:
     def next_delay(self) -> float:
         self.failures += 1
         delay = min(self.cap, self.base * 2 ** (self.failures - 1))
-        return delay * random.uniform(0.8, 1.2)  # spread replicas out after a shared outage
+        return float(delay * random.uniform(0.8, 1.2))  # spread replicas out after a shared outage
 
     def reset(self) -> None:
         self.failures = 0

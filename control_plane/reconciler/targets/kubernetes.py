@@ -48,11 +48,11 @@ def load_api_client(*, pool_size: int = 32, kubeconfig: str | None = None) -> cl
     configuration = client.Configuration()
     if kubeconfig is None:
         try:
-            config.load_incluster_config(client_configuration=configuration)
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         except ConfigException:
-            config.load_kube_config(client_configuration=configuration)
+            config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     else:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
     configuration.connection_pool_maxsize = pool_size
     return client.ApiClient(configuration)
 
@@ -142,7 +142,7 @@ class KubernetesTarget:
 
     def _shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self.api_client.close()
+        self.api_client.close()  # type: ignore[no-untyped-call]
 
     # ------------------------------------------------------------ the pass
 
@@ -296,9 +296,9 @@ class KubernetesTarget:
         delay = 0.5
         resource_version: str | None = None
         while not self._stop.is_set():
-            w = watch.Watch()
+            w = watch.Watch()  # type: ignore[no-untyped-call]
             try:
-                for event in w.stream(
+                for event in w.stream(  # type: ignore[no-untyped-call]
                     self.discovery.list_namespaced_endpoint_slice,
                     ns,
                     label_selector=SERVICE_NAME_LABEL,
@@ -322,4 +322,4 @@ class KubernetesTarget:
                 self._stop.wait(delay)
                 delay = min(delay * 2, 30.0)
             finally:
-                w.stop()
+                w.stop()  # type: ignore[no-untyped-call]
