@@ -86,9 +86,8 @@ def merge(entries: list[Entry], *, model: str, window: int, now: float) -> Model
             for field in ("requests", "errors", "fallbacks", "latency_sum_ms"):
                 total[field] += cell[field]
             total["histograms"].append(cell["buckets"])
-    # a router that started recently has not covered the whole window yet
-    earliest = min((e["window_start"] for e in entries), default=now - window)
-    covered = max(min(float(window), now - earliest), 1e-3)
+    # routers skip empty windows, so a gap means no traffic: the rate is over the whole window
+    covered = float(window)
     versions = []
     for version in sorted(totals, key=_version_order):
         total = totals[version]
