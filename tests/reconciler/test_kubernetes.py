@@ -273,7 +273,7 @@ async def test_two_reconcilers_one_leader(apiserver: FakeApiServer, api_client_f
     replicas = []
     for identity in ("replica-a", "replica-b"):
         api = api_client_factory()
-        elector = LeaseElector(api_client=api, namespace=NS, identity=identity, lease_seconds=1.5,
+        elector = LeaseElector(api_client=api, namespace=NS, identity=identity, lease_seconds=3.0,
                                renew_seconds=0.2, request_timeout=1.0)
         target = KubernetesTarget(api_client=api, namespace=NS, request_timeout=2.0, watch_endpoints=False)
         store = MemoryStore(inputs)
