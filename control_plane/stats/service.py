@@ -57,7 +57,7 @@ class RedisStatsStore:
             await pipe.execute()
 
     async def since(self, model: str, start: float) -> list[Entry]:
-        members = await self._redis.zrangebyscore(REDIS_KEY_PREFIX + model, f"({start}", "+inf")
+        members: list[bytes] = await self._redis.zrangebyscore(REDIS_KEY_PREFIX + model, f"({start}", "+inf")
         return [orjson.loads(m) for m in members]
 
     async def close(self) -> None:
@@ -76,7 +76,7 @@ async def record(store: StatsStore, *, report: StatsReport) -> int:
     return len(report.models)
 
 
-def merge(entries: list[Entry], *, model: str, window: int, now: float) -> ModelStats:
+def merge(entries: list[Entry], *, model: str, window: int) -> ModelStats:
     """Per-version figures over ``entries`` (every router's windows that ended in the last ``window`` s)."""
     totals: dict[str, dict[str, Any]] = {}
     for entry in entries:
@@ -113,7 +113,7 @@ def merge(entries: list[Entry], *, model: str, window: int, now: float) -> Model
 async def get(store: StatsStore, *, model: str, window: int, now: float | None = None) -> ModelStats:
     """A model's merged figures over the last ``window`` seconds."""
     now = time.time() if now is None else now
-    return merge(await store.since(model, now - window), model=model, window=window, now=now)
+    return merge(await store.since(model, now - window), model=model, window=window)
 
 
 def _version_order(label: str) -> tuple[int, int | str]:
