@@ -81,6 +81,10 @@ def errors_from_details(details: Iterable[Mapping[str, Any]] | None, layout: Lay
     return errors
 
 
+def _details(exc: ValidationError) -> list[dict[str, str]]:
+    return validation_details([dict(e) for e in exc.errors()])
+
+
 def _merge(into: Errors, more: Errors) -> None:
     for name, messages in more.items():
         into.setdefault(name, []).extend(messages)
@@ -113,14 +117,14 @@ def traffic_put(*, splits: Sequence[SplitRow], keep: set[str], default_version: 
         if row.version in keep or row.weight not in ("", "0", "0.0", "0.00"):
             layout.splits.append(row.version)
             chosen.append({"version": row.version, "weight": row.weight})
-    body = {"default_version": default_version, "splits": chosen, "rules": list(rules), "reason": reason}
+    body: dict[str, Any] = {"default_version": default_version, "splits": chosen, "rules": list(rules), "reason": reason}
     if reapplied_from is not None:
         body["reapplied_from"] = reapplied_from
     errors: Errors = dict(extra_errors or {})
     try:
         put = TrafficPut.model_validate(body)
     except ValidationError as exc:
-        _merge(errors, errors_from_details(validation_details(list(exc.errors())), layout))
+        _merge(errors, errors_from_details(_details(exc), layout))
         raise FormInvalid(errors) from None
     if errors:
         raise FormInvalid(errors)
@@ -188,13 +192,13 @@ def rules_in(rows: Sequence[RuleRow]) -> tuple[list[RuleIn], list[int], Errors]:
             match = (HeaderMatchIn.model_validate({"header": row.header, "in": values}) if row.kind == "header"
                      else KeyMatchIn.model_validate({"key_in": values}))
         except ValidationError as exc:
-            for detail in validation_details(list(exc.errors())):
+            for detail in _details(exc):
                 name = _RULE_FIELDS.get(detail["field"].split("[")[0], "values")
                 errors.setdefault(f"rule-{row.row}-{name}", []).append(detail["reason"])
         try:
             rule = RuleIn.model_validate({"name": row.name, "match": match or placeholder, "version": row.version})
         except ValidationError as exc:
-            for detail in validation_details(list(exc.errors())):
+            for detail in _details(exc):
                 name = _RULE_FIELDS.get(detail["field"].split(".")[0], "name")
                 errors.setdefault(f"rule-{row.row}-{name}", []).append(detail["reason"])
             continue
