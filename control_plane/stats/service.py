@@ -57,8 +57,8 @@ class RedisStatsStore:
             await pipe.execute()
 
     async def since(self, model: str, start: float) -> list[Entry]:
-        members: list[bytes] = await self._redis.zrangebyscore(REDIS_KEY_PREFIX + model, f"({start}", "+inf")
-        return [orjson.loads(m) for m in members]
+        members = await self._redis.zrangebyscore(REDIS_KEY_PREFIX + model, f"({start}", "+inf")
+        return [orjson.loads(m) for m in members if isinstance(m, bytes | str)]
 
     async def close(self) -> None:
         await self._redis.aclose()
