@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+import orjson
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control_plane.traffic import snapshot as snapshot_builder
@@ -120,13 +121,21 @@ return 0
 
 
 class SnapshotPublisher:
-    """Builds snapshots, caches the newest encoding, and hands revisions to the notifier."""
+    """Builds snapshots, caches the newest encoding, and hands revisions to the notifier.
+
+    The encoding is kept per model. When every revision since the cached one
+    was bumped by this process for known models, only those models are read
+    again; any other gap (another process's change, a pool change) rebuilds all.
+    """
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], notifier: Notifier) -> None:
         self._sessions = sessions
         self.notifier = notifier
         self._cached: tuple[int, bytes] | None = None
-        self._lock = asyncio.Lock()
+        self._fragments: dict[str, bytes] = {}
+        self._own_bumps: dict[int, int | None] = {}  # revision -> model id, bumped by this process
+        self._build_lock = asyncio.Lock()
+        self._publish_lock = asyncio.Lock()  # revisions reach the notifier in order
         self._dirty = False
         self._worker: asyncio.Task[None] | None = None
         self.listeners: list[Callable[[int], Awaitable[None]]] = []
@@ -140,15 +149,37 @@ class SnapshotPublisher:
             cached = self._cached
             if cached is not None and cached[0] == revision:
                 return cached
+            async with self._build_lock:
+                if self._cached is not None and self._cached[0] >= revision:
+                    return self._cached
+                await self._rebuild(session, revision)
+                assert self._cached is not None
+                return self._cached
+
+    async def _rebuild(self, session: AsyncSession, revision: int) -> None:
+        base = self._cached[0] if self._cached is not None else None
+        changed: set[int] | None = None
+        if base is not None and all(self._own_bumps.get(r) is not None for r in range(base + 1, revision + 1)):
+            changed = {self._own_bumps[r] for r in range(base + 1, revision + 1)}  # type: ignore[misc]
+        snapshot = await snapshot_builder.build(session, model_ids=changed)
+        if snapshot["revision"] != revision:
+            # Someone committed meanwhile: the partial read does not describe one revision.
             snapshot = await snapshot_builder.build(session)
-            encoded = (int(snapshot["revision"]), snapshot_builder.encode(snapshot))
-            if self._cached is None or encoded[0] >= self._cached[0]:
-                self._cached = encoded
-            return encoded
+            changed = None
+        fragments = {} if changed is None else dict(self._fragments)
+        for name, model in snapshot["models"].items():
+            fragments[name] = orjson.dumps(model)
+        self._fragments = fragments
+        built = int(snapshot["revision"])
+        header = orjson.dumps({"revision": built, "generated_at": snapshot["generated_at"]})[:-1]
+        body = b",".join(orjson.dumps(name) + b":" + fragment for name, fragment in sorted(fragments.items()))
+        self._cached = (built, header + b',"models":{' + body + b"}}")
+        for seen in [r for r in self._own_bumps if r <= built]:
+            del self._own_bumps[seen]
 
     async def publish(self) -> int:
         """Publish the current snapshot now."""
-        async with self._lock:
+        async with self._publish_lock:
             revision, payload = await self.encoded()
             await self.notifier.publish(revision, payload)
         for listener in self.listeners:
@@ -179,9 +210,10 @@ class SnapshotPublisher:
 
     async def commit(self, session: AsyncSession) -> None:
         """Commit ``session``; when it bumped the snapshot revision, schedule a publish."""
-        bumped = snapshot_builder.pending_revision(session)
+        bumps = snapshot_builder.pending_bumps(session)
         await session.commit()
-        if bumped is not None:
+        if bumps:
+            self._own_bumps.update(bumps)
             self.schedule()
 
 

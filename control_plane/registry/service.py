@@ -128,7 +128,7 @@ async def update_model(session: AsyncSession, *, name: str, body: ModelUpdate, a
     await audit_service.record(session, actor=actor, action="model.update", target_type="model", target=name,
                                model=name, before=before, after=after, reason=body.reason)
     if any(after[k] != before[k] for k in ("key_header", "salt", "anonymous", "replicas")):
-        await snapshot_service.bump(session)
+        await snapshot_service.bump(session, model_id=model.id)
     await publisher.commit(session)
     return model
 
@@ -193,7 +193,7 @@ async def create_version(session: AsyncSession, *, model_name: str, body: Versio
                                target=f"{model.name}/{version.version}", model=model.name,
                                after=version_state(version))
     if body.warm:
-        await snapshot_service.bump(session)  # wakes reconcilers: a warm version is deployed now
+        await snapshot_service.bump(session, model_id=model.id)  # wakes reconcilers: a warm version deploys now
     await publisher.commit(session)
     return version
 
@@ -216,7 +216,7 @@ async def update_version(session: AsyncSession, *, model_name: str, version: str
     await audit_service.record(session, actor=actor, action="version.update", target_type="version",
                                target=f"{model.name}/{version}", model=model.name, before=before, after=after)
     if before["warm"] != after["warm"]:
-        await snapshot_service.bump(session)
+        await snapshot_service.bump(session, model_id=model.id)
     await publisher.commit(session)
     return found
 
@@ -243,7 +243,7 @@ async def retire_version(session: AsyncSession, *, model_name: str, version: str
     await audit_service.record(session, actor=actor, action="version.retire", target_type="version",
                                target=f"{model.name}/{version}", model=model.name, before=before,
                                after=version_state(found))
-    await snapshot_service.bump(session)
+    await snapshot_service.bump(session, model_id=model.id)
     await publisher.commit(session)
     return found
 
@@ -268,7 +268,7 @@ async def add_engine(session: AsyncSession, *, model_name: str, version: str, bo
     await audit_service.record(session, actor=actor, action="engine.create", target_type="engine",
                                target=f"{model.name}/{version}/{engine.gpu_arch}", model=model.name,
                                after=engine_state(engine))
-    await snapshot_service.bump(session)  # a new architecture may be deployable now
+    await snapshot_service.bump(session, model_id=model.id)  # a new architecture may be deployable now
     await publisher.commit(session)
     return engine
 
@@ -390,6 +390,6 @@ async def put_external_endpoints(session: AsyncSession, *, model_name: str, vers
     await audit_service.record(session, actor=actor, action="endpoints.put", target_type="deployment",
                                target=f"{model.name}/{version}@{pool.name}", model=model.name, before=before,
                                after={"urls": urls})
-    await snapshot_service.bump(session)
+    await snapshot_service.bump(session, model_id=model.id)
     await publisher.commit(session)
     return deployment

@@ -179,7 +179,7 @@ async def put(session: AsyncSession, *, model_name: str, body: TrafficPut, if_ma
         target_type="traffic", target=model.name, model=model.name, before=revision_state(current),
         after=revision_state(revision), reason=body.reason,
     )
-    await snapshot_service.bump(session)
+    await snapshot_service.bump(session, model_id=model.id)
     await publisher.commit(session)
     return revision
 

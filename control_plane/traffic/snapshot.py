@@ -21,53 +21,61 @@ from control_plane.traffic.models import SnapshotState, TrafficRevision
 _PENDING_KEY = "grayroute.snapshot_revision"
 
 
-async def bump(session: AsyncSession) -> int:
+async def bump(session: AsyncSession, *, model_id: int | None = None) -> int:
     """Increase the snapshot revision inside the current transaction.
 
     The single row is locked until commit, which also orders concurrent
-    routing changes: revisions are published in commit order.
+    routing changes: revisions are published in commit order. ``model_id``
+    names the one model the change touches (None: possibly any), so the
+    publisher can rebuild just that model's part.
     """
-    revision = (await session.execute(
+    revision = int((await session.execute(
         update(SnapshotState).where(SnapshotState.id == 1)
         .values(revision=SnapshotState.revision + 1, updated_at=utcnow())
         .returning(SnapshotState.revision)
-    )).scalar_one()
-    session.info[_PENDING_KEY] = revision
-    return int(revision)
+    )).scalar_one())
+    session.info.setdefault(_PENDING_KEY, []).append((revision, model_id))
+    return revision
 
 
-def pending_revision(session: AsyncSession) -> int | None:
-    """The revision this session bumped and has not published yet (cleared on read)."""
-    value = session.info.pop(_PENDING_KEY, None)
-    return int(value) if value is not None else None
+def pending_bumps(session: AsyncSession) -> list[tuple[int, int | None]]:
+    """(revision, model id) of each bump this session made and has not published (cleared on read)."""
+    return list(session.info.pop(_PENDING_KEY, []))
 
 
 async def current_revision(session: AsyncSession) -> int:
     return int((await session.execute(select(SnapshotState.revision).where(SnapshotState.id == 1))).scalar_one())
 
 
-async def build(session: AsyncSession) -> dict[str, Any]:
-    """The whole snapshot as plain data, read in a handful of set-based queries."""
+async def build(session: AsyncSession, *, model_ids: set[int] | None = None) -> dict[str, Any]:
+    """The snapshot as plain data, read in a handful of set-based queries (only ``model_ids`` if given)."""
     # Read the revision first: everything after is at least as new as it.
     revision = await current_revision(session)
-    latest = (select(TrafficRevision.model_id, func.max(TrafficRevision.revision).label("revision"))
-              .group_by(TrafficRevision.model_id).subquery())
-    policies = (await session.execute(
+    latest_query = (select(TrafficRevision.model_id, func.max(TrafficRevision.revision).label("revision"))
+                    .group_by(TrafficRevision.model_id))
+    if model_ids is not None:
+        latest_query = latest_query.where(TrafficRevision.model_id.in_(model_ids))
+    latest = latest_query.subquery()
+    policy_query = (
         select(Model.id, Model.name, Model.key_header, Model.salt, Model.anonymous, TrafficRevision.revision,
                TrafficRevision.default_version, TrafficRevision.splits, TrafficRevision.rules,
                TrafficRevision.allocation)
         .join(latest, latest.c.model_id == Model.id)
         .join(TrafficRevision, (TrafficRevision.model_id == latest.c.model_id)
               & (TrafficRevision.revision == latest.c.revision))
-    )).all()
-    versions = (await session.execute(
-        select(Version.id, Version.model_id, Version.version).where(Version.status != VersionStatus.RETIRED.value)
-    )).all()
-    ready = (await session.execute(
-        select(Deployment.version_id, Deployment.endpoints, Pool.name, Pool.gpu_arch)
-        .join(Pool, Pool.id == Deployment.pool_id)
-        .where(Deployment.ready_replicas > 0)
-    )).all()
+    )
+    version_query = (select(Version.id, Version.model_id, Version.version)
+                     .where(Version.status != VersionStatus.RETIRED.value))
+    ready_query = (select(Deployment.version_id, Deployment.endpoints, Pool.name, Pool.gpu_arch)
+                   .join(Pool, Pool.id == Deployment.pool_id).where(Deployment.ready_replicas > 0))
+    if model_ids is not None:
+        policy_query = policy_query.where(Model.id.in_(model_ids))
+        version_query = version_query.where(Version.model_id.in_(model_ids))
+        ready_query = ready_query.join(Version, Version.id == Deployment.version_id).where(
+            Version.model_id.in_(model_ids))
+    policies = (await session.execute(policy_query)).all()
+    versions = (await session.execute(version_query)).all()
+    ready = (await session.execute(ready_query)).all()
 
     endpoints_by_version: dict[int, list[dict[str, str]]] = {}
     for version_id, endpoints, pool, gpu_arch in ready:

@@ -98,3 +98,39 @@ def test_every_change_is_stored_in_redis_and_published(api: Api, redis_url: str)
     assert stored.models["resnet50"].splits[1].weight == 10
     pubsub.close()
     client.close()
+
+
+def test_incremental_snapshot_equals_a_full_rebuild(api: Api, cp_settings) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    import orjson
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    from control_plane.db import session_factory
+    from control_plane.traffic import snapshot as snapshot_builder
+
+    api.canary("resnet50")
+    api.model("bert")
+    api.version("bert", "1")
+    api.version("bert", "2")
+    api.traffic("bert", {"1": 50, "2": 50}, default="1")
+    api.as_("router").get("/snapshot")  # cache everything
+    # Changes to one model at a time: the server rebuilds only that model's part.
+    api.traffic("resnet50", {"3": 80, "4": 20}, default="3")
+    api.as_("publisher").put("/models/bert/versions/2/endpoints", json={"pool": "a100", "urls": ["http://10.1.0.1:1"]})
+    api.as_("publisher").patch("/models/bert", json={"key_header": "x-session"})
+    served = orjson.loads(api.as_("router").get("/snapshot").content)
+
+    async def fresh() -> dict:
+        engine = create_async_engine(cp_settings.database_url, poolclass=NullPool)
+        async with session_factory(engine)() as session:
+            snapshot = await snapshot_builder.build(session)
+        await engine.dispose()
+        return snapshot
+
+    rebuilt = asyncio.run(fresh())
+    assert served["revision"] == rebuilt["revision"]
+    assert served["models"] == orjson.loads(orjson.dumps(rebuilt["models"]))
+    assert served["models"]["bert"]["key_header"] == "x-session"
+    assert served["models"]["bert"]["versions"]["2"]["endpoints"][0]["url"] == "http://10.1.0.1:1"
