@@ -99,27 +99,34 @@ def _trend_series(stats_service: Any, entries: list[dict[str, Any]], *, model: s
     for i in range(TREND_SLOTS):
         end = now - (TREND_SLOTS - 1 - i) * TREND_SLOT_SECONDS
         inside = [e for e in entries if end - TREND_SLOT_SECONDS < e["window_end"] <= end]
-        merged = stats_service.merge(inside, model=model, window=TREND_SLOT_SECONDS, now=end) if inside else None
+        merged = stats_service.merge(inside, model=model, window=TREND_SLOT_SECONDS) if inside else None
         slots.append({v.version: v for v in merged.versions} if merged else {})
     return slots
 
 
 async def load(app_state: Any, *, model: str, default_version: str | None, versions: Sequence[str],
                colors: dict[str, str]) -> Figures:
+    """The panel's content; never raises, because the page must render without its figures."""
     try:
         from control_plane.stats import service as stats_service
     except ModuleNotFoundError:
         return Figures("missing")
+    try:
+        return await _load(stats_service, app_state, model=model, default_version=default_version,
+                           versions=versions, colors=colors)
+    except Exception:  # noqa: BLE001 - e.g. the stats store is down
+        log.exception("live figures of %s unavailable", model)
+        return Figures("unavailable")
+
+
+async def _load(stats_service: Any, app_state: Any, *, model: str, default_version: str | None,
+                versions: Sequence[str], colors: dict[str, str]) -> Figures:
     store = getattr(app_state, "stats_store", None)
     if store is None:
         return Figures("missing")
     now = time.time()
-    try:
-        stats = await stats_service.get(store, model=model, window=WINDOW_SECONDS, now=now)
-        entries = await store.since(model, now - TREND_SLOTS * TREND_SLOT_SECONDS)
-    except Exception as exc:  # noqa: BLE001 - figures are an aid; the page must render without them
-        log.warning("live figures of %s unavailable: %s", model, exc)
-        return Figures("unavailable")
+    stats = await stats_service.get(store, model=model, window=WINDOW_SECONDS, now=now)
+    entries = await store.since(model, now - TREND_SLOTS * TREND_SLOT_SECONDS)
     by_version = {v.version: v for v in stats.versions}
     if not by_version:
         return Figures("empty", routers=stats.routers)

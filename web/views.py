@@ -316,6 +316,10 @@ def _previous_layout(model: Model, current: TrafficRevision | None) -> list[Rang
     return [(s, e, v) for s, e, v in current.allocation]
 
 
+def _rules_text(put: TrafficPut) -> str:
+    return "rules: " + ("; ".join(f"{r.name} → {r.version}" for r in put.rules) or "none")
+
+
 def _target_label(event: Any, model: str) -> str:
     """Targets relative to the page's model: "resnet50/4@a100" -> "4@a100", "resnet50" -> "traffic"."""
     if event.target == model:
@@ -463,7 +467,7 @@ async def traffic_preview(name: str, request: Request, visitor: VisitorDep, db: 
 
 async def _apply(request: Request, visitor: Visitor, db: Any, publisher: Any, *, name: str, put: TrafficPut,
                  revision: int | None, on_invalid: Callable[[Errors], Coroutine[Any, Any, Response]],
-                 layout: forms.Layout, done: str) -> Response:
+                 layout: forms.Layout, done: str, attempted: str | None = None) -> Response:
     """``traffic_service.put`` with the page's revision as If-Match; refusals become pages, never overwrites."""
     actor = visitor.actor
     assert actor is not None
@@ -474,9 +478,11 @@ async def _apply(request: Request, visitor: Visitor, db: Any, publisher: Any, *,
     except PreconditionFailed as exc:
         await db.rollback()
         details = exc.details if isinstance(exc.details, dict) else {}
+        if attempted is None:
+            tried = [{"version": s.version, "weight": s.weight} for s in put.splits]
+            attempted = f"{_splits_text(tried)}, default {put.default_version}"
         conflict = {"yours": revision, "live": details.get("live"), "changed_by": details.get("changed_by"),
-                    "attempted": _splits_text([{"version": s.version, "weight": s.weight} for s in put.splits]),
-                    "attempted_default": put.default_version, "message": exc.message}
+                    "attempted": attempted, "message": exc.message}
         return await _model_page(request, visitor, db, name, status=409, conflict=conflict)
     except (InvalidInput, Conflict) as exc:
         await db.rollback()
@@ -654,7 +660,8 @@ async def save_rules(name: str, request: Request, visitor: VisitorDep, db: Sessi
     except FormInvalid as exc:
         return await refused(exc.errors)
     return await _apply(request, visitor, db, publisher, name=name, put=put, revision=forms.revision_of(form),
-                        on_invalid=refused, layout=forms.layout_of(put, kept_rows), done="Rules saved.")
+                        on_invalid=refused, layout=forms.layout_of(put, kept_rows), done="Rules saved.",
+                        attempted=_rules_text(put))
 
 
 @router.post("/models/{name}/versions/{version}/warm")

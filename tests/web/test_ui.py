@@ -31,6 +31,7 @@ def test_release_manager_moves_the_canary_from_5_to_10_percent(api: Api, sign_in
     expect(row).to_contain_text("a100 · 2/2 ready")
     expect(row).to_contain_text("bootstrap-admin")
     screenshot(page, "overview")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
     row.get_by_role("link", name=model).click()
     expect(page.locator("h1")).to_have_text(model)
@@ -60,6 +61,7 @@ def test_release_manager_moves_the_canary_from_5_to_10_percent(api: Api, sign_in
     expect(page.locator("tr[data-revision='2']")).to_contain_text("p99 flat for an hour")
     expect(page.locator("#audit")).to_contain_text("traffic.update")
     page.reload()  # without the flash, as people see it day to day
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), "no sideways scrolling at 1280 px"
     page.fill("input[name='weight:4']", "25")
     expect(page.locator("[data-movement]")).to_contain_text("+15% of users move from 3 to 4")
     screenshot(page, "model-page", docs="ui-model-page.png")
@@ -72,6 +74,7 @@ def test_a_viewer_sees_no_controls_and_a_forged_post_is_refused(api: Api, model:
     expect(page.locator("#traffic")).to_contain_text("can look but not change traffic")
     for control in ("#traffic-form", "#rules-form", "[data-action]", "[data-warm]", "input[type=range]"):
         expect(page.locator(control)).to_have_count(0)
+    screenshot(page, "model-page-viewer")
 
     token = csrf_of(page)  # the viewer's own, valid CSRF token (from the sign-out form)
     forged = {"csrf": token, "revision": "1", "weight:3": "50", "weight:4": "50", "default_version": "3"}
@@ -349,3 +352,19 @@ def test_live_figures_compare_versions_with_the_default(api: Api, model: str, si
     page.reload()
     expect(page.locator("#figures .card")).to_have_count(4)
     expect(page.locator("#figures")).to_contain_text("1 router reporting")
+
+
+def test_a_stale_rules_form_is_a_conflict_that_names_both_rule_sets(api: Api, model: str, sign_in: Any) -> None:
+    page = sign_in("alice", "release-manager")
+    page.goto(f"/ui/models/{model}")
+    api.put_traffic(model, {"3": "90", "4": "10"}, default="3", reason="meanwhile")
+    new = page.locator("#rules-form tr.new-rule")
+    new.locator("input[name$='-name']").fill("beta-users")
+    new.locator("select[name$='-kind']").select_option("key")
+    new.locator("textarea").fill("u-1\nu-2")
+    new.locator("select[name$='-version']").select_option("4")
+    page.click("#rules-form button[type=submit]")
+    conflict = page.locator("#conflict")
+    expect(conflict).to_contain_text("3 90% · 4 10%")
+    expect(conflict).to_contain_text("rules: beta-users → 4")
+    assert api.traffic(model)["rules"] == []
