@@ -2,11 +2,11 @@
 
     python tests/bench/bench_control_plane.py [--models 500] [--puts 300]
 
-Starts a private Postgres (and Redis, as in production) on loopback, seeds
-N models x 3 versions through the API, then prints p50/p99 for: building the
-snapshot in-process, GET /api/v1/snapshot when it must be rebuilt, GET when
-cached, and PUT /api/v1/models/{m}/traffic (which includes publishing the new
-snapshot to Redis before it returns).
+Starts a private Postgres and Redis on loopback, seeds N models x 3 versions
+(engines, ready endpoints, a 90/5/5 policy), then prints p50/p99 for: building
+the whole snapshot in-process, GET /api/v1/snapshot when it must be rebuilt,
+GET when cached, PUT /api/v1/models/{m}/traffic, and the time from a PUT
+returning to its snapshot being stored in Redis and published to routers.
 """
 
 from __future__ import annotations
@@ -43,25 +43,41 @@ def percentiles(samples: list[float]) -> str:
     return f"p50 {p50 * 1000:7.2f} ms   p99 {p99 * 1000:7.2f} ms   (n={len(ordered)})"
 
 
-def seed(client: httpx.Client, models: int) -> None:
-    assert client.put("/api/v1/pools/a100", json={"gpu_arch": "sm_80", "kind": "external",
-                                                   "trt_version": "10.3"}).status_code in (200, 201)
+async def seed(url: str, models: int) -> None:
+    """Bulk rows straight into Postgres: seeding through the API would take minutes and measure nothing."""
+    from control_plane.reconciler.models import Deployment
+    from control_plane.registry.models import Engine, Model, Pool, Version
+    from control_plane.traffic.models import TrafficRevision
+    from router.routing import allocate, bucket_counts
+
     started = time.monotonic()
-    for i in range(models):
-        name = f"model-{i:04d}"
-        assert client.post("/api/v1/models", json={"name": name}).status_code == 201
-        for version in ("1", "2", "3"):
-            response = client.post(f"/api/v1/models/{name}/versions", json={
-                "version": version, "precision": "fp16", "trt_version": "10.3",
-                "engines": [{"gpu_arch": "sm_80", "uri": f"s3://e/{name}/{version}.plan", "sha256": "a" * 64}]})
-            assert response.status_code == 201, response.text
-            client.put(f"/api/v1/models/{name}/versions/{version}/endpoints",
-                       json={"pool": "a100", "urls": [f"http://10.0.{i // 250}.{i % 250}:800{version}"]})
-        response = client.put(f"/api/v1/models/{name}/traffic", headers={"If-Match": '"0"'}, json={
-            "default_version": "1", "splits": [{"version": "1", "weight": 90}, {"version": "2", "weight": 5},
-                                               {"version": "3", "weight": 5}]})
-        assert response.status_code == 200, response.text
-    print(f"seeded {models} models x 3 versions in {time.monotonic() - started:.1f} s")
+    engine = create_async_engine(url)
+    async with session_factory(engine)() as session:
+        pool = Pool(name="a100", gpu_arch="sm_80", kind="external", trt_version="10.3")
+        session.add(pool)
+        await session.flush()
+        splits = [{"version": "1", "weight": 90.0}, {"version": "2", "weight": 5.0}, {"version": "3", "weight": 5.0}]
+        allocation = [list(r) for r in allocate(None, bucket_counts((s["version"], s["weight"]) for s in splits))]
+        for i in range(models):
+            name = f"model-{i:04d}"
+            model = Model(name=name, salt=name, created_by="bench", versions=[
+                Version(version=v, precision="fp16", trt_version="10.3", registered_by="bench", status="active",
+                        engines=[Engine(gpu_arch="sm_80", uri=f"s3://e/{name}/{v}.plan", sha256="a" * 64,
+                                        trt_version="10.3")])
+                for v in ("1", "2", "3")])
+            session.add(model)
+            await session.flush()
+            session.add(TrafficRevision(model_id=model.id, revision=1, default_version="1", splits=splits, rules=[],
+                                        allocation=allocation, salt=name, created_by="bench"))
+            for version in model.versions:
+                url_ = f"http://10.0.{i // 250}.{i % 250}:800{version.version}"
+                session.add(Deployment(version_id=version.id, pool_id=pool.id, desired_replicas=1, ready_replicas=1,
+                                       endpoints=[{"url": url_}], phase="Ready"))
+        await session.commit()
+    await engine.dispose()
+    await bump(url)
+    print(f"seeded {models} models x 3 versions (with endpoints and a 90/5/5 policy) in "
+          f"{time.monotonic() - started:.1f} s")
 
 
 async def build_times(url: str, rounds: int) -> list[float]:
@@ -97,9 +113,9 @@ def main() -> None:
         migrate.upgrade(postgres.url)
         settings = Settings(database_url=postgres.url, redis_url=redis.url, secret_key="bench-secret-key-0123456789",
                             bootstrap_admin_token=ADMIN)
+        asyncio.run(seed(postgres.url, args.models))
         server = LiveServer(create_app(settings)).start()
         client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
-        seed(client, args.models)
 
         build = asyncio.run(build_times(postgres.url, args.rounds))
         uncached, cached = [], []
@@ -114,7 +130,12 @@ def main() -> None:
             cached.append(time.perf_counter() - started)
         size = len(response.content)
 
-        puts = []
+        import redis as redis_client
+
+        subscriber = redis_client.Redis.from_url(redis.url).pubsub()
+        subscriber.subscribe("grayroute:snapshot")
+        subscriber.get_message(timeout=2)
+        puts, published = [], []
         for n in range(args.puts):
             name = f"model-{n % args.models:04d}"
             etag = client.get(f"/api/v1/models/{name}/traffic").headers["etag"]
@@ -124,8 +145,14 @@ def main() -> None:
                 {"version": "3", "weight": 5}]}
             started = time.perf_counter()
             response = client.put(f"/api/v1/models/{name}/traffic", json=body, headers={"If-Match": etag})
-            puts.append(time.perf_counter() - started)
+            returned = time.perf_counter()
+            puts.append(returned - started)
             assert response.status_code == 200, response.text
+            # How long after the PUT returns the new snapshot is in Redis and announced to routers.
+            while (message := subscriber.get_message(timeout=5)) is not None and message["type"] != "message":
+                pass
+            assert message is not None, "no snapshot published"
+            published.append(time.perf_counter() - returned)
 
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
               f"Postgres on loopback, {args.models} models x 3 versions, snapshot {size / 1024:.0f} KiB")
@@ -133,6 +160,7 @@ def main() -> None:
         print(f"GET /api/v1/snapshot (rebuilt)    {percentiles(uncached)}")
         print(f"GET /api/v1/snapshot (cached)     {percentiles(cached)}")
         print(f"PUT /api/v1/models/m/traffic      {percentiles(puts)}")
+        print(f"PUT returned -> published (Redis) {percentiles(published)}")
         client.close()
         server.stop()
     finally:
