@@ -216,7 +216,7 @@ async def test_server_errors_and_stalls_back_off_without_losing_the_loop(apiserv
         # A stalled API server: requests time out, the loop backs off and carries on.
         store.inputs = D.Inputs((model(version(10, "v1", "sm_80"), tr=traffic("v1", ("v1", 100)),
                                        budget={"a100": 3}),), (A100,))
-        apiserver.stall(4, seconds=1.5)
+        apiserver.stall(12, seconds=1.5)  # outlasts urllib3's own retries of idempotent reads
         await _until(lambda: backoff.failures >= 1)
         await _until(lambda: store.rows[(10, 1)].ready_replicas == 3, timeout=20)
         assert not task.done()

@@ -96,6 +96,17 @@ def _ready_urls(slice_: dict[str, Any]) -> list[str]:
     return urls
 
 
+def _listing(deployments: dict[str, Any], services: dict[str, Any], slices: dict[str, Any]) -> _Listing:
+    listing = _Listing()
+    listing.deployments = {o["metadata"]["name"]: o for o in deployments.get("items") or []}
+    listing.services = {o["metadata"]["name"]: o for o in services.get("items") or []}
+    for s in slices.get("items") or []:
+        service = (s["metadata"].get("labels") or {}).get(SERVICE_NAME_LABEL)
+        if service in listing.services:
+            listing.endpoints.setdefault(service, []).extend(_ready_urls(s))
+    return listing
+
+
 class KubernetesTarget:
     kind = "kubernetes"
 
@@ -158,10 +169,20 @@ class KubernetesTarget:
             self._namespaces |= set(by_ns)
             namespaces = sorted(self._namespaces)
 
+        # Three reads per namespace, all at once (flat, so the pool never waits on itself).
+        reads = {
+            (ns, what): self._pool.submit(self._raw, call, ns, label_selector=selector)
+            for ns in namespaces
+            for what, call, selector in (
+                ("deployments", self.apps.list_namespaced_deployment, _MANAGED),
+                ("services", self.core.list_namespaced_service, _MANAGED),
+                ("slices", self.discovery.list_namespaced_endpoint_slice, SERVICE_NAME_LABEL),
+            )
+        }
         listings: dict[str, _Listing] = {}
-        for ns, fut in [(ns, self._pool.submit(self._list, ns)) for ns in namespaces]:
+        for ns in namespaces:
             try:
-                listings[ns] = fut.result()
+                listings[ns] = _listing(*(reads[(ns, what)].result() for what in ("deployments", "services", "slices")))
             except Exception as exc:  # noqa: BLE001 - classified and reported, the pass goes on
                 report.transient_errors.append(f"listing namespace {ns}: {describe(exc)}")
         for ns in listings:
@@ -250,19 +271,6 @@ class KubernetesTarget:
             return dict(json.loads(response.data or b"{}"))
         finally:
             response.release_conn()
-
-    def _list(self, ns: str) -> _Listing:
-        listing = _Listing()
-        deployments = self._raw(self.apps.list_namespaced_deployment, ns, label_selector=_MANAGED)
-        services = self._raw(self.core.list_namespaced_service, ns, label_selector=_MANAGED)
-        slices = self._raw(self.discovery.list_namespaced_endpoint_slice, ns, label_selector=SERVICE_NAME_LABEL)
-        listing.deployments = {o["metadata"]["name"]: o for o in deployments.get("items") or []}
-        listing.services = {o["metadata"]["name"]: o for o in services.get("items") or []}
-        for s in slices.get("items") or []:
-            service = (s["metadata"].get("labels") or {}).get(SERVICE_NAME_LABEL)
-            if service in listing.services:
-                listing.endpoints.setdefault(service, []).extend(_ready_urls(s))
-        return listing
 
     def _apply(self, kind: str, ns: str, obj: dict[str, Any]) -> dict[str, Any]:
         call = self.apps.patch_namespaced_deployment if kind == "Deployment" else self.core.patch_namespaced_service
