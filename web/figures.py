@@ -92,8 +92,8 @@ def _tone(change: float, higher_is_worse: bool | None) -> str:
     return "worse" if (change > 0) == higher_is_worse else "better"
 
 
-def _trend_series(stats_service: Any, entries: list[dict[str, Any]], *, model: str, now: float,
-                  versions: Sequence[str]) -> list[dict[str, list[float | None]]]:
+def _trend_series(stats_service: Any, entries: list[dict[str, Any]], *, model: str,
+                  now: float) -> list[dict[str, Any]]:
     """Per slot (oldest first), per version, the metric values, merged the way the API merges."""
     slots: list[dict[str, Any]] = []
     for i in range(TREND_SLOTS):
@@ -131,7 +131,7 @@ async def _load(stats_service: Any, app_state: Any, *, model: str, default_versi
     if not by_version:
         return Figures("empty", routers=stats.routers)
     shown = [v for v in versions if v in by_version] + [v for v in by_version if v not in versions]
-    slots = _trend_series(stats_service, entries, model=model, now=now, versions=shown)
+    slots = _trend_series(stats_service, entries, model=model, now=now)
     base = by_version.get(default_version or "")
     total_requests = sum(v.requests for v in stats.versions) or 1
     figures = Figures("ok", routers=stats.routers)
