@@ -116,8 +116,8 @@ async def save_status(
     kind: str,
     rows: Sequence[StatusRow],
     removed: Sequence[desired.DeploymentKey],
-) -> tuple[bool, bool]:
-    """Stage changed rows in ``session``; returns (anything written, routing changed).
+) -> tuple[bool, set[int]]:
+    """Stage changed rows in ``session``; returns (anything written, versions whose routing changed).
 
     Rows that did not change are not touched, so a quiet resync writes nothing
     to the database either. Only rows of pools of ``kind`` are considered:
@@ -129,28 +129,47 @@ async def save_status(
             select(Deployment).join(Pool, Pool.id == Deployment.pool_id).where(Pool.kind == kind)
         )).all()
     }
-    wrote = routing = False
+    wrote = False
+    routing: set[int] = set()
     for row in rows:
         values = _values(row)
         current = existing.get(row.key)
         if current is None:
             session.add(Deployment(version_id=row.version_id, pool_id=row.pool_id, **values))
             wrote = True
-            routing = routing or row.ready_replicas > 0
+            if row.ready_replicas > 0:
+                routing.add(row.version_id)
             continue
         if any(getattr(current, k) != v for k, v in values.items()):
             before = _routing_view(current)
             for k, v in values.items():
                 setattr(current, k, v)
             wrote = True
-            routing = routing or before != row.routing_view()
+            if before != row.routing_view():
+                routing.add(row.version_id)
     for key in removed:
         current = existing.get(key)
         if current is not None:
-            routing = routing or current.ready_replicas > 0
+            if current.ready_replicas > 0:
+                routing.add(current.version_id)
             await session.delete(current)
             wrote = True
     return wrote, routing
+
+
+# Past this many models one "anything may have changed" bump is cheaper than one per model.
+_PER_MODEL_BUMPS = 16
+
+
+async def _bump_snapshot(session: AsyncSession, version_ids: set[int]) -> None:
+    """New snapshot revisions naming the models whose ready endpoints changed."""
+    found = (await session.execute(select(Version.id, Version.model_id).where(Version.id.in_(version_ids)))).all()
+    models = {model_id for _, model_id in found}
+    if len(found) < len(version_ids) or len(models) > _PER_MODEL_BUMPS:
+        await snapshot.bump(session)  # a version is gone, or many models changed: rebuild everything
+        return
+    for model_id in sorted(models):
+        await snapshot.bump(session, model_id=model_id)
 
 
 class DatabaseStore:
@@ -171,9 +190,9 @@ class DatabaseStore:
                 return False
             if routing:
                 # Ready endpoints are part of the routing snapshot: a new revision tells the routers.
-                await snapshot.bump(session)
+                await _bump_snapshot(session, routing)
             if self.publisher is not None:
                 await self.publisher.commit(session)
             else:
                 await session.commit()
-            return routing
+            return bool(routing)
