@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stats-interval", type=float, default=None, metavar="SECONDS",
                         help="period of per-version stats reports (default 5)")
     parser.add_argument("--router-id", default=None, help="name in stats reports (default host:pid)")
+    parser.add_argument("--http", default=None, choices=["lean", "uvicorn"],
+                        help="HTTP server under the app: the lean built-in one (default) or uvicorn")
     parser.add_argument("--log-level", default="info", type=str.lower, choices=["debug", "info", "warning", "error"])
 
 
@@ -48,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
             poll_interval=args.poll_interval,
             stats_interval=args.stats_interval,
             router_id=args.router_id,
+            http=args.http,
+            log_level=args.log_level,
         )
     except ValidationError as exc:
         logging.getLogger("grayroute.router").error("invalid router settings: %s", exc)

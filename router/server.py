@@ -40,7 +40,18 @@ def _listen(host: str, port: int, reuse_port: bool) -> socket.socket:
 
 def run_worker(settings: RouterSettings) -> None:
     """Serve in this process until SIGINT/SIGTERM."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = _listen(settings.host, settings.port, reuse_port=settings.workers > 1)
+    if settings.http == "lean":
+        import uvloop
+
+        from router.http import LeanServer
+
+        async def main() -> None:
+            await LeanServer(RouterApp(settings), max_body=settings.max_body_bytes).serve(sock)
+
+        uvloop.run(main())
+        return
     config = uvicorn.Config(
         RouterApp(settings),
         loop="uvloop",
@@ -49,7 +60,7 @@ def run_worker(settings: RouterSettings) -> None:
         access_log=False,
         server_header=False,
         proxy_headers=False,  # the router is the edge; X-Forwarded-* are passed on, not interpreted
-        log_level="warning",
+        log_level=settings.log_level,
         backlog=2048,
         timeout_keep_alive=75,  # longer than typical load-balancer idle timeouts
     )

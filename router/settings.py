@@ -10,7 +10,7 @@ import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -33,6 +33,8 @@ class RouterSettings(BaseModel):
     stats_interval: Annotated[float, Field(gt=0)] = 5.0
     router_id: str = ""  # names this router in stats reports; default host:pid
     metrics_dir: Path | None = None  # set by the supervisor when several workers share a port
+    http: Literal["lean", "uvicorn"] = "lean"  # the HTTP server under the ASGI app (README: measured)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("control_plane")
     @classmethod
