@@ -1,4 +1,8 @@
-"""Status rows from a plan and what the target observed: pure, so phases are tested alone."""
+"""Status rows from a plan and what the target observed: pure, so phases are tested alone.
+
+A deployment the target did not observe this pass gets no row: its last
+status (and its endpoints in the snapshot) stand until it is seen again.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from datetime import datetime, timedelta
 
 from control_plane.reconciler.desired import DeploymentKey, Intent, Plan
 from control_plane.reconciler.models import Phase
-from control_plane.reconciler.targets import Observed, SyncReport
+from control_plane.reconciler.targets import SyncReport
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,9 @@ def rows(plan: Plan, report: SyncReport, *, drain: timedelta) -> list[StatusRow]
     for failure in plan.failures:
         out.append(StatusRow(failure.version_id, failure.pool_id, 0, 0, (), Phase.FAILED, failure.message, None))
     for d in plan.deployments:
-        seen = report.observed.get(d.key, Observed())
+        seen = report.observed.get(d.key)
+        if seen is None:
+            continue  # the target could not look this pass; keep what the row says
         ready = seen.ready_replicas
         endpoints = seen.endpoints if ready > 0 else ()
         if seen.error:

@@ -129,6 +129,28 @@ async def test_resync_with_nothing_changed_issues_no_writes(apiserver: FakeApiSe
         await target.close()
 
 
+async def test_an_api_outage_keeps_the_last_known_endpoints(apiserver: FakeApiServer, api_client_factory) -> None:
+    store = MemoryStore(D.Inputs((model(version(10, "v1", "sm_80"), tr=traffic("v1", ("v1", 100)),
+                                        budget={"a100": 2}),), (A100,)))
+    target = make_target(api_client_factory)
+    r = Reconciler(store=store, target=target)
+    try:
+        await r.reconcile_once()
+        await r.reconcile_once()
+        before = store.rows[(10, 1)]
+        assert before.phase is Phase.READY and len(before.endpoints) == 2
+        publishes = store.publishes
+        apiserver.fail(100, status=503)
+        result = await r.reconcile_once()
+        assert not result.ok
+        # Routers keep sending traffic to backends that were ready; nothing is withdrawn blindly.
+        assert store.rows[(10, 1)] == before and store.publishes == publishes
+        apiserver.clear_faults()
+        assert (await r.reconcile_once()).ok
+    finally:
+        await target.close()
+
+
 async def test_manual_edit_is_reverted_but_status_changes_are_not_writes(apiserver: FakeApiServer,
                                                                           api_client_factory) -> None:
     store = MemoryStore(D.Inputs((model(version(10, "v1", "sm_80"), tr=traffic("v1", ("v1", 100))),), (A100,)))

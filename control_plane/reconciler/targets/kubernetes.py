@@ -241,10 +241,12 @@ class KubernetesTarget:
 
         for d in desired:
             listing = listings.get(self.namespace_of(d))
-            dep = listing.deployments.get(d.name) if listing else None
+            if listing is None:
+                continue  # not observed: the last known status stands (an API blip must not drop endpoints)
+            dep = listing.deployments.get(d.name)
             ready = int(((dep or {}).get("status") or {}).get("readyReplicas") or 0)
-            urls = tuple(listing.endpoints.get(d.name, ())) if listing else ()
-            applied = listing is not None and d.key not in failed and d.key not in errors
+            urls = tuple(listing.endpoints.get(d.name, ()))
+            applied = d.key not in failed and d.key not in errors
             report.observed[d.key] = Observed(
                 ready_replicas=ready,
                 endpoints=urls,
