@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 _STARTUP_SECONDS = 60.0
 _STOP_GRACE_SECONDS = 5.0
+_PROBE_FAILURE_THRESHOLD = 3
 
 
 def free_port() -> int:
@@ -50,6 +51,7 @@ class _Replica:
     started: float
     log_path: Path
     ready: bool = False
+    probe_failures: int = 0
     watchers: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -202,10 +204,16 @@ class LocalTarget:
         return response.status_code == 200
 
     async def _probe(self, replica: _Replica) -> None:
-        if replica.running:
-            replica.ready = await self._ready(replica)
-        else:
+        if not replica.running:
             replica.ready = False
+        elif await self._ready(replica):
+            replica.ready, replica.probe_failures = True, 0
+        else:
+            # Like a Kubernetes readiness probe's failureThreshold: one slow answer
+            # on a busy machine must not withdraw a backend from the routers.
+            replica.probe_failures += 1
+            if replica.probe_failures >= _PROBE_FAILURE_THRESHOLD:
+                replica.ready = False
 
     async def _stop(self, replica: _Replica) -> None:
         for task in replica.watchers:
