@@ -182,12 +182,16 @@ class _PageRoute(APIRoute):
             except GrayrouteError as exc:
                 title = {403: "Not allowed", 404: "Not found"}.get(exc.status_code, "Request refused")
                 response = _error_page(request, exc.status_code, title, exc.message)
-            except Exception as exc:
-                if not is_database_unreachable(exc):
-                    raise
-                log.warning("database unreachable: %s", exc)
-                response = _error_page(request, 503, "Database unreachable",
-                                       "The control plane cannot reach its database right now. Retry shortly.")
+            except Exception as exc:  # noqa: BLE001 - a person gets a page, the log gets the traceback
+                if is_database_unreachable(exc):
+                    log.warning("database unreachable: %s", exc)
+                    response = _error_page(request, 503, "Database unreachable",
+                                           "The control plane cannot reach its database right now. Retry shortly.")
+                else:
+                    log.exception("UI page %s failed", request.url.path)
+                    response = _error_page(request, 500, "Something went wrong",
+                                           "This page failed on the server; the details are in the "
+                                           "control plane's log. Reload the model page to see the current state.")
             visitor: Visitor | None = getattr(request.state, "ui_visitor", None)
             if visitor is not None:
                 visitor.ui.save(response, visitor.settings)
