@@ -141,3 +141,49 @@ def test_engine_servers_do_not_outlive_a_killed_reconciler(reconciler_process) -
     process.wait(10)
     for pid in children:
         _wait(lambda pid=pid: not _alive(pid), timeout=10)
+
+
+def test_reconcile_command_against_kubernetes_holds_the_lease_and_releases_it(tmp_path: Path) -> None:
+    from tests.reconciler.fake_apiserver import FakeApiServer
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'grayroute.db'}"
+    migrate.upgrade(url)
+    _seed(url)
+
+    async def kubernetes_pool() -> None:
+        engine = create_async_engine(url, poolclass=NullPool)
+        async with session_factory(engine)() as session:
+            session.add(Pool(name="a100", gpu_arch="sm_80", kind="kubernetes", trt_version="10.3", namespace="gpu",
+                             runtime_image="nvcr.io/nvidia/tritonserver:24.08-py3"))
+            await session.commit()
+        await engine.dispose()
+
+    asyncio.run(kubernetes_pool())
+    fake = FakeApiServer().start()
+    kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+    port = free_port()
+    env = {**os.environ, "GRAYROUTE_DATABASE_URL": url, "GRAYROUTE_STATE_DIR": str(tmp_path / "state")}
+    env.pop("GRAYROUTE_REDIS_URL", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "control_plane.cli", "reconcile", "--target", "kubernetes", "--namespace", "grayroute",
+         "--kubeconfig", str(kubeconfig), "--health-port", str(port), "--health-host", "127.0.0.1",
+         "--resync-seconds", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        (row,) = _wait(lambda: [r for r in _rows(url) if r.phase == "Ready"] or None)
+        assert len(row.endpoints) == 1 and row.endpoints[0]["url"].startswith("http://10.")
+        assert fake.names("deployments", "gpu") == {row_name := next(iter(fake.names("deployments", "gpu")))}
+        assert row_name.startswith("digits-v1-a100-")
+        lease = fake.get("leases", "grayroute", "grayroute-reconciler")
+        assert lease is not None and lease["spec"]["holderIdentity"]
+        status, body = _wait(lambda: _health(port))
+        assert status == 200 and body["leader"] is True and body["target"] == "kubernetes"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+        assert not fake.get("leases", "grayroute", "grayroute-reconciler")["spec"].get("holderIdentity")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        fake.stop()
