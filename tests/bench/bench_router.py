@@ -232,32 +232,31 @@ def decision_time(iterations: int = 300_000) -> float:
 
 
 async def _propagation(ports: list[int], redis_url: str, b3: int, b4: int, rounds: int) -> list[float]:
-    import aiohttp
     import redis.asyncio as aioredis
 
     client = aioredis.from_url(redis_url)
+    pollers = [Backend(f"http://127.0.0.1:{port}") for port in ports]  # the lean client: polling costs little
     times: list[float] = []
     previous = [tuple(r) for r in orjson.loads(snapshot(1, b3, b4))["models"]["resnet50"]["allocation"]]
-    async with aiohttp.ClientSession() as session:
 
-        async def until(port: int, revision: int, published: float) -> float:
-            while True:
-                async with session.get(f"http://127.0.0.1:{port}/v2/health/ready") as response:
-                    if response.status == 200 and (await response.json())["revision"] >= revision:
-                        return (time.perf_counter() - published) * 1000
-                if time.perf_counter() - published > 10:
-                    raise TimeoutError(f"router on {port} never served revision {revision}")
+    async def until(poller: Backend, revision: int, published: float) -> float:
+        while True:
+            response = await poller.request("GET", b"/v2/health/ready", [], b"", 5.0)
+            if response.status == 200 and orjson.loads(response.body)["revision"] >= revision:
+                return (time.perf_counter() - published) * 1000
+            if time.perf_counter() - published > 10:
+                raise TimeoutError(f"router at {poller.url} never served revision {revision}")
 
-        for i in range(rounds):
-            revision = 100 + i
-            canary = 5.0 + (i % 10)
-            raw = snapshot(revision, b3, b4, canary, previous)  # type: ignore[arg-type]
-            previous = [tuple(r) for r in orjson.loads(raw)["models"]["resnet50"]["allocation"]]
-            published = time.perf_counter()
-            await client.set("grayroute:snapshot", raw)
-            await client.publish("grayroute:snapshot", str(revision))
-            times += await asyncio.gather(*(until(p, revision, published) for p in ports))
-            await asyncio.sleep(0.05)
+    for i in range(rounds):
+        revision = 100 + i
+        canary = 5.0 + (i % 10)
+        raw = snapshot(revision, b3, b4, canary, previous)  # type: ignore[arg-type]
+        previous = [tuple(r) for r in orjson.loads(raw)["models"]["resnet50"]["allocation"]]
+        published = time.perf_counter()  # what the control plane does on a change: store, then announce
+        await client.set("grayroute:snapshot", raw)
+        await client.publish("grayroute:snapshot", str(revision))
+        times += await asyncio.gather(*(until(p, revision, published) for p in pollers))
+        await asyncio.sleep(0.05)
     await client.aclose()
     return times
 
@@ -273,6 +272,8 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="router worker counts to measure")
+    parser.add_argument("--compare-uvicorn", type=int, choices=[0, 1], default=1,
+                        help="also measure the router on uvicorn (1 worker)")
     parser.add_argument("--rate", type=int, default=1000, help="req/s for the added-latency run")
     parser.add_argument("--paced-seconds", type=float, default=4.0)
     parser.add_argument("--paced-rounds", type=int, default=3, help="interleaved paced runs; medians are shown")
@@ -314,19 +315,23 @@ def main() -> int:
             print("throughput (wrk)…", file=sys.stderr)
             measure("direct to backend", b3, backend3.pid)
             measure("nginx split_clients", nginx_port, nginx_process.pid)
-            router_ports = {}
-            for workers in args.workers:
+            router_ports: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+            variants = [(w, "lean") for w in args.workers] + [(1, "uvicorn")] * args.compare_uvicorn
+            for workers, http in variants:
                 port = free_port()
                 router = procs.start(python, "-m", "router", "--port", str(port), "--workers", str(workers),
-                                     "--snapshot-file", str(snap), "--log-level", "warning", env=env)
+                                     "--http", http, "--snapshot-file", str(snap), "--log-level", "warning", env=env)
                 wait_for_port(port)
                 time.sleep(1.0 + workers * 0.5)  # every worker bound and loaded
-                measure(f"grayroute router, {workers} worker{'s' if workers > 1 else ''}", port, router.pid)
-                router_ports[workers] = (port, router)
+                name = f"grayroute router, {workers} worker{'s' if workers > 1 else ''}"
+                if http != "lean":
+                    name += f" ({http})"
+                measure(name, port, router.pid)
+                router_ports[name] = (port, router)
 
             print(f"added latency at {args.rate} req/s (paced)…", file=sys.stderr)
             targets = [("direct to backend", b3), ("nginx split_clients", nginx_port)] + [
-                (f"grayroute router, {w} worker{'s' if w > 1 else ''}", p) for w, (p, _) in router_ports.items()]
+                (name, p) for name, (p, _) in router_ports.items() if "(" not in name]
             runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in targets}
             for _ in range(args.paced_rounds):  # interleaved, so background noise hits every target alike
                 for name, port in targets:
@@ -363,18 +368,18 @@ def main() -> int:
           f"load average {load[0]:.1f} at start; Python {platform.python_version()}; wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
           "95/5 split, load generator on the same cores")
     print()
-    print(f"{'target':<30} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx':>9} {'CPU us/req':>11} {'errors':>7}")
+    print(f"{'target':<38} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx':>9} {'CPU us/req':>11} {'errors':>7}")
     for name, r in rows:
-        print(f"{name:<30} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+        print(f"{name:<38} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
               f"{r['rps'] / nginx_rps:>8.2f}x {r['cpu_us']:>11.1f} {int(r['errors']):>7}")
     print("(CPU us/req: CPU time of that server's processes only, per request: steady even on a busy machine)")
     print()
     direct = paced_rows[0][1]
     print(f"at {args.rate} req/s, paced open loop ({args.paced_seconds:.0f} s each, median of {args.paced_rounds} "
           "interleaved runs)")
-    print(f"{'target':<30} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10}")
+    print(f"{'target':<38} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10}")
     for name, r in paced_rows:
-        print(f"{name:<30} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
+        print(f"{name:<38} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
               f"{r['p50_ms'] - direct['p50_ms']:>10.3f} {r['p99_ms'] - direct['p99_ms']:>10.3f}")
     print()
     print(f"routing decision (3 versions, 3 rules, in process): {decision_us * 1000:.0f} ns")
