@@ -368,3 +368,18 @@ def test_a_stale_rules_form_is_a_conflict_that_names_both_rule_sets(api: Api, mo
     expect(conflict).to_contain_text("3 90% · 4 10%")
     expect(conflict).to_contain_text("rules: beta-users → 4")
     assert api.traffic(model)["rules"] == []
+
+
+def test_with_three_versions_the_default_takes_up_the_rest(api: Api, model: str, sign_in: Any) -> None:
+    api.version(model, "5", precision="fp8")
+    page = sign_in("alice", "release-manager")
+    page.goto(f"/ui/models/{model}")
+    expect(page.locator("input[name='weight:5']")).to_have_value("0")  # offered, not yet in the split
+    page.fill("input[name='weight:5']", "2.5")
+    expect(page.locator("input[name='weight:3']")).to_have_value("92.5")
+    expect(page.locator("input[name='weight:4']")).to_have_value("5")
+    expect(page.locator("[data-movement]")).to_contain_text(
+        "+2.5% of users move from 3 to 5; nobody leaves 5; 4 keeps exactly its users")
+    page.click("[data-apply]")
+    expect(page.locator(".flash-ok")).to_contain_text("3 92.5% · 4 5% · 5 2.5%")
+    assert api.weights(model) == {"3": 92.5, "4": 5.0, "5": 2.5}
