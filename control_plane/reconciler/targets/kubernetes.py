@@ -134,6 +134,8 @@ class KubernetesTarget:
         # (kind, ns/name) -> (content hash, message, when) of applies the server rejected.
         self._rejected: dict[tuple[str, str], tuple[str, str, float]] = {}
         self._watched: set[str] = set()
+        # (namespace, name) of our Services, so the watch recognizes their slices by the standard label.
+        self._services: set[tuple[str, str]] = set()
         self._wake: Wake | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -168,6 +170,7 @@ class KubernetesTarget:
         with self._lock:
             self._namespaces |= set(by_ns)
             namespaces = sorted(self._namespaces)
+            self._services = {(self.namespace_of(d), d.name) for d in desired}
 
         # Three reads per namespace, all at once (flat, so the pool never waits on itself).
         reads = {
@@ -321,7 +324,8 @@ class KubernetesTarget:
                     obj = event.get("raw_object") or {}
                     resource_version = (obj.get("metadata") or {}).get("resourceVersion", resource_version)
                     labels = (obj.get("metadata") or {}).get("labels") or {}
-                    if labels.get(LABEL_MANAGED_BY) == MANAGED_BY or event.get("type") == "DELETED":
+                    ours = (ns, labels.get(SERVICE_NAME_LABEL)) in self._services
+                    if ours or labels.get(LABEL_MANAGED_BY) == MANAGED_BY:
                         if self._wake is not None:
                             self._wake()
                 delay = 0.5
