@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
 PALETTE = ("#2f6fde", "#e8590c", "#8250df", "#0f8b8d", "#bf3989", "#7d8b00", "#8c5a2b", "#57606a")
+HISTORY_PAGE = 25
 PHASE_TONE = {"Ready": "ok", "Progressing": "warn", "Pending": "warn", "Draining": "muted", "Failed": "bad"}
 _SECURITY_HEADERS = {
     "Content-Security-Policy": ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
@@ -357,7 +358,8 @@ class _Edit:
 
 
 async def _model_page(request: Request, visitor: Visitor, db: Any, name: str, *, status: int = 200,
-                      edit: _Edit | None = None, conflict: dict[str, Any] | None = None) -> Response:
+                      edit: _Edit | None = None, conflict: dict[str, Any] | None = None,
+                      revisions_before: int | None = None, events_before: int | None = None) -> Response:
     actor = _reader(visitor)
     model = await registry_service.get_model_or_raise(db, name=name)
     versions = await registry_service.list_versions(db, model=model)
@@ -400,9 +402,13 @@ async def _model_page(request: Request, visitor: Visitor, db: Any, name: str, *,
         "versions": version_rows, "traffic_rows": traffic_rows, "rule_rows": rule_rows,
         "candidates": candidates,
         "selectable": [v.version for v in versions if v.status != VersionStatus.RETIRED],
-        "revisions": await traffic_service.list_revisions(db, model=model, limit=25),
+        "revisions": await traffic_service.list_revisions(db, model=model, limit=HISTORY_PAGE,
+                                                          before=revisions_before),
+        "revisions_paged": revisions_before is not None, "events_paged": events_before is not None,
+        "page_size": HISTORY_PAGE,
         "events": [(e, _target_label(e, model.name), _change_summary(e))
-                   for e in await audit_service.list(db, model=model.name, limit=40)],
+                   for e in await audit_service.list(db, model=model.name, limit=HISTORY_PAGE,
+                                                     before_id=events_before)],
         "figures": figures,
         "edit": edit, "errors": edit.errors if edit else {},
         "edit_default": edit.default_version if edit and edit.default_version else default,
@@ -414,8 +420,12 @@ async def _model_page(request: Request, visitor: Visitor, db: Any, name: str, *,
 
 
 @router.get("/models/{name}")
-async def model_page(name: str, request: Request, visitor: VisitorDep, db: SessionDep) -> Response:
-    return await _model_page(request, visitor, db, name)
+async def model_page(name: str, request: Request, visitor: VisitorDep, db: SessionDep, revisions_before: str = "",
+                     events_before: str = "") -> Response:
+    """The model page; ``revisions_before`` / ``events_before`` page back through the history."""
+    return await _model_page(request, visitor, db, name,
+                             revisions_before=int(revisions_before) if revisions_before.isdigit() else None,
+                             events_before=int(events_before) if events_before.isdigit() else None)
 
 
 @router.get("/models/{name}/figures")

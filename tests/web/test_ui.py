@@ -383,3 +383,22 @@ def test_with_three_versions_the_default_takes_up_the_rest(api: Api, model: str,
     page.click("[data-apply]")
     expect(page.locator(".flash-ok")).to_contain_text("3 92.5% · 4 5% · 5 2.5%")
     assert api.weights(model) == {"3": 92.5, "4": 5.0, "5": 2.5}
+
+
+def test_history_pages_back_through_older_revisions(api: Api, model: str, sign_in: Any) -> None:
+    for step in range(1, 26):
+        api.put_traffic(model, {"3": str(95 - step * 0.01), "4": str(5 + step * 0.01)}, default="3",
+                        reason=f"step {step}")
+    page = sign_in("victor", "viewer")
+    page.goto(f"/ui/models/{model}")
+    expect(page.locator("#history tr[data-revision]")).to_have_count(25)
+    expect(page.locator("#history tr[data-revision='26']")).to_contain_text("live")
+    expect(page.locator("#history tr[data-revision='1']")).to_have_count(0)
+    page.click("[data-older-revisions]")
+    expect(page.locator("#history tr[data-revision]")).to_have_count(1)
+    expect(page.locator("#history tr[data-revision='1']")).to_contain_text("first canary")
+    expect(page.locator("#history .chip-ok")).to_have_count(0)  # revision 1 is not live
+    page.click("#history >> text=Newest")
+    expect(page.locator("#history tr[data-revision='26']")).to_be_visible()
+    page.click("[data-older-events]")
+    expect(page.locator("#audit")).to_contain_text("model.create")
