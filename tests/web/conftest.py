@@ -224,11 +224,17 @@ def sign_in(browser: Any, server: LiveServer, api: Api) -> Iterator[Callable[[st
 
 
 def screenshot(page: Any, name: str, *, docs: str | None = None) -> Path:
-    """Full-page PNG in test-artifacts/ (gitignored); ``docs`` also copies it into docs/ for the README."""
+    """Full-page PNG in test-artifacts/ (gitignored).
+
+    ``docs`` names the committed copy in docs/ for the README; it is written when
+    missing or when GRAYROUTE_UPDATE_DOCS=1, so a plain test run leaves the tree clean.
+    """
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     if docs:
-        (ROOT / "docs").mkdir(exist_ok=True)
-        shutil.copyfile(path, ROOT / "docs" / docs)
+        target = ROOT / "docs" / docs
+        if os.environ.get("GRAYROUTE_UPDATE_DOCS") == "1" or not target.exists():
+            target.parent.mkdir(exist_ok=True)
+            shutil.copyfile(path, target)
     return path
