@@ -15,6 +15,7 @@ from control_plane.auth.service import Actor
 from control_plane.db import utcnow
 from control_plane.errors import Conflict, InvalidInput, NotFound
 from control_plane.notifications import SnapshotPublisher
+from control_plane.reconciler.desired import trt_compatible
 from control_plane.reconciler.models import Deployment, Phase
 from control_plane.registry.models import Engine, Model, Pool, PoolKind, Version, VersionStatus
 from control_plane.registry.schemas import (
@@ -275,11 +276,13 @@ async def add_engine(session: AsyncSession, *, model_name: str, version: str, bo
 
 async def runnable_pools(session: AsyncSession, *, version: Version) -> list[Pool]:
     """Pools with an engine of ``version`` built for their architecture and TensorRT version."""
-    wanted = {(e.gpu_arch, e.trt_version) for e in version.engines}
-    if not wanted:
+    if not version.engines:
         return []
-    pools = (await session.scalars(select(Pool).where(Pool.gpu_arch.in_({a for a, _ in wanted})))).all()
-    return [p for p in pools if (p.gpu_arch, p.trt_version) in wanted]
+    archs = {e.gpu_arch for e in version.engines}
+    pools = (await session.scalars(select(Pool).where(Pool.gpu_arch.in_(archs)))).all()
+    # The reconciler's rule, so the API never accepts what the reconciler would refuse ("10.3" == "10.3.0").
+    return [p for p in pools if any(e.gpu_arch == p.gpu_arch and trt_compatible(e.trt_version, p.trt_version)
+                                    for e in version.engines)]
 
 
 # --- pools ----------------------------------------------------------------------------------

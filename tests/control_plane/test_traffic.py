@@ -191,3 +191,9 @@ def test_explain_rules_and_fallback(api: Api) -> None:
     assert beta["route"] == "rule:beta"
     bad = api.get("/models/resnet50/route", params={"key": "u", "header": "no-colon"})
     assert bad.status_code == 422 and bad.json()["error"]["details"][0]["field"] == "header[0]"
+
+
+def test_trt_versions_match_by_release_not_spelling(api: Api) -> None:
+    api.canary(weight=5)
+    api.version("resnet50", "7", trt_version="10.3.0")  # pool says "10.3"
+    assert api.traffic("resnet50", {"3": 90, "7": 10}, default="3").status_code == 200
