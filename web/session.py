@@ -15,11 +15,7 @@ from typing import Any
 
 from fastapi import Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.auth.models import Token
-from control_plane.auth.service import Actor, Role
 from control_plane.settings import Settings
 
 COOKIE = "grayroute_ui"
@@ -113,13 +109,3 @@ def load(request: Request, settings: Settings) -> UISession:
     session.dirty = bool(raw)  # replace a bad cookie
     return session
 
-
-async def authenticate_hash(db: AsyncSession, *, token_hash: str) -> Actor | None:
-    """The actor behind a stored token hash, or None when unknown or revoked.
-
-    Mirrors ``auth_service.authenticate`` for a caller that only keeps the hash.
-    """
-    row = (await db.execute(
-        select(Token.id, Token.name, Token.role).where(Token.token_hash == token_hash, Token.revoked_at.is_(None))
-    )).first()
-    return None if row is None else Actor(row.name, Role(row.role), row.id)

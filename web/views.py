@@ -81,7 +81,7 @@ async def _visitor(request: Request, db: SessionDep, settings: SettingsDep) -> V
     ui = ui_session.load(request, settings)
     actor = None
     if ui.token_hash is not None:
-        actor = await ui_session.authenticate_hash(db, token_hash=ui.token_hash)
+        actor = await auth_service.authenticate_hash(db, token_hash=ui.token_hash)
         if actor is None:
             ui.sign_out()
             ui.flash("info", "Your token is no longer valid (revoked?). Sign in with a current one.")

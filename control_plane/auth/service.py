@@ -76,12 +76,18 @@ def authorize(actor: Actor, permission: Permission) -> None:
 
 async def authenticate(session: AsyncSession, *, token: str) -> Actor:
     """The actor behind a bearer token; Unauthenticated for unknown or revoked ones."""
-    row = (await session.execute(
-        select(Token.id, Token.name, Token.role).where(Token.token_hash == hash_token(token), Token.revoked_at.is_(None))
-    )).first()
-    if row is None:
+    actor = await authenticate_hash(session, token_hash=hash_token(token))
+    if actor is None:
         raise Unauthenticated("unknown or revoked token")
-    return Actor(row.name, Role(row.role), row.id)
+    return actor
+
+
+async def authenticate_hash(session: AsyncSession, *, token_hash: str) -> Actor | None:
+    """The actor behind a token's hash (UI sessions keep only the hash), or None when unknown or revoked."""
+    row = (await session.execute(
+        select(Token.id, Token.name, Token.role).where(Token.token_hash == token_hash, Token.revoked_at.is_(None))
+    )).first()
+    return None if row is None else Actor(row.name, Role(row.role), row.id)
 
 
 async def create(session: AsyncSession, *, name: str, role: str, actor: Actor) -> tuple[Token, str]:
