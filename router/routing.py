@@ -254,6 +254,7 @@ class Decision(NamedTuple):
 
 # namedtuple's generated __new__ is a Python frame; the common path skips it
 _new_decision = tuple.__new__
+_SPLIT = Route.SPLIT  # a module global loads faster than an enum member
 xxh3_64_intdigest = xxhash.xxh3_64_intdigest
 
 
@@ -275,16 +276,17 @@ def decide(
         return Decision(None, Route.UNKNOWN_VERSION, chosen=explicit_version)
 
     key = headers.get(model.key_header) or None
-    if model.rules:
-        # most requests match no rule: two set probes instead of walking every rule
-        hit = key is not None and key in model.rule_keys
+    rules = model.rules
+    if rules:
+        # most requests match no rule: set probes instead of walking every rule
+        hit = key in model.rule_keys
         if not hit:
             for header in model.rule_headers:
                 if header in headers:
                     hit = True
                     break
         if hit:
-            for rule in model.rules:
+            for rule in rules:
                 value = key if rule.header is None else headers.get(rule.header)
                 if value is not None and value in rule.values and rule.version in ready:
                     return Decision(rule.version, Route.RULE, rule=rule.name)
@@ -293,10 +295,11 @@ def decide(
     chosen: str | None
     if key is not None:
         keyed = (xxh3_64_intdigest(model.salt_prefix + key.encode()) * BUCKETS) >> 64
-        chosen = model.owner_of[keyed] if model.owner_of else model.owner(keyed)
+        owner_of = model.owner_of
+        chosen = owner_of[keyed] if owner_of else model.owner(keyed)
         if chosen in ready:
-            return _new_decision(Decision, (chosen, Route.SPLIT, keyed, None, None))
-        bucket, route = keyed, Route.SPLIT
+            return _new_decision(Decision, (chosen, _SPLIT, keyed, None, None))
+        bucket, route = keyed, _SPLIT
     else:
         if model.anonymous_default:
             bucket, route = None, Route.ANONYMOUS
