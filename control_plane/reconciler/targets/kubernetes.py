@@ -63,6 +63,18 @@ def is_transient(exc: BaseException) -> bool:
     return True  # timeouts, refused connections, protocol errors
 
 
+
+def raw_call(call: Callable[..., Any], *args: Any, timeout: float, **kwargs: Any) -> dict[str, Any]:
+    """Call without model deserialization: the reconciler reads a few fields of plain JSON."""
+    response = call(*args, _preload_content=False, _request_timeout=timeout, **kwargs)
+    try:
+        if response.status >= 400:
+            raise ApiException(http_resp=response)
+        return dict(json.loads(response.data or b"{}"))
+    finally:
+        response.release_conn()
+
+
 def describe(exc: BaseException) -> str:
     if isinstance(exc, ApiException):
         message = exc.reason or ""
@@ -268,14 +280,7 @@ class KubernetesTarget:
     # ------------------------------------------------------------ API calls (worker threads)
 
     def _raw(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Call without model deserialization: the reconciler reads a few fields of plain JSON."""
-        response = call(*args, _preload_content=False, _request_timeout=self.request_timeout, **kwargs)
-        try:
-            if response.status >= 400:
-                raise ApiException(http_resp=response)
-            return dict(json.loads(response.data or b"{}"))
-        finally:
-            response.release_conn()
+        return raw_call(call, *args, timeout=self.request_timeout, **kwargs)
 
     def _apply(self, kind: str, ns: str, obj: dict[str, Any]) -> dict[str, Any]:
         call = self.apps.patch_namespaced_deployment if kind == "Deployment" else self.core.patch_namespaced_service

@@ -11,7 +11,6 @@ resourceVersion it read, so two candidates racing get one success and one
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -24,7 +23,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from control_plane.reconciler.targets.kubernetes import describe
+from control_plane.reconciler.targets.kubernetes import describe, raw_call
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +71,7 @@ class LeaseElector:
     # ------------------------------------------------------------ blocking steps
 
     def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        response = method(*args, _preload_content=False, _request_timeout=self.request_timeout, **kwargs)
-        try:
-            if response.status >= 400:
-                raise ApiException(http_resp=response)
-            return dict(json.loads(response.data or b"{}"))
-        finally:
-            response.release_conn()
+        return raw_call(method, *args, timeout=self.request_timeout, **kwargs)
 
     def _spec(self, transitions: int, acquired: str | None) -> dict[str, Any]:
         now = _micro_time(datetime.now(UTC))
