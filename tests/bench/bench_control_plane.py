@@ -81,6 +81,9 @@ async def seed(url: str, models: int) -> None:
 
 
 async def build_times(url: str, rounds: int) -> list[float]:
+    import gc
+
+    gc.freeze()  # as the app does after start
     engine = create_async_engine(url)
     sessions = session_factory(engine)
     samples = []
