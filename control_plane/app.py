@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -52,6 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if not is_database_unreachable(exc):
                 raise
             log.warning("database unreachable at start: %s", exc)
+        # Everything loaded so far lives as long as the process; keeping it out of full
+        # collections removed 100-160 ms pauses from every fifth snapshot build (measured).
+        gc.freeze()
         yield
         await publisher.drain()
         await publisher.notifier.close()
