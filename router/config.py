@@ -66,6 +66,7 @@ class SnapshotSource:
         self._task: asyncio.Task[None] | None = None
         self._persisting: asyncio.Task[None] | None = None
         self._persisted = -1
+        self._unreachable = False
 
     @property
     def revision(self) -> int:
@@ -153,8 +154,14 @@ class SnapshotSource:
                 raw = await response.read()
                 etag = response.headers.get("ETag")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.warning("control plane unreachable: %s", exc or type(exc).__name__)
+            if not self._unreachable:  # once per outage, not once per poll
+                log.warning("control plane unreachable (serving revision %d): %s", self.revision,
+                            exc or type(exc).__name__)
+            self._unreachable = True
             return False
+        if self._unreachable:
+            log.info("control plane reachable again")
+            self._unreachable = False
         accepted = self.offer(raw, "control plane")
         if accepted or (self.table is not None and etag == f'"{self.table.revision}"'):
             self.etag = etag
