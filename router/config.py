@@ -59,7 +59,6 @@ class SnapshotSource:
         self.snapshot_file = snapshot_file
         self.poll_interval = poll_interval
         self.table: RoutingTable | None = None
-        self.etag: str | None = None
         self.mode = "starting"  # "notify" while subscribed to Redis, else "poll"
         self.refused = 0
         self._http: aiohttp.ClientSession | None = None
@@ -139,33 +138,29 @@ class SnapshotSource:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         if self.table is not None:
-            headers["If-None-Match"] = self.etag or f'"{self.table.revision}"'
+            headers["If-None-Match"] = f'"{self.table.revision}"'  # the ETag is the revision
         try:
             async with self._http.get(
                 self.control_plane + SNAPSHOT_PATH,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as response:
+                if self._unreachable:
+                    log.info("control plane reachable again")
+                    self._unreachable = False
                 if response.status == 304:
                     return False
                 if response.status != 200:
                     log.warning("snapshot fetch answered %d", response.status)
                     return False
                 raw = await response.read()
-                etag = response.headers.get("ETag")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             if not self._unreachable:  # once per outage, not once per poll
                 log.warning("control plane unreachable (serving revision %d): %s", self.revision,
                             exc or type(exc).__name__)
             self._unreachable = True
             return False
-        if self._unreachable:
-            log.info("control plane reachable again")
-            self._unreachable = False
-        accepted = self.offer(raw, "control plane")
-        if accepted or (self.table is not None and etag == f'"{self.table.revision}"'):
-            self.etag = etag
-        return accepted
+        return self.offer(raw, "control plane")
 
     async def _from_redis_key(self, announced: int | None) -> None:
         assert self.redis is not None
