@@ -211,10 +211,13 @@ class Demo:
                         raise DemoError(f"a child exited with {process.returncode}; see the logs in {self.data_dir}")
                 deployments = (await api.get(f"/models/{MODEL}/deployments")).json()
                 ready = {d["version"] for d in deployments if d["ready_replicas"] > 0}
-                with contextlib.suppress(httpx.HTTPError):
-                    router_ready = (await client.get(self.router_url + "/v2/health/ready")).status_code == 200
-                    if router_ready and {STABLE, CANDIDATE} <= ready:
-                        return
+                if {STABLE, CANDIDATE} <= ready:
+                    with contextlib.suppress(httpx.HTTPError):
+                        # Ready only once the router itself reaches both versions (its snapshot has the endpoints).
+                        answers = [await client.get(f"{self.router_url}/v2/models/{MODEL}/versions/{v}/ready")
+                                   for v in (STABLE, CANDIDATE)]
+                        if all(a.status_code == 200 for a in answers):
+                            return
                 await asyncio.sleep(0.5)
         raise DemoError(f"engines or router not ready after 120 s; see the logs in {self.data_dir}")
 
