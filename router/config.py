@@ -6,7 +6,8 @@ Sources, in the order they are tried:
   control plane is down), then ``GET {control_plane}/api/v1/snapshot``;
 - while Redis is reachable, the revision published on ``grayroute:snapshot``
   (the document itself is read from the key of the same name);
-- while it is not, HTTP polling with ``If-None-Match`` every ``poll_interval``,
+- while it is not, HTTP polling with ``If-None-Match`` every ``poll_interval``
+  (long-polls: the control plane answers as soon as a newer revision exists),
   trying Redis again on each round;
 - and a conditional GET every ~30 s even while notifications flow, in case the
   control plane could not reach Redis when it published.
@@ -128,8 +129,12 @@ class SnapshotSource:
             self._persisted = self.revision
         return accepted
 
-    async def fetch_http(self, timeout: float = 2.0) -> bool:
-        """One conditional GET of the snapshot; True when a newer one was swapped in."""
+    async def fetch_http(self, timeout: float = 2.0, wait: float = 0.0) -> bool:
+        """One conditional GET of the snapshot; True when a newer one was swapped in.
+
+        ``wait`` > 0 long-polls: the control plane holds the request until a newer
+        revision exists or ``wait`` seconds pass, so polling still hears of a change at once.
+        """
         if self.control_plane is None:
             return False
         if self._http is None:
@@ -139,11 +144,13 @@ class SnapshotSource:
             headers["Authorization"] = f"Bearer {self.token}"
         if self.table is not None:
             headers["If-None-Match"] = f'"{self.table.revision}"'  # the ETag is the revision
+        params = {"wait": f"{wait:g}"} if wait > 0 and self.table is not None else {}
         try:
             async with self._http.get(
                 self.control_plane + SNAPSHOT_PATH,
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                params=params,
+                timeout=aiohttp.ClientTimeout(total=timeout + (wait if params else 0.0)),
             ) as response:
                 if self._unreachable:
                     log.info("control plane reachable again")
@@ -226,15 +233,18 @@ class SnapshotSource:
 
     async def _poll_until_redis(self) -> None:
         """Poll over HTTP; return as soon as Redis answers again (if configured)."""
+        loop = asyncio.get_running_loop()
         while True:
-            await self.fetch_http()
+            started = loop.time()
+            await self.fetch_http(wait=self.poll_interval)
             if self.redis is not None:
                 try:
                     await asyncio.wait_for(self.redis.ping(), self.poll_interval)
                     return
                 except (RedisError, OSError, TimeoutError):
                     pass
-            await asyncio.sleep(jitter(self.poll_interval))
+            # a control plane that answered at once (no long-poll, or down) is asked again a period later
+            await asyncio.sleep(max(0.0, jitter(self.poll_interval) - (loop.time() - started)))
 
     async def stop(self) -> None:
         for task in (self._task, self._persisting):

@@ -139,7 +139,9 @@ async def test_real_control_plane_snapshot_and_stats(
     env = {"GRAYROUTE_TOKEN": role_tokens["router"]}
     with_redis = RouterProcess("--control-plane", api.base_url, "--stats-interval", "0.5",
                                env={**env, "GRAYROUTE_REDIS_URL": cp_settings.redis_url}).start()
-    by_post = RouterProcess("--control-plane", api.base_url, "--stats-interval", "0.5", env=env).start()
+    # a long poll period: the traffic change below must arrive through the long-poll, not a later poll
+    by_post = RouterProcess("--control-plane", api.base_url, "--stats-interval", "0.5", "--poll-interval", "4",
+                            env=env).start()
     routers += [with_redis, by_post]
     await with_redis.wait_ready(revision)
     await by_post.wait_ready(revision)
@@ -159,9 +161,11 @@ async def test_real_control_plane_snapshot_and_stats(
                 assert version == explained[user]["version"], explained[user]
         # a traffic change reaches both routers (Redis notification / HTTP poll)
         assert api.traffic("ranker", {"3": 50, "4": 50}, default="3").status_code == 200
+        changed = time.monotonic()
         new_revision = int(api.as_("router").get("/snapshot").headers["etag"].strip('"'))
         await with_redis.wait_ready(new_revision, timeout=5)
         await by_post.wait_ready(new_revision, timeout=5)
+        assert time.monotonic() - changed < 2.0  # well under the 4 s poll period
 
     deadline = time.monotonic() + 10
     while True:
