@@ -16,16 +16,17 @@ Modules, from the request inwards::
     reporter  ships per-version windows to Redis or the control plane
     settings  the only reader of the environment
 
-Hot-path choices, each measured (``tests/bench/bench_router.py``; 2 cores):
+Hot-path choices, each measured (``tests/bench/bench_router.py`` and ad-hoc A/B
+runs on the 2-core development machine; CPU time of the router process per
+proxied request, same app and load):
 
-- a lean built-in HTTP server over uvicorn over granian: uvicorn spent ~65 us
-  of CPU per proxied request against granian's ~105 us (its runtime threads
-  compete with the backends on 2 cores); the lean server ~20% less than uvicorn
-  (one write per response, no per-header validation).
-- an asyncio-protocol client with httptools over aiohttp: ~95 us against
-  ~250 us of router CPU per request with the same app (httpx managed only a
-  few hundred req/s at 32 connections).
-- plain dict counters over ``prometheus_client`` per request: ~0.4 us against
-  ~4-5 us for a labelled counter plus histogram.
-- ``decide`` reads a per-bucket owner table and pre-checks rules: ~0.6-0.7 us.
-"""
+- HTTP server: the lean built-in one ~50-54 us, uvicorn (uvloop + httptools)
+  ~64-72 us, granian ~105 us (its runtime threads compete with the backends
+  on 2 cores). The lean server writes each response in one syscall and skips
+  uvicorn's per-header validation; ``--http uvicorn`` stays available.
+- upstream client: asyncio protocol + httptools, ~2.6x less router CPU than
+  the same app on aiohttp's client; httpx managed a few hundred req/s.
+- metrics: plain dict counters, ~0.3-0.6 us per request against ~4-5 us for a
+  labelled ``prometheus_client`` counter plus histogram; rendered on scrape.
+- ``decide``: a per-bucket owner table and set-probe rule pre-check, ~0.5 us.
+- ``gc.freeze()`` after start keeps full collections off the long-lived heap.
