@@ -31,3 +31,4 @@ proxied request, same app and load):
   labelled ``prometheus_client`` counter plus histogram; rendered on scrape.
 - ``decide``: a per-bucket owner table and set-probe rule pre-check, ~0.5 us.
 - ``gc.freeze()`` after start keeps full collections off the long-lived heap.
+"""
