@@ -25,7 +25,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import DataError, DBAPIError, TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,17 @@ def _driver_says_unreachable(orig: BaseException | None) -> bool:
     } or "connection" in str(orig).lower() and "closed" in str(orig).lower()
 
 
+def is_unstorable_value(exc: BaseException) -> bool:
+    """The database refused a value itself (NUL in text, an integer out of range): the caller's input, not an outage."""
+    if isinstance(exc, DataError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    # SQLSTATE class 22 is "data exception"; asyncpg's own argument checks raise a DataError without one.
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return sqlstate.startswith("22") or type(getattr(exc.orig, "__cause__", None)).__name__ == "DataError"
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(GrayrouteError)
     async def _grayroute(_request: Request, exc: GrayrouteError) -> JSONResponse:
@@ -134,8 +145,16 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {400: "malformed", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(DBAPIError)
+    async def _database(_request: Request, exc: DBAPIError) -> JSONResponse:
+        if not is_unstorable_value(exc):
+            raise exc  # outages and bugs: the handler below
+        # A safety net: schemas should already refuse such values and name the field.
+        log.warning("database refused a value: %s", exc)
+        return JSONResponse(error_body("invalid", "a value cannot be stored (out of range, or a NUL character)"), 422)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -17,8 +17,9 @@ router = APIRouter(prefix="/api/v1", tags=["audit"])
 async def list_audit_events(
     session: SessionDep,
     _actor: Reader,
-    model: Annotated[str | None, Query(max_length=63)] = None,
-    action: Annotated[str | None, Query(max_length=64)] = None,
+    # Postgres text cannot hold NUL, so a filter with one could never match: refuse it.
+    model: Annotated[str | None, Query(max_length=63, pattern=r"^[^\x00]*$")] = None,
+    action: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00]*$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before_id: Annotated[int | None, Query(ge=1, description="page: events older than this id")] = None,
 ) -> list[AuditEventRead]:

@@ -10,6 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.audit.models import AuditEvent
 
+MAX_ID = 2**31 - 1  # audit_events.id is an INTEGER column
+
 if TYPE_CHECKING:
     from control_plane.auth.service import Actor
 
@@ -43,6 +45,6 @@ async def list(  # noqa: A001 - the service verb
         query = query.where(AuditEvent.model == model)
     if action is not None:
         query = query.where(AuditEvent.action == action)
-    if before_id is not None:
+    if before_id is not None and before_id <= MAX_ID:  # beyond the column's range: no bound at all
         query = query.where(AuditEvent.id < before_id)
     return (await session.scalars(query)).all()

@@ -26,8 +26,29 @@ Uri = Annotated[str, Field(pattern=URI, max_length=2048, examples=["s3://engines
 Replicas = dict[Annotated[str, Field(pattern=MODEL_NAME)], Annotated[int, Field(ge=1, le=1000)]]
 
 
+def refuse_nul(value: Any) -> Any:
+    """Postgres text and JSON cannot hold NUL: refuse it here, where the error can name the field."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain NUL (\\u0000) characters")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            refuse_nul(key)
+            refuse_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            refuse_nul(item)
+    return value
+
+
 class _Input(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Infinity and NaN (which Python's JSON parser accepts) cannot be stored as JSON.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return refuse_nul(value)
 
 
 class ModelCreate(_Input):
@@ -72,7 +93,7 @@ class EngineCreate(_Input):
     gpu_arch: GpuArch
     uri: Uri
     sha256: Sha256
-    size_bytes: Annotated[int | None, Field(ge=0)] = None
+    size_bytes: Annotated[int | None, Field(ge=0, le=2**63 - 1)] = None  # a BIGINT column
     trt_version: TrtVersion | None = Field(None, description="defaults to the version's")
     benchmark: Benchmark | None = None
 

@@ -8,16 +8,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from router.stats import LATENCY_BOUNDS_MS
 
-Count = Annotated[int, Field(ge=0)]
+# Bounded so a window is stored exactly (orjson writes at most 64-bit integers) and sums stay finite.
+Count = Annotated[int, Field(ge=0, le=2**53 - 1)]
 
 
 class VersionWindow(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A stored Infinity comes back as null and breaks every later read of the model's stats.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     requests: Count
     errors: Count = 0
     fallbacks: Count = 0
-    latency_sum_ms: Annotated[float, Field(ge=0)] = 0.0
+    latency_sum_ms: Annotated[float, Field(ge=0, le=1e15)] = 0.0
     buckets: Annotated[list[Count], Field(description="latency histogram over bounds_ms, plus one overflow bucket")]
 
     @field_validator("buckets")
@@ -39,7 +41,7 @@ class VersionWindow(BaseModel):
 class StatsReport(BaseModel):
     """One router's closed window (``router.reporter`` builds it)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN is no Redis score
 
     router: Annotated[str, Field(min_length=1, max_length=256)]
     window_start: float

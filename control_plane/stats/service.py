@@ -117,7 +117,7 @@ async def get(store: StatsStore, *, model: str, window: int, now: float | None =
 
 
 def _version_order(label: str) -> tuple[int, int | str]:
-    return (0, int(label)) if label.isdigit() else (1, label)
+    return (0, int(label)) if label.isascii() and label.isdigit() else (1, label)  # int() refuses "²"
 
 
 def store_for(redis_url: str | None, retention_seconds: float) -> StatsStore:

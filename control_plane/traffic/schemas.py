@@ -6,15 +6,22 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from control_plane.registry.schemas import HEADER_NAME, MODEL_NAME, VersionLabel
+from control_plane.registry.schemas import HEADER_NAME, MODEL_NAME, VersionLabel, refuse_nul
+
+MAX_REVISION = 2**31 - 1  # revisions are INTEGER columns
 
 Weight = Annotated[Decimal, Field(ge=0, le=100, decimal_places=2, description="percent, at most two decimals")]
 
 
 class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return refuse_nul(value)
 
 
 class SplitIn(_Input):
@@ -45,7 +52,8 @@ class TrafficPut(_Input):
     splits: Annotated[list[SplitIn], Field(min_length=1, max_length=64)]
     rules: Annotated[list[RuleIn], Field(max_length=64)] = []
     reason: Annotated[str, Field(max_length=2000)] = ""
-    reapplied_from: Annotated[int | None, Field(ge=1, description="the revision whose weights this re-applies")] = None
+    reapplied_from: Annotated[int | None, Field(ge=1, le=MAX_REVISION,
+                                                description="the revision whose weights this re-applies")] = None
 
 
 class TrafficRead(BaseModel):

@@ -20,7 +20,7 @@ from control_plane.registry import service as registry_service
 from control_plane.registry.models import Model, Version, VersionStatus
 from control_plane.traffic import snapshot as snapshot_service
 from control_plane.traffic.models import TrafficRevision
-from control_plane.traffic.schemas import HeaderMatchIn, TrafficPut
+from control_plane.traffic.schemas import MAX_REVISION, HeaderMatchIn, TrafficPut
 from router.routing import ModelRouting, Range, Route, allocate, bucket_counts, decide
 from router.snapshot import SnapshotRule
 
@@ -34,7 +34,8 @@ def parse_etag(value: str) -> int | None:
     if value.startswith("W/"):
         value = value[2:]
     value = value.strip('"')
-    return int(value) if value.isdigit() else None
+    # isdigit() alone admits "²" and 5000-digit numbers, which int() refuses; no revision has 19 digits.
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else None
 
 
 def revision_state(revision: TrafficRevision | None) -> dict[str, Any] | None:
@@ -57,7 +58,7 @@ async def list_revisions(session: AsyncSession, *, model: Model, limit: int = 50
     """History, newest first."""
     query = (select(TrafficRevision).where(TrafficRevision.model_id == model.id)
              .order_by(TrafficRevision.revision.desc()).limit(limit))
-    if before is not None:
+    if before is not None and before <= MAX_REVISION:  # beyond the column's range: no bound at all
         query = query.where(TrafficRevision.revision < before)
     return (await session.scalars(query)).all()
 
@@ -66,6 +67,8 @@ async def get_revision_or_raise(session: AsyncSession, *, model: Model, revision
     """One revision of ``model``'s policy."""
     from control_plane.errors import NotFound
 
+    if not 0 < revision <= MAX_REVISION:  # the column could not hold it, so asking Postgres would fail
+        raise NotFound(f"model {model.name!r} has no traffic revision {revision}")
     found = (await session.scalars(
         select(TrafficRevision).where(TrafficRevision.model_id == model.id, TrafficRevision.revision == revision)
     )).first()
