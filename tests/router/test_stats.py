@@ -128,8 +128,9 @@ async def test_real_control_plane_snapshot_and_stats(
 ) -> None:
     """Routers against the real control plane: its snapshot routes traffic; /stats merges two routers,
     one reporting through Redis, one by POST."""
-    stable = await start_backend(backends, "3", "3")
-    candidate = await start_backend(backends, "4", "4")
+    # inference-like delays, so the client's own sub-millisecond overhead stays within a bucket
+    stable = await start_backend(backends, "3", "3", delay=0.012)
+    candidate = await start_backend(backends, "4", "4", delay=0.006)
     api.canary(model="ranker", weight=10)
     for version, backend in (("3", stable), ("4", candidate)):
         response = api.as_("publisher").put(f"/models/ranker/versions/{version}/endpoints",
@@ -148,13 +149,16 @@ async def test_real_control_plane_snapshot_and_stats(
 
     explained = {}
     sent: Counter = Counter()
+    timings: dict[str, list[float]] = {}
     async with aiohttp.ClientSession() as session:
         for i in range(120):
             user = f"user-{i}"
             if i < 10:
                 explained[user] = api.as_("viewer").get("/models/ranker/route", params={"key": user}).json()
             router = with_redis if i % 3 else by_post
+            started = time.perf_counter()
             status, version, route = await infer(session, router, user, model="ranker")
+            timings.setdefault(version, []).append((time.perf_counter() - started) * 1000)
             assert status == 200 and route == "split"
             sent[version] += 1
             if user in explained:
@@ -178,6 +182,9 @@ async def test_real_control_plane_snapshot_and_stats(
         assert time.monotonic() < deadline, (got, sent, body)
         await asyncio.sleep(0.2)
     assert all(v["errors"] == 0 and v["p50_ms"] is not None for v in body["versions"])
+    for v in body["versions"]:  # the router's clock starts later than the client's: within one bucket
+        theirs = _client_percentile(timings[v["version"]], 0.5)
+        assert abs(_bucket_of_ms(v["p50_ms"]) - _bucket_of_ms(theirs)) <= 1, (v, theirs)
     # a router token may report and read; a viewer may not report
     assert api.as_("router").get("/models/ranker/stats").status_code == 200
     report = {"router": "x", "window_start": 1.0, "window_end": 2.0, "models": {}}
