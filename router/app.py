@@ -81,7 +81,8 @@ class RouterApp:
             self.redis = aioredis.from_url(
                 settings.redis_url, socket_connect_timeout=1.0, health_check_interval=10
             )
-        self.backends = Backends(connect_timeout=settings.connect_timeout)
+        self.backends = Backends(connect_timeout=settings.connect_timeout,
+                                 max_response=settings.max_response_bytes)
         self.source = SnapshotSource(
             backends=self.backends,
             on_swap=self._swap,

@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snapshot-file", type=Path, default=None, metavar="PATH",
                         help="where the last good snapshot is kept; read at start if the control plane is down")
     parser.add_argument("--max-body-bytes", type=int, default=None, help="request body limit (default 64 MiB)")
+    parser.add_argument("--max-response-bytes", type=int, default=None,
+                        help="largest backend answer the router buffers (default 256 MiB)")
     parser.add_argument("--upstream-timeout", type=float, default=None, metavar="SECONDS",
                         help="time a backend has to answer (default 60)")
     parser.add_argument("--connect-timeout", type=float, default=None, metavar="SECONDS",
@@ -45,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
             control_plane=args.control_plane,
             snapshot_file=args.snapshot_file,
             max_body_bytes=args.max_body_bytes,
+            max_response_bytes=args.max_response_bytes,
             upstream_timeout=args.upstream_timeout,
             connect_timeout=args.connect_timeout,
             poll_interval=args.poll_interval,

@@ -26,6 +26,7 @@ class RouterSettings(BaseModel):
     token: SecretStr | None = None
     redis_url: str | None = None
     max_body_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
+    max_response_bytes: Annotated[int, Field(gt=0)] = 256 * 1024 * 1024
     upstream_timeout: Annotated[float, Field(gt=0)] = 60.0
     connect_timeout: Annotated[float, Field(gt=0)] = 1.0
     eject_after: Annotated[int, Field(ge=1)] = 3  # consecutive failures (a refused connection ejects at once)

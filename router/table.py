@@ -82,9 +82,10 @@ class RoutingTable:
 class Backends:
     """Every backend known to this process, by URL; builds tables that share them."""
 
-    def __init__(self, *, connect_timeout: float) -> None:
+    def __init__(self, *, connect_timeout: float, max_response: int = 256 * 1024 * 1024) -> None:
         self.by_url: dict[str, Backend] = {}
         self.connect_timeout = connect_timeout
+        self.max_response = max_response
         self.current: RoutingTable | None = None
 
     def _changed(self) -> None:
@@ -101,7 +102,8 @@ class Backends:
                 for endpoint in routes.endpoints:
                     backend = self.by_url.get(endpoint.url)
                     if backend is None:
-                        backend = Backend(endpoint.url, connect_timeout=self.connect_timeout)
+                        backend = Backend(endpoint.url, connect_timeout=self.connect_timeout,
+                                          max_response=self.max_response)
                         self.by_url[endpoint.url] = backend
                     backends.append(backend)
                 groups[version] = VersionGroup(version, backends)

@@ -33,7 +33,7 @@ class _Connection(asyncio.Protocol):
 
     __slots__ = (
         "backend", "transport", "parser", "waiter", "headers", "chunks",
-        "closed", "received", "complete", "reused", "timer", "keep_alive", "framed",
+        "closed", "received", "complete", "reused", "timer", "keep_alive", "framed", "size",
     )
 
     def __init__(self, backend: Backend) -> None:
@@ -50,6 +50,7 @@ class _Connection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.keep_alive = False
         self.framed = True  # False: the body runs until the backend closes (no length, not chunked)
+        self.size = 0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -87,6 +88,10 @@ class _Connection(asyncio.Protocol):
             self.framed = b"content-length" in names or b"transfer-encoding" in names
 
     def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size > self.backend.max_response:
+            self._fail(UpstreamError(f"{self.backend.url} sent a response over {self.backend.max_response} bytes"))
+            return
         self.chunks.append(body)
 
     def on_message_complete(self) -> None:
@@ -131,6 +136,7 @@ class _Connection(asyncio.Protocol):
         self.received = False
         self.complete = False
         self.framed = True
+        self.size = 0
         self.timer = loop.call_later(timeout, self._timed_out)
         if body:
             self.transport.writelines((head, body))
@@ -144,7 +150,7 @@ class Backend:
 
     __slots__ = (
         "url", "host", "port", "prefix", "host_header", "loop", "idle", "outstanding",
-        "failures", "ejected", "connect_timeout", "max_idle", "_probe", "on_change",
+        "failures", "ejected", "connect_timeout", "max_idle", "max_response", "_probe", "on_change",
     )
 
     def __init__(
@@ -153,6 +159,7 @@ class Backend:
         *,
         connect_timeout: float = 1.0,
         max_idle: int = 256,
+        max_response: int = 256 * 1024 * 1024,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         parts = urlsplit(url)
@@ -170,6 +177,7 @@ class Backend:
         self.ejected = False
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
+        self.max_response = max_response  # a runaway backend must not exhaust the router's memory
         self._probe: asyncio.Task[None] | None = None
         self.on_change = on_change
 

@@ -108,3 +108,11 @@ async def _server_on(port: int) -> tuple[asyncio.Server, int]:
         writer.close()
 
     return await asyncio.start_server(handle, "127.0.0.1", port), port
+
+
+async def test_oversized_response_is_cut_off(servers: list) -> None:
+    server, port = await _server(lambda _: b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"z" * 100)
+    servers.append(server)
+    with pytest.raises(UpstreamError, match="over 50 bytes"):
+        await Backend(f"http://127.0.0.1:{port}", max_response=50).request("GET", b"/", [], b"", 2.0)
+    assert (await Backend(f"http://127.0.0.1:{port}", max_response=100).request("GET", b"/", [], b"", 2.0)).body == b"z" * 100
