@@ -21,7 +21,7 @@ ModelName = Annotated[str, Field(pattern=MODEL_NAME, description="DNS-safe slug"
 VersionLabel = Annotated[str, Field(pattern=VERSION_LABEL, examples=["4"])]
 GpuArch = Annotated[str, Field(pattern=GPU_ARCH, examples=["sm_80"])]
 Sha256 = Annotated[str, Field(pattern=SHA256)]
-TrtVersion = Annotated[str, Field(pattern=TRT_VERSION, examples=["10.3.0"])]
+TrtVersion = Annotated[str, Field(pattern=TRT_VERSION, max_length=32, examples=["10.3.0"])]  # a VARCHAR(32)
 Uri = Annotated[str, Field(pattern=URI, max_length=2048, examples=["s3://engines/resnet50/4/sm_80.plan"])]
 Replicas = dict[Annotated[str, Field(pattern=MODEL_NAME)], Annotated[int, Field(ge=1, le=1000)]]
 
