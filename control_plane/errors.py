@@ -25,6 +25,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import DataError, DBAPIError, TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -84,6 +85,32 @@ class Unavailable(GrayrouteError):
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    details: Any  # 400 and 422: [{"field", "reason"}, ...]; otherwise what the code needs, or null
+
+
+class ErrorBody(BaseModel):
+    """The shape of every error answer."""
+
+    error: ErrorInfo
+
+
+_MEANINGS = {400: "the body is not JSON", 401: "no token, or an unknown one", 403: "the role may not do this",
+             404: "not found", 409: "the request clashes with current state", 412: "If-Match names a stale revision",
+             422: "a value breaks a rule; details name the fields", 428: "If-Match missing",
+             503: "the database is unreachable; retry"}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for error answers (replacing FastAPI's default 422 shape, which we never send)."""
+    return {status: {"model": ErrorBody, "description": _MEANINGS[status]} for status in statuses}
+
+
+ERROR_RESPONSES = error_responses(400, 401, 403, 404, 422, 503)  # what any API route may answer
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Query
 from control_plane.audit import service as audit_service
 from control_plane.audit.schemas import AuditEventRead
 from control_plane.deps import Reader, SessionDep
+from control_plane.errors import ERROR_RESPONSES
 
-router = APIRouter(prefix="/api/v1", tags=["audit"])
+router = APIRouter(prefix="/api/v1", tags=["audit"], responses=ERROR_RESPONSES)
 
 
 @router.get("/audit", response_model=list[AuditEventRead])

@@ -7,8 +7,9 @@ from fastapi import APIRouter
 from control_plane.auth import service as auth_service
 from control_plane.auth.schemas import TokenCreate, TokenCreated
 from control_plane.deps import SessionDep, TokenWriter
+from control_plane.errors import ERROR_RESPONSES
 
-router = APIRouter(prefix="/api/v1", tags=["tokens"])
+router = APIRouter(prefix="/api/v1", tags=["tokens"], responses=ERROR_RESPONSES)
 
 
 @router.post("/tokens", status_code=201, response_model=TokenCreated)

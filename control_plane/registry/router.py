@@ -16,6 +16,7 @@ from control_plane.deps import (
     VersionOperator,
     VersionWriter,
 )
+from control_plane.errors import ERROR_RESPONSES, error_responses
 from control_plane.registry import service as registry_service
 from control_plane.registry.models import Model
 from control_plane.registry.schemas import (
@@ -36,7 +37,8 @@ from control_plane.registry.schemas import (
 )
 from control_plane.traffic import service as traffic_service
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
+CONFLICT = error_responses(409)
 
 ModelPath = Annotated[str, Path(pattern=MODEL_NAME, max_length=63)]
 VersionPath = Annotated[str, Path(pattern=VERSION_LABEL, max_length=63)]
@@ -55,7 +57,7 @@ async def _model_read(session: SessionDep, model: Model) -> ModelRead:
     )
 
 
-@router.post("/models", status_code=201, response_model=ModelRead, tags=["models"])
+@router.post("/models", status_code=201, response_model=ModelRead, tags=["models"], responses=CONFLICT)
 async def create_model(body: ModelCreate, session: SessionDep, actor: ModelWriter) -> ModelRead:
     model = await registry_service.create_model(session, body=body, actor=actor)
     return await _model_read(session, model)
@@ -78,7 +80,8 @@ async def update_model(model: ModelPath, body: ModelUpdate, session: SessionDep,
     return await _model_read(session, updated)
 
 
-@router.post("/models/{model}/versions", status_code=201, response_model=VersionRead, tags=["versions"])
+@router.post("/models/{model}/versions", status_code=201, response_model=VersionRead, tags=["versions"],
+             responses=CONFLICT)
 async def create_version(model: ModelPath, body: VersionCreate, session: SessionDep, actor: VersionWriter,
                          publisher: PublisherDep) -> VersionRead:
     version = await registry_service.create_version(session, model_name=model, body=body, actor=actor,
@@ -99,7 +102,8 @@ async def get_version(model: ModelPath, version: VersionPath, session: SessionDe
                                                                                  version=version))
 
 
-@router.patch("/models/{model}/versions/{version}", response_model=VersionRead, tags=["versions"])
+@router.patch("/models/{model}/versions/{version}", response_model=VersionRead, tags=["versions"],
+              responses=CONFLICT)
 async def update_version(model: ModelPath, version: VersionPath, body: VersionUpdate, session: SessionDep,
                          actor: VersionOperator, publisher: PublisherDep) -> VersionRead:
     updated = await registry_service.update_version(session, model_name=model, version=version, body=body,
@@ -107,7 +111,8 @@ async def update_version(model: ModelPath, version: VersionPath, body: VersionUp
     return VersionRead.model_validate(updated)
 
 
-@router.post("/models/{model}/versions/{version}/retire", response_model=VersionRead, tags=["versions"])
+@router.post("/models/{model}/versions/{version}/retire", response_model=VersionRead, tags=["versions"],
+             responses=CONFLICT)
 async def retire_version(model: ModelPath, version: VersionPath, session: SessionDep, actor: VersionOperator,
                          publisher: PublisherDep) -> VersionRead:
     retired = await registry_service.retire_version(session, model_name=model, version=version, actor=actor,
@@ -116,7 +121,7 @@ async def retire_version(model: ModelPath, version: VersionPath, session: Sessio
 
 
 @router.post("/models/{model}/versions/{version}/engines", status_code=201, response_model=EngineRead,
-             tags=["versions"])
+             tags=["versions"], responses=CONFLICT)
 async def add_engine(model: ModelPath, version: VersionPath, body: EngineCreate, session: SessionDep,
                      actor: VersionWriter, publisher: PublisherDep) -> EngineRead:
     engine = await registry_service.add_engine(session, model_name=model, version=version, body=body, actor=actor,
@@ -124,7 +129,8 @@ async def add_engine(model: ModelPath, version: VersionPath, body: EngineCreate,
     return EngineRead.model_validate(engine)
 
 
-@router.put("/models/{model}/versions/{version}/endpoints", response_model=DeploymentRead, tags=["deployments"])
+@router.put("/models/{model}/versions/{version}/endpoints", response_model=DeploymentRead, tags=["deployments"],
+            responses=CONFLICT)
 async def put_external_endpoints(model: ModelPath, version: VersionPath, body: EndpointsPut, session: SessionDep,
                                  actor: EndpointWriter, publisher: PublisherDep) -> DeploymentRead:
     deployment = await registry_service.put_external_endpoints(session, model_name=model, version=version,
@@ -148,7 +154,8 @@ async def list_deployments(model: ModelPath, session: SessionDep, _actor: Reader
     ]
 
 
-@router.put("/pools/{pool}", response_model=PoolRead, tags=["pools"])
+@router.put("/pools/{pool}", response_model=PoolRead, tags=["pools"],
+            responses={201: {"model": PoolRead, "description": "created"}})
 async def put_pool(pool: PoolPath, body: PoolPut, session: SessionDep, actor: PoolWriter, publisher: PublisherDep,
                    response: Response) -> PoolRead:
     saved, created = await registry_service.put_pool(session, name=pool, body=body, actor=actor, publisher=publisher)

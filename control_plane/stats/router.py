@@ -7,12 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 
 from control_plane.deps import CurrentActor, SessionDep, StatsReporter
+from control_plane.errors import ERROR_RESPONSES
 from control_plane.registry import service as registry_service
 from control_plane.registry.router import ModelPath
 from control_plane.stats import service as stats_service
 from control_plane.stats.schemas import ModelStats, ReportAccepted, StatsReport
 
-router = APIRouter(prefix="/api/v1", tags=["stats"])
+router = APIRouter(prefix="/api/v1", tags=["stats"], responses=ERROR_RESPONSES)
 
 
 def get_store(request: Request) -> stats_service.StatsStore:

@@ -7,14 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from control_plane.deps import PublisherDep, Reader, SessionDep, SnapshotReader, TrafficWriter
-from control_plane.errors import InvalidInput
+from control_plane.errors import ERROR_RESPONSES, InvalidInput, error_responses
 from control_plane.registry import service as registry_service
 from control_plane.registry.router import ModelPath
 from control_plane.traffic import service as traffic_service
 from control_plane.traffic.models import TrafficRevision
 from control_plane.traffic.schemas import RouteExplanation, TrafficPut, TrafficRead
 
-router = APIRouter(prefix="/api/v1", tags=["traffic"])
+router = APIRouter(prefix="/api/v1", tags=["traffic"], responses=ERROR_RESPONSES)
 
 
 def _read(model: str, revision: TrafficRevision | None) -> TrafficRead:
@@ -35,8 +35,7 @@ async def get_traffic(model: ModelPath, session: SessionDep, _actor: Reader, res
     return _read(found.name, current)
 
 
-@router.put("/models/{model}/traffic", response_model=TrafficRead,
-            responses={412: {"description": "stale If-Match"}, 428: {"description": "If-Match missing"}})
+@router.put("/models/{model}/traffic", response_model=TrafficRead, responses=error_responses(412, 428))
 async def put_traffic(model: ModelPath, body: TrafficPut, session: SessionDep, actor: TrafficWriter,
                       publisher: PublisherDep, response: Response,
                       if_match: Annotated[str | None, Header()] = None) -> TrafficRead:
