@@ -150,7 +150,7 @@ class RouterApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.startup()
-                except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
+                except Exception as exc:
                     log.exception("router startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return

@@ -19,6 +19,7 @@ assignment; a bad one is logged and refused, an older revision is ignored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -250,10 +251,8 @@ class SnapshotSource:
         for task in (self._task, self._persisting):
             if task is not None and not task.done():
                 task.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError):
                     await task
-                except (asyncio.CancelledError, Exception):
-                    pass
         if self._http is not None:
             await self._http.close()
 

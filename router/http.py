@@ -58,7 +58,7 @@ class _Clock:
 
 
 class _Request:
-    __slots__ = ("method", "target", "headers", "body", "keep_alive", "version", "early")
+    __slots__ = ("body", "early", "headers", "keep_alive", "method", "target", "version")
 
     def __init__(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes,
                  keep_alive: bool, version: str, early: bool) -> None:
@@ -73,8 +73,21 @@ class _Request:
 
 class _Connection(asyncio.Protocol):
     __slots__ = (
-        "server", "transport", "parser", "url", "headers", "chunks", "size", "too_large", "queue", "busy",
-        "closed", "idle_since", "lost", "client", "dispatched_early",
+        "busy",
+        "chunks",
+        "client",
+        "closed",
+        "dispatched_early",
+        "headers",
+        "idle_since",
+        "lost",
+        "parser",
+        "queue",
+        "server",
+        "size",
+        "too_large",
+        "transport",
+        "url",
     )
 
     def __init__(self, server: LeanServer) -> None:

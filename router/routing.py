@@ -17,8 +17,8 @@ import random
 from bisect import bisect_right
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 from decimal import Decimal, InvalidOperation
+from typing import NamedTuple
 
 import xxhash
 
@@ -56,7 +56,7 @@ def bucket_of(salt: str, key: str) -> int:
     return (digest * BUCKETS) >> 64
 
 
-def weight_to_buckets(weight: float | Decimal | str | int) -> int:
+def weight_to_buckets(weight: float | Decimal | str) -> int:
     """A percentage with at most two decimals as a bucket count (weight x 100)."""
     try:
         exact = Decimal(str(weight))
@@ -277,14 +277,13 @@ def decide(
 
     key = headers.get(model.key_header) or None
     rules = model.rules
-    if rules:
-        # most requests match no rule: two C-level set probes instead of walking every rule
-        # (isdisjoint walks ``headers``, which the router fills with just the headers rules read)
-        if key in model.rule_keys or not model.rule_headers.isdisjoint(headers):
-            for rule in rules:
-                value = key if rule.header is None else headers.get(rule.header)
-                if value is not None and value in rule.values and rule.version in ready:
-                    return Decision(rule.version, Route.RULE, rule=rule.name)
+    # most requests match no rule: two C-level set probes instead of walking every rule
+    # (isdisjoint walks ``headers``, which the router fills with just the headers rules read)
+    if rules and (key in model.rule_keys or not model.rule_headers.isdisjoint(headers)):
+        for rule in rules:
+            value = key if rule.header is None else headers.get(rule.header)
+            if value is not None and value in rule.values and rule.version in ready:
+                return Decision(rule.version, Route.RULE, rule=rule.name)
 
     bucket: int | None
     chosen: str | None

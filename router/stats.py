@@ -38,7 +38,7 @@ def bucket_index(seconds: float) -> int:
 class VersionWindow:
     """Counts for one (model, version) in the current window; mutated per request."""
 
-    __slots__ = ("requests", "errors", "fallbacks", "latency_sum", "buckets")
+    __slots__ = ("buckets", "errors", "fallbacks", "latency_sum", "requests")
 
     def __init__(self) -> None:
         self.requests = 0

@@ -19,7 +19,7 @@ from router.upstream import Backend
 class VersionGroup:
     """The backends of one version; picks the less loaded of two random live ones."""
 
-    __slots__ = ("version", "backends", "live")
+    __slots__ = ("backends", "live", "version")
 
     def __init__(self, version: str, backends: Sequence[Backend]) -> None:
         self.version = version
@@ -46,7 +46,7 @@ class VersionGroup:
 
 
 class ModelTable:
-    __slots__ = ("name", "routing", "groups", "ready", "wanted", "name_bytes")
+    __slots__ = ("groups", "name", "name_bytes", "ready", "routing", "wanted")
 
     def __init__(self, name: str, routing: ModelRouting, groups: dict[str, VersionGroup]) -> None:
         self.name = name
@@ -67,7 +67,7 @@ class ModelTable:
 
 
 class RoutingTable:
-    __slots__ = ("revision", "models", "raw")
+    __slots__ = ("models", "raw", "revision")
 
     def __init__(self, revision: int, models: dict[str, ModelTable], raw: bytes) -> None:
         self.revision = revision

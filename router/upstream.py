@@ -20,7 +20,7 @@ Headers = list[tuple[bytes, bytes]]
 
 
 class Response:
-    __slots__ = ("status", "headers", "body")
+    __slots__ = ("body", "headers", "status")
 
     def __init__(self, status: int, headers: Headers, body: bytes) -> None:
         self.status = status
@@ -32,8 +32,20 @@ class _Connection(asyncio.Protocol):
     """One upstream connection; at most one request in flight (no pipelining)."""
 
     __slots__ = (
-        "backend", "transport", "parser", "waiter", "headers", "chunks",
-        "closed", "received", "complete", "reused", "timer", "keep_alive", "framed", "size",
+        "backend",
+        "chunks",
+        "closed",
+        "complete",
+        "framed",
+        "headers",
+        "keep_alive",
+        "parser",
+        "received",
+        "reused",
+        "size",
+        "timer",
+        "transport",
+        "waiter",
     )
 
     def __init__(self, backend: Backend) -> None:
@@ -149,8 +161,21 @@ class Backend:
     """One engine endpoint with its idle connections and its health state."""
 
     __slots__ = (
-        "url", "host", "port", "prefix", "host_header", "loop", "idle", "outstanding",
-        "failures", "ejected", "connect_timeout", "max_idle", "max_response", "_probe", "on_change",
+        "_probe",
+        "connect_timeout",
+        "ejected",
+        "failures",
+        "host",
+        "host_header",
+        "idle",
+        "loop",
+        "max_idle",
+        "max_response",
+        "on_change",
+        "outstanding",
+        "port",
+        "prefix",
+        "url",
     )
 
     def __init__(

@@ -14,7 +14,12 @@ from typing import Any, Protocol
 import orjson
 
 from control_plane.stats.schemas import ModelStats, StatsReport, VersionStats
-from router.stats import LATENCY_BOUNDS_MS, REDIS_KEY_PREFIX, merge_buckets, percentile_ms
+from router.stats import (
+    LATENCY_BOUNDS_MS,
+    REDIS_KEY_PREFIX,
+    merge_buckets,
+    percentile_ms,
+)
 
 Entry = dict[str, Any]  # {"router", "window_start", "window_end", "versions": {version: window}}
 

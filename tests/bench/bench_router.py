@@ -60,7 +60,7 @@ done = function(summary, latency, requests)
   io.write(string.format("JSON {\\"requests\\": %%d, \\"seconds\\": %%f, \\"errors\\": %%d, \\"p50\\": %%d, \\"p99\\": %%d}\\n",
     summary.requests, summary.duration / 1e6, errors, latency:percentile(50), latency:percentile(99)))
 end
-""" % (BODY, PATH)
+""" % (BODY, PATH)  # noqa: UP031 - the Lua text is full of braces
 
 NGINX_CONF = """
 worker_processes {workers};

@@ -12,7 +12,14 @@ import orjson
 import pytest
 
 from tests.router.conftest import (
-    ControlPlaneStub, RouterProcess, infer, model_spec, publish, router_env, snapshot, start_backend,
+    ControlPlaneStub,
+    RouterProcess,
+    infer,
+    model_spec,
+    publish,
+    router_env,
+    snapshot,
+    start_backend,
 )
 from tests.services import RedisServer
 

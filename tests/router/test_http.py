@@ -8,7 +8,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.router.conftest import RouterProcess, infer, model_spec, router_env, snapshot, start_backend
+from tests.router.conftest import (
+    RouterProcess,
+    infer,
+    model_spec,
+    router_env,
+    snapshot,
+    start_backend,
+)
 
 
 async def _router(backends: dict, routers: list, tmp_path: Path, *args: str) -> RouterProcess:

@@ -9,7 +9,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.router.conftest import RouterProcess, infer, model_spec, router_env, snapshot, start_backend
+from tests.router.conftest import (
+    RouterProcess,
+    infer,
+    model_spec,
+    router_env,
+    snapshot,
+    start_backend,
+)
 from tests.router.kserve import KServe
 
 

@@ -10,9 +10,24 @@ from typing import Any
 
 import aiohttp
 
-from router.routing import ModelRouting, Route, Rule, allocate, bucket_counts, bucket_of, decide
+from router.routing import (
+    ModelRouting,
+    Route,
+    Rule,
+    allocate,
+    bucket_counts,
+    bucket_of,
+    decide,
+)
 from router.snapshot import parse_snapshot
-from tests.router.conftest import RouterProcess, infer, model_spec, router_env, snapshot, start_backend
+from tests.router.conftest import (
+    RouterProcess,
+    infer,
+    model_spec,
+    router_env,
+    snapshot,
+    start_backend,
+)
 
 
 def _routing(allocation: list[tuple[int, int, str]], salt: str = "resnet50", rules: tuple[Rule, ...] = (),

@@ -18,7 +18,13 @@ from control_plane.stats.schemas import StatsReport
 from router.stats import LATENCY_BOUNDS_MS, bucket_index, percentile_ms
 from tests.control_plane.conftest import Api, api, cp_server, cp_settings, role_tokens  # noqa: F401 - fixtures
 from tests.router.conftest import (
-    ControlPlaneStub, RouterProcess, infer, model_spec, router_env, snapshot, start_backend,
+    ControlPlaneStub,
+    RouterProcess,
+    infer,
+    model_spec,
+    router_env,
+    snapshot,
+    start_backend,
 )
 
 
@@ -58,7 +64,7 @@ async def test_reports_reach_the_control_plane_and_merge_exactly(
     routers.append(router)
     await router.wait_ready(1)
     plan = [(f"u{i}", "3") for i in range(60)] + [(f"u{i}", "4") for i in range(90)] + [("x", "5")] * 7
-    sent, latencies = await _send(router, plan)
+    _, latencies = await _send(router, plan)
     deadline = time.monotonic() + 5
     while sum(_totals(control_plane.reports).get("requests", {}).values()) < len(plan):
         assert time.monotonic() < deadline, control_plane.reports
