@@ -9,6 +9,7 @@ one write out, one message in, no per-chunk overhead.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -17,6 +18,16 @@ import httptools
 from router.errors import ConnectError, StaleConnection, UpstreamError, UpstreamTimeout
 
 Headers = list[tuple[bytes, bytes]]
+
+
+_TLS: ssl.SSLContext | None = None
+
+
+def _tls_context() -> ssl.SSLContext:
+    global _TLS
+    if _TLS is None:
+        _TLS = ssl.create_default_context()
+    return _TLS
 
 
 class Response:
@@ -175,6 +186,7 @@ class Backend:
         "outstanding",
         "port",
         "prefix",
+        "tls",
         "url",
     )
 
@@ -188,11 +200,13 @@ class Backend:
         on_change: Callable[[], None] | None = None,
     ) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"only plain http:// backends are supported, not {url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"backends are http:// or https:// URLs, not {url!r}")
         self.url = url
         self.host = parts.hostname
-        self.port = parts.port or 80
+        # https: the system's trust store (OpenSSL honours SSL_CERT_FILE / SSL_CERT_DIR for private CAs)
+        self.tls = _tls_context() if parts.scheme == "https" else None
+        self.port = parts.port or (443 if self.tls else 80)
         self.prefix = parts.path.rstrip("/").encode()
         self.host_header = parts.netloc.encode()
         self.loop = asyncio.get_running_loop()
@@ -219,7 +233,8 @@ class Backend:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await self.loop.create_connection(
-                    lambda: _Connection(self), self.host, self.port
+                    lambda: _Connection(self), self.host, self.port,
+                    ssl=self.tls, server_hostname=self.host if self.tls else None,
                 )
         except TimeoutError as exc:
             raise ConnectError(f"connecting to {self.url} timed out") from exc

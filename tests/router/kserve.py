@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import gc
 import json
+import ssl
 from dataclasses import dataclass, field
 
 import httptools
@@ -125,20 +126,21 @@ class _Protocol(asyncio.Protocol):
 class KServe:
     """One backend on 127.0.0.1:port; ``stop`` makes the port refuse connections."""
 
-    def __init__(self, port: int, behaviour: Behaviour) -> None:
+    def __init__(self, port: int, behaviour: Behaviour, tls: ssl.SSLContext | None = None) -> None:
         self.port = port
         self.behaviour = behaviour
+        self.tls = tls
         self.connections: set[_Protocol] = set()
         self._server: asyncio.base_events.Server | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     async def start(self) -> KServe:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Protocol(self), "127.0.0.1", self.port,
-                                                reuse_address=True, backlog=1024)
+                                                reuse_address=True, backlog=1024, ssl=self.tls)
         return self
 
     async def stop(self) -> None:

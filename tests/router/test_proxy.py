@@ -207,3 +207,36 @@ async def test_backend_that_keeps_failing_is_ejected(backends: dict, routers: li
     assert all(a[1:] == ("4", "split") for a in answers)  # the error still names who failed
     # three failures in a row: ejected; its users fall back to the default version
     assert await infer(session, router, "u9") == (200, "3", "fallback")
+
+
+async def test_https_backend(backends: dict, routers: list, tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    """A backend behind TLS, trusted through SSL_CERT_FILE (how a private CA reaches the router)."""
+    import shutil
+    import ssl
+
+    from tests.router.kserve import Behaviour
+    from tests.services import free_port
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = await asyncio.create_subprocess_exec(
+        openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+        "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert await made.wait() == 0
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    backend = await KServe(free_port(), Behaviour("3", record=True), tls=context).start()
+    backends["tls"] = backend
+    assert backend.url.startswith("https://")
+    file = tmp_path / "snapshot.json"
+    file.write_bytes(snapshot(1, resnet50=model_spec({"3": [backend.url]}, [("3", 100)])))
+    router = RouterProcess("--snapshot-file", str(file), env={**router_env(), "SSL_CERT_FILE": str(cert)}).start()
+    routers.append(router)
+    await router.wait_ready()
+    assert await infer(session, router, "u1") == (200, "3", "split")
+    assert await infer(session, router, "u2") == (200, "3", "split")  # over the kept-alive TLS connection
+    assert len(backend.behaviour.seen) == 2
