@@ -125,23 +125,35 @@ def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
     return [{"field": _field_path(tuple(e.get("loc", ()))), "reason": str(e.get("msg", "invalid"))} for e in errors]
 
 
+# SQLSTATEs that mean "the server went away or will not talk now", not "your query is wrong":
+# class 08 (connection exception), admin/crash shutdown, cannot connect now, too many connections.
+_UNREACHABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+_UNREACHABLE_DRIVER_ERRORS = {
+    "CannotConnectNowError", "ConnectionDoesNotExistError", "InterfaceError", "ConnectionFailureError",
+    "AdminShutdownError", "CrashShutdownError", "ConnectionRejectionError", "TooManyConnectionsError",
+    "InternalClientError",
+}
+
+
 def is_database_unreachable(exc: BaseException) -> bool:
-    if isinstance(exc, PoolTimeoutError | ConnectionError | TimeoutError):
-        return True
-    if isinstance(exc, OSError):
-        return True
-    if isinstance(exc, DBAPIError):
-        return exc.connection_invalidated or _driver_says_unreachable(exc.orig)
+    """True for any failure that an outage explains (walks the cause chain the drivers build)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, PoolTimeoutError | OSError | TimeoutError):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        orig = current.orig if isinstance(current, DBAPIError) else current
+        sqlstate = str(getattr(orig, "sqlstate", None) or "")
+        if sqlstate.startswith(_UNREACHABLE_SQLSTATES) or type(orig).__name__ in _UNREACHABLE_DRIVER_ERRORS:
+            return True
+        if isinstance(current, DBAPIError) and orig is not current and orig is not None:
+            current = orig
+            continue
+        current = current.__cause__ or current.__context__
     return False
-
-
-def _driver_says_unreachable(orig: BaseException | None) -> bool:
-    name = type(orig).__name__
-    return isinstance(orig, OSError) or name in {
-        "CannotConnectNowError", "ConnectionDoesNotExistError", "InterfaceError",
-        "ConnectionFailureError", "AdminShutdownError", "ConnectionRejectionError",
-        "TooManyConnectionsError",
-    } or "connection" in str(orig).lower() and "closed" in str(orig).lower()
 
 
 def is_unstorable_value(exc: BaseException) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -30,13 +31,25 @@ TABLES_RESET_PER_TEST = ("audit_events", "deployments", "traffic_revisions", "en
 def reset_database(url: str) -> None:
     async def truncate() -> None:
         engine = create_async_engine(url, poolclass=NullPool)
-        async with engine.begin() as connection:
-            if url.startswith("postgresql"):
-                await connection.execute(text(f"TRUNCATE {', '.join(TABLES_RESET_PER_TEST)} RESTART IDENTITY CASCADE"))
-            else:
-                for table in TABLES_RESET_PER_TEST:
-                    await connection.execute(text(f"DELETE FROM {table}"))
-        await engine.dispose()
+        try:
+            # The live server may still be publishing the previous test's last change; its reads can
+            # deadlock with TRUNCATE's exclusive locks, and Postgres then aborts one side: try again.
+            for attempt in range(10):
+                try:
+                    async with engine.begin() as connection:
+                        if url.startswith("postgresql"):
+                            await connection.execute(
+                                text(f"TRUNCATE {', '.join(TABLES_RESET_PER_TEST)} RESTART IDENTITY CASCADE"))
+                        else:
+                            for table in TABLES_RESET_PER_TEST:
+                                await connection.execute(text(f"DELETE FROM {table}"))
+                    return
+                except DBAPIError as exc:
+                    if getattr(exc.orig, "sqlstate", None) != "40P01" or attempt == 9:
+                        raise
+                    await asyncio.sleep(0.1)
+        finally:
+            await engine.dispose()
 
     asyncio.run(truncate())
 
