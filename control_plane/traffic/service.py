@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -13,7 +14,7 @@ from sqlalchemy.orm import selectinload
 
 from control_plane.audit import service as audit_service
 from control_plane.auth.service import Actor
-from control_plane.errors import InvalidInput, PreconditionFailed, PreconditionRequired
+from control_plane.errors import InvalidInput, NotFound, PreconditionFailed, PreconditionRequired
 from control_plane.notifications import SnapshotPublisher
 from control_plane.reconciler.models import Deployment
 from control_plane.registry import service as registry_service
@@ -65,8 +66,6 @@ async def list_revisions(session: AsyncSession, *, model: Model, limit: int = 50
 
 async def get_revision_or_raise(session: AsyncSession, *, model: Model, revision: int) -> TrafficRevision:
     """One revision of ``model``'s policy."""
-    from control_plane.errors import NotFound
-
     if not 0 < revision <= MAX_REVISION:  # the column could not hold it, so asking Postgres would fail
         raise NotFound(f"model {model.name!r} has no traffic revision {revision}")
     found = (await session.scalars(
@@ -239,9 +238,7 @@ async def explain(session: AsyncSession, *, model_name: str, key: str | None,
     ready = await ready_versions(session, model=model)
     everyone = {s["version"] for s in current.splits} | {current.default_version or ""}
     everyone |= {r["version"] for r in current.rules}
-    # Anonymous requests with a weighted policy pick a random bucket; explain bucket 0's owner deterministically.
-    import random
-
+    # Anonymous requests with a weighted policy pick a random bucket; a fixed seed keeps explanations repeatable.
     decision = decide(routing, request_headers, ready, rng=random.Random(0))
     policy = decide(routing, request_headers, everyone, rng=random.Random(0))
     return {
