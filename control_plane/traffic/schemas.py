@@ -6,13 +6,17 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from control_plane.registry.schemas import HEADER_NAME, MODEL_NAME, VersionLabel, refuse_nul
 
 MAX_REVISION = 2**31 - 1  # revisions are INTEGER columns
 
-Weight = Annotated[Decimal, Field(ge=0, le=100, decimal_places=2, description="percent, at most two decimals")]
+# Spelled out: pydantic's own schema for it admits any string and any number of decimals.
+Weight = Annotated[Decimal, Field(ge=0, le=100, decimal_places=2), WithJsonSchema({
+    "anyOf": [{"type": "number", "minimum": 0, "maximum": 100, "multipleOf": 0.01},
+              {"type": "string", "pattern": r"^(100(\.0{0,2})?|[0-9]{1,2}(\.[0-9]{0,2})?)$"}],
+    "description": "percent, at most two decimals"})]
 
 
 class _Input(BaseModel):
