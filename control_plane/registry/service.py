@@ -309,7 +309,12 @@ async def _upsert_pool(session: AsyncSession, *, name: str, body: PoolPut, actor
     if pool is None:
         pool = Pool(name=name, **values)
         session.add(pool)
-        await session.flush()
+        try:
+            await session.flush()
+        except IntegrityError:
+            # Another PUT created it between our read and our insert.
+            await session.rollback()
+            raise Conflict(f"pool {name!r} was created concurrently; retry", {"pool": name}) from None
         await audit_service.record(session, actor=actor, action="pool.create", target_type="pool", target=name,
                                    after=pool_state(pool))
         return pool, True

@@ -7,6 +7,7 @@ Infinity, columns have ranges, and int() refuses what str.isdigit() admits.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import httpx
@@ -191,3 +192,24 @@ def test_non_finite_weight_is_a_422(api: Api, number: str) -> None:
     api.canary()
     body = json.dumps({**TRAFFIC, "splits": [{"version": "3", "weight": 7.25}]}).replace("7.25", number)
     assert_error(raw(api, "PUT", "/models/resnet50/traffic", body, **{"If-Match": '"1"'}), 422, "splits[0].weight")
+
+
+def test_concurrent_creation_of_one_pool_is_never_a_500(api: Api) -> None:
+    # Several PUTs of a new pool race to insert the same unique name.
+    statuses: list[int] = []
+
+    def put(name: str, client: httpx.Client) -> None:
+        statuses.append(client.put(f"/pools/{name}", json=POOL).status_code)
+
+    for round_ in range(8):
+        clients = [httpx.Client(base_url=api.base_url + "/api/v1", headers=api.as_("admin").headers, timeout=30)
+                   for _ in range(4)]
+        threads = [threading.Thread(target=put, args=(f"race{round_}", c)) for c in clients]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for client in clients:
+            client.close()
+    assert set(statuses) <= {200, 201, 409}, statuses
+    assert len(api.get("/pools").json()) == 8
