@@ -367,7 +367,8 @@ async def list_deployments(session: AsyncSession, *, model: Model) -> list[tuple
 async def put_external_endpoints(session: AsyncSession, *, model_name: str, version: str, body: EndpointsPut,
                                  actor: Actor, publisher: SnapshotPublisher) -> Deployment:
     """Register the backends of a version on an ``external`` pool (Triton fleets outside Kubernetes)."""
-    model = await get_model_or_raise(session, name=model_name)
+    # Locked: two first PUTs for one version and pool would both insert the deployment.
+    model = await get_model_or_raise(session, name=model_name, for_update=True)
     found = await get_version_or_raise(session, model=model, version=version)
     if found.status == VersionStatus.RETIRED:
         raise Conflict(f"version {version!r} is retired")

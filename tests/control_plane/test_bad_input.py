@@ -213,3 +213,24 @@ def test_concurrent_creation_of_one_pool_is_never_a_500(api: Api) -> None:
             client.close()
     assert set(statuses) <= {200, 201, 409}, statuses
     assert len(api.get("/pools").json()) == 8
+
+
+def test_concurrent_first_endpoints_of_a_version_are_never_a_500(api: Api) -> None:
+    api.canary()
+    statuses: list[int] = []
+
+    def put(client: httpx.Client) -> None:
+        statuses.append(client.put("/models/resnet50/versions/4/endpoints",
+                                   json={"pool": "a100", "urls": ["http://10.0.0.4:8000"]}).status_code)
+
+    clients = [httpx.Client(base_url=api.base_url + "/api/v1", headers=api.as_("admin").headers, timeout=30)
+               for _ in range(6)]
+    threads = [threading.Thread(target=put, args=(c,)) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for client in clients:
+        client.close()
+    assert statuses == [200] * 6
+    assert [d["endpoints"] for d in api.get("/models/resnet50/deployments").json()] == [["http://10.0.0.4:8000"]]
