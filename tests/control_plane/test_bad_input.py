@@ -234,3 +234,14 @@ def test_concurrent_first_endpoints_of_a_version_are_never_a_500(api: Api) -> No
         client.close()
     assert statuses == [200] * 6
     assert [d["endpoints"] for d in api.get("/models/resnet50/deployments").json()] == [["http://10.0.0.4:8000"]]
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("DELETE", "/models", "GET, POST"), ("OPTIONS", "/models/resnet50", "GET, PATCH"),
+    ("DELETE", "/models/resnet50/traffic", "GET, PUT"), ("POST", "/pools/a100", "GET, PUT"),
+])
+def test_wrong_method_is_a_405_allowing_every_method_of_the_path(api: Api, method: str, path: str,
+                                                                 allow: str) -> None:
+    response = api.request(method, path)
+    assert_error(response, 405, code="method_not_allowed")
+    assert response.headers["allow"] == allow
