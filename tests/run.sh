@@ -6,13 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debian_packages=(postgresql redis-server chromium nginx-light wrk)
+debian_packages=(postgresql redis-server chromium nginx wrk)
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v chromium >/dev/null || missing+=(chromium)
-command -v nginx >/dev/null || missing+=(nginx-light)
-command -v wrk >/dev/null || missing+=(wrk)
+{ command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null || missing+=(nginx)  # benchmarks only
+command -v wrk >/dev/null || missing+=(wrk)  # benchmarks only
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages: ${missing[*]} (run as root, or install them: apt-get install -y ${debian_packages[*]})" >&2
