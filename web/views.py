@@ -215,6 +215,11 @@ def install(app: FastAPI) -> None:
 
 # --- sign in and out --------------------------------------------------------------------------
 
+def _page_cursor(text: str) -> int | None:
+    # str.isdigit() accepts "²" and other digits int() refuses; a cursor is a short ASCII number.
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
 def _safe_next(target: str | None) -> str:
     # Only our own pages: never an absolute or scheme-relative URL.
     if target and target.startswith("/ui/") and not target.startswith("//") and "\\" not in target:
@@ -424,8 +429,7 @@ async def model_page(name: str, request: Request, visitor: VisitorDep, db: Sessi
                      events_before: str = "") -> Response:
     """The model page; ``revisions_before`` / ``events_before`` page back through the history."""
     return await _model_page(request, visitor, db, name,
-                             revisions_before=int(revisions_before) if revisions_before.isdigit() else None,
-                             events_before=int(events_before) if events_before.isdigit() else None)
+                             revisions_before=_page_cursor(revisions_before), events_before=_page_cursor(events_before))
 
 
 @router.get("/models/{name}/figures")

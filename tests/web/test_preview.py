@@ -88,3 +88,12 @@ def test_the_session_cookie_is_signed_httponly_and_secure_when_configured() -> N
     with pytest.raises(CsrfRejected):
         session.check_csrf(None)
     session.check_csrf(session.csrf)
+
+
+def test_history_cursors_accept_only_short_ascii_numbers() -> None:
+    from web.views import _page_cursor
+
+    assert _page_cursor("12") == 12
+    assert _page_cursor("²") is None
+    assert _page_cursor("9" * 40) is None
+    assert _page_cursor("") is None
