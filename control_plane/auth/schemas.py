@@ -17,7 +17,22 @@ class TokenCreate(BaseModel):
     role: Role
 
 
+class TokenRead(BaseModel):
+    """A token as listed: never the secret, only the prefix people can recognise it by."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    role: Role
+    prefix: str
+    created_by: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
 class TokenCreated(BaseModel):
+    id: int
     name: str
     role: Role
     prefix: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -12,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.audit import service as audit_service
 from control_plane.auth.models import Token
-from control_plane.errors import Forbidden, InvalidInput, Unauthenticated
+from control_plane.db import utcnow
+from control_plane.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 
 TOKEN_PREFIX = "gr_"
 
@@ -105,6 +107,29 @@ async def create(session: AsyncSession, *, name: str, role: str, actor: Actor) -
                                after={"name": name, "role": role_value.value, "prefix": token.prefix})
     await session.commit()
     return token, plaintext
+
+
+async def list(session: AsyncSession) -> Sequence[Token]:  # noqa: A001 - the service verb
+    """Every token, newest first (hashes stay in the database)."""
+    return (await session.scalars(select(Token).order_by(Token.id.desc()))).all()
+
+
+async def revoke(session: AsyncSession, *, token_id: int, actor: Actor) -> Token:
+    """Revoke a token at once: its next request is refused, and UI sessions signed in with it end."""
+    token = await session.get(Token, token_id)
+    if token is None:
+        raise NotFound(f"token {token_id} not found", {"token": token_id})
+    if token.id == actor.token_id:
+        # Locking yourself out is never what was meant; another admin can do it.
+        raise Conflict("that is the token this request uses; revoke it with another admin token",
+                       {"token": token_id})
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+        await audit_service.record(session, actor=actor, action="token.revoke", target_type="token",
+                                   target=token.name, before={"role": token.role, "prefix": token.prefix},
+                                   after={"revoked": True})
+        await session.commit()
+    return token
 
 
 async def ensure_bootstrap(session: AsyncSession, *, plaintext: str, role: Role = Role.ADMIN) -> None:

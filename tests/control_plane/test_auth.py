@@ -121,3 +121,23 @@ def test_provisioned_router_token_is_registered_at_start(tmp_path) -> None:  # t
         assert httpx.get(server.url + "/api/v1/models", headers=headers).status_code == 403  # role router only
     finally:
         server.stop()
+
+
+def test_admin_lists_and_revokes_tokens(api: Api) -> None:
+    created = api.post("/tokens", json={"name": "leaked-ci-token", "role": "publisher"}).json()
+    token = created["token"]
+    listed = {t["name"]: t for t in api.get("/tokens").json()}
+    assert listed["leaked-ci-token"]["prefix"] == token[:10]
+    assert all("token" not in t and "token_hash" not in t for t in listed.values())
+    assert api.as_("publisher").get("/tokens").status_code == 403
+
+    as_leaked = {"Authorization": f"Bearer {token}"}
+    assert api.as_(None).get("/models", headers=as_leaked).status_code == 200
+    response = api.post(f"/tokens/{created['id']}/revoke")
+    assert response.status_code == 200 and response.json()["revoked_at"]
+    assert api.as_(None).get("/models", headers=as_leaked).status_code == 401
+    assert api.post(f"/tokens/{created['id']}/revoke").status_code == 200  # idempotent
+    assert api.post("/tokens/999999/revoke").status_code == 404
+    own = next(t for t in api.get("/tokens").json() if t["prefix"] == api.tokens["admin"][:10])
+    assert api.post(f"/tokens/{own['id']}/revoke").status_code == 409  # no locking yourself out
+    assert api.get("/audit", params={"action": "token.revoke"}).json()[0]["target"] == "leaked-ci-token"
