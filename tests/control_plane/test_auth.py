@@ -31,6 +31,7 @@ MUTATIONS: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("PUT", "/models/resnet50/traffic", {"default_version": "3", "splits": [{"version": "3", "weight": 100}]},
      {"admin", "release-manager"}),
     ("POST", "/tokens", {"name": "t-{role}", "role": "viewer"}, {"admin"}),
+    ("POST", "/tokens/{token}/revoke", None, {"admin"}),
 ]
 
 
@@ -49,11 +50,13 @@ def test_role_matrix(api: Api, method: str, path: str, body: dict[str, Any] | No
     for n, role in enumerate(ROLES, start=60):
         if path.endswith("/retire"):
             api.version("resnet50", f"r{n}")  # each role tries to retire a version of its own
+        if "{token}" in path:  # each role tries to revoke a throwaway token
+            throwaway = api.post("/tokens", json={"name": f"revocable-{role}", "role": "viewer"}).json()["id"]
         headers = {}
         if path.endswith("/traffic"):
             headers["If-Match"] = api.get("/models/resnet50/traffic").headers["etag"]
-        response = api.as_(role).request(method, path.replace("{n}", str(n)), json=_fill(body, role, n),
-                                         headers=headers)
+        target = path.replace("{n}", str(n)).replace("{token}", str(throwaway) if "{token}" in path else "")
+        response = api.as_(role).request(method, target, json=_fill(body, role, n), headers=headers)
         if role in allowed:
             assert response.is_success, (role, response.text)
         else:
