@@ -291,8 +291,10 @@ def _pool_health(deployments: Sequence[tuple[Any, Any, Any]]) -> list[dict[str, 
 async def overview(request: Request, visitor: VisitorDep, db: SessionDep) -> Response:
     _reader(visitor)
     rows = []
-    for model in await registry_service.list_models(db):
-        current = await traffic_service.get_current(db, model=model)
+    models = await registry_service.list_models(db)
+    live = await traffic_service.current_by_model(db, model_ids=[m.id for m in models])
+    for model in models:
+        current = live.get(model.id)
         last = await audit_service.list(db, model=model.name, limit=1)
         labels = [v.version for v in model.versions]
         rows.append({

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
@@ -18,7 +19,7 @@ from control_plane.deps import (
 )
 from control_plane.errors import ERROR_RESPONSES, error_responses
 from control_plane.registry import service as registry_service
-from control_plane.registry.models import Model
+from control_plane.registry.models import Model, Version
 from control_plane.registry.schemas import (
     MODEL_NAME,
     VERSION_LABEL,
@@ -36,6 +37,7 @@ from control_plane.registry.schemas import (
     VersionUpdate,
 )
 from control_plane.traffic import service as traffic_service
+from control_plane.traffic.models import TrafficRevision
 
 router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
 CONFLICT = error_responses(409)
@@ -45,9 +47,7 @@ VersionPath = Annotated[str, Path(pattern=VERSION_LABEL, max_length=63)]
 PoolPath = Annotated[str, Path(pattern=MODEL_NAME, max_length=63)]
 
 
-async def _model_read(session: SessionDep, model: Model) -> ModelRead:
-    current = await traffic_service.get_current(session, model=model)
-    versions = await registry_service.list_versions(session, model=model)
+def _model_read(model: Model, versions: Sequence[Version], current: TrafficRevision | None) -> ModelRead:
     return ModelRead(
         name=model.name, description=model.description, key_header=model.key_header, salt=model.salt,
         anonymous=model.anonymous, replicas=model.replicas, created_by=model.created_by,
@@ -57,27 +57,34 @@ async def _model_read(session: SessionDep, model: Model) -> ModelRead:
     )
 
 
+async def _one_model_read(session: SessionDep, model: Model) -> ModelRead:
+    return _model_read(model, await registry_service.list_versions(session, model=model),
+                       await traffic_service.get_current(session, model=model))
+
+
 @router.post("/models", status_code=201, response_model=ModelRead, tags=["models"], responses=CONFLICT)
 async def create_model(body: ModelCreate, session: SessionDep, actor: ModelWriter) -> ModelRead:
     model = await registry_service.create_model(session, body=body, actor=actor)
-    return await _model_read(session, model)
+    return await _one_model_read(session, model)
 
 
 @router.get("/models", response_model=list[ModelRead], tags=["models"])
 async def list_models(session: SessionDep, _actor: Reader) -> list[ModelRead]:
-    return [await _model_read(session, m) for m in await registry_service.list_models(session)]
+    models = await registry_service.list_models(session)  # versions loaded with them
+    current = await traffic_service.current_by_model(session, model_ids=[m.id for m in models])
+    return [_model_read(m, m.versions, current.get(m.id)) for m in models]
 
 
 @router.get("/models/{model}", response_model=ModelRead, tags=["models"])
 async def get_model(model: ModelPath, session: SessionDep, _actor: Reader) -> ModelRead:
-    return await _model_read(session, await registry_service.get_model_or_raise(session, name=model))
+    return await _one_model_read(session, await registry_service.get_model_or_raise(session, name=model))
 
 
 @router.patch("/models/{model}", response_model=ModelRead, tags=["models"])
 async def update_model(model: ModelPath, body: ModelUpdate, session: SessionDep, actor: ModelWriter,
                        publisher: PublisherDep) -> ModelRead:
     updated = await registry_service.update_model(session, name=model, body=body, actor=actor, publisher=publisher)
-    return await _model_read(session, updated)
+    return await _one_model_read(session, updated)
 
 
 @router.post("/models/{model}/versions", status_code=201, response_model=VersionRead, tags=["versions"],

@@ -300,7 +300,9 @@ async def list_pools(session: AsyncSession) -> Sequence[Pool]:
     return (await session.scalars(select(Pool).order_by(Pool.name))).all()
 
 
-async def _upsert_pool(session: AsyncSession, *, name: str, body: PoolPut, actor: Actor) -> tuple[Pool, bool]:
+async def _upsert_pool(session: AsyncSession, *, name: str, body: PoolPut,
+                       actor: Actor) -> tuple[Pool, bool, bool]:
+    """(pool, created, changed)."""
     pool = (await session.scalars(select(Pool).where(Pool.name == name).with_for_update())).first()
     if body.kind == PoolKind.KUBERNETES and not body.runtime_image:
         raise InvalidInput.field("runtime_image", "required for kubernetes pools (the Triton image to run)")
@@ -317,7 +319,7 @@ async def _upsert_pool(session: AsyncSession, *, name: str, body: PoolPut, actor
             raise Conflict(f"pool {name!r} was created concurrently; retry", {"pool": name}) from None
         await audit_service.record(session, actor=actor, action="pool.create", target_type="pool", target=name,
                                    after=pool_state(pool))
-        return pool, True
+        return pool, True, True
     before = pool_state(pool)
     for field, value in values.items():
         setattr(pool, field, value)
@@ -325,18 +327,17 @@ async def _upsert_pool(session: AsyncSession, *, name: str, body: PoolPut, actor
     if before != after:
         await audit_service.record(session, actor=actor, action="pool.update", target_type="pool", target=name,
                                    before=before, after=after)
-    return pool, before != after
+    return pool, False, before != after
 
 
 async def put_pool(session: AsyncSession, *, name: str, body: PoolPut, actor: Actor,
                    publisher: SnapshotPublisher) -> tuple[Pool, bool]:
     """Create or replace a pool; returns (pool, created)."""
-    existed = (await session.scalars(select(Pool.id).where(Pool.name == name))).first() is not None
-    pool, changed = await _upsert_pool(session, name=name, body=body, actor=actor)
+    pool, created, changed = await _upsert_pool(session, name=name, body=body, actor=actor)
     if changed:
         await snapshot_service.bump(session)
     await publisher.commit(session)
-    return pool, not existed
+    return pool, created
 
 
 async def import_pools(session: AsyncSession, *, pools: dict[str, PoolPut], actor: Actor,
@@ -344,7 +345,7 @@ async def import_pools(session: AsyncSession, *, pools: dict[str, PoolPut], acto
     """Upsert many pools in one transaction (Helm install); returns how many changed."""
     changed = 0
     for name, body in pools.items():
-        _, did_change = await _upsert_pool(session, name=name, body=body, actor=actor)
+        _, _, did_change = await _upsert_pool(session, name=name, body=body, actor=actor)
         changed += did_change
     if changed:
         await snapshot_service.bump(session)

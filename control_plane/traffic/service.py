@@ -54,6 +54,17 @@ async def get_current(session: AsyncSession, *, model: Model) -> TrafficRevision
     )).first()
 
 
+async def current_by_model(session: AsyncSession, *, model_ids: Sequence[int]) -> dict[int, TrafficRevision]:
+    """The live revision of each model that has one, in one query (lists of models)."""
+    if not model_ids:
+        return {}
+    latest = snapshot_service.latest_revisions(model_ids)
+    rows = (await session.scalars(select(TrafficRevision).join(
+        latest, (TrafficRevision.model_id == latest.c.model_id) & (TrafficRevision.revision == latest.c.revision)
+    ))).all()
+    return {r.model_id: r for r in rows}
+
+
 async def list_revisions(session: AsyncSession, *, model: Model, limit: int = 50,
                          before: int | None = None) -> Sequence[TrafficRevision]:
     """History, newest first."""

@@ -7,11 +7,12 @@ what it receives with the same models).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from collections.abc import Iterable
 from typing import Any
 
-import orjson
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import Subquery
 
 from control_plane.db import utcnow
 from control_plane.registry.models import Model, Pool, Version, VersionStatus
@@ -47,15 +48,20 @@ async def current_revision(session: AsyncSession) -> int:
     return int((await session.execute(select(SnapshotState.revision).where(SnapshotState.id == 1))).scalar_one())
 
 
+def latest_revisions(model_ids: Iterable[int] | None = None) -> Subquery:
+    """(model_id, revision) of each model's live traffic revision, as a subquery to join."""
+    query = (select(TrafficRevision.model_id, func.max(TrafficRevision.revision).label("revision"))
+             .group_by(TrafficRevision.model_id))
+    if model_ids is not None:
+        query = query.where(TrafficRevision.model_id.in_(model_ids))
+    return query.subquery()
+
+
 async def build(session: AsyncSession, *, model_ids: set[int] | None = None) -> dict[str, Any]:
     """The snapshot as plain data, read in a handful of set-based queries (only ``model_ids`` if given)."""
     # Read the revision first: everything after is at least as new as it.
     revision = await current_revision(session)
-    latest_query = (select(TrafficRevision.model_id, func.max(TrafficRevision.revision).label("revision"))
-                    .group_by(TrafficRevision.model_id))
-    if model_ids is not None:
-        latest_query = latest_query.where(TrafficRevision.model_id.in_(model_ids))
-    latest = latest_query.subquery()
+    latest = latest_revisions(model_ids)
     policy_query = (
         select(Model.id, Model.name, Model.key_header, Model.salt, Model.anonymous, TrafficRevision.revision,
                TrafficRevision.default_version, TrafficRevision.splits, TrafficRevision.rules,
@@ -102,7 +108,3 @@ async def build(session: AsyncSession, *, model_ids: set[int] | None = None) -> 
         }
     return {"revision": revision, "generated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "models": models}
-
-
-def encode(snapshot: dict[str, Any]) -> bytes:
-    return orjson.dumps(snapshot)
