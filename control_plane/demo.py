@@ -21,9 +21,11 @@ import signal
 import sys
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import uvicorn
 
 log = logging.getLogger("grayroute.demo")
 
@@ -82,8 +84,6 @@ class Demo:
         self.sent = self.failed = 0
 
     async def run(self) -> None:
-        import uvicorn
-
         from control_plane.app import create_app
         from control_plane.settings import Settings
 
@@ -132,9 +132,13 @@ class Demo:
         tokens: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
         if "admin" not in tokens:
             tokens["admin"] = "gr_" + secrets.token_urlsafe(32)
-            path.write_text(json.dumps(tokens))
-            path.chmod(0o600)
+            self._save_tokens(tokens)
         return tokens
+
+    def _save_tokens(self, tokens: dict[str, str]) -> None:
+        path = self.data_dir / "tokens.json"
+        path.write_text(json.dumps(tokens))
+        path.chmod(0o600)
 
     async def _ensure_router_token(self, api: httpx.AsyncClient, tokens: dict[str, str]) -> None:
         if "router" in tokens:
@@ -144,9 +148,7 @@ class Demo:
         response = await api.post("/tokens", json={"name": "demo-router", "role": "router"})
         response.raise_for_status()
         tokens["router"] = response.json()["token"]
-        path = self.data_dir / "tokens.json"
-        path.write_text(json.dumps(tokens))
-        path.chmod(0o600)
+        self._save_tokens(tokens)
 
     async def _wait_started(self, server: Any, serving: asyncio.Task[None]) -> None:
         deadline = time.monotonic() + 30
@@ -284,15 +286,9 @@ Ctrl-C stops everything; run it again to continue where you left off.
                     await process.wait()
 
 
-class _QuietSignalsServer:
+class _QuietSignalsServer(uvicorn.Server):
     """uvicorn.Server that leaves signal handling to the demo (which must stop children first)."""
 
-    def __new__(cls, config: Any) -> Any:
-        import uvicorn
-
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self):  # type: ignore[no-untyped-def, override]
-                yield
-
-        return Server(config)
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
