@@ -6,13 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from control_plane.audit import service as audit_service
 from control_plane.auth.service import Actor
-from control_plane.db import utcnow
+from control_plane.db import flush_or_raise, utcnow
 from control_plane.errors import Conflict, InvalidInput, NotFound
 from control_plane.notifications import SnapshotPublisher
 from control_plane.reconciler.desired import trt_compatible
@@ -94,11 +93,7 @@ async def create_model(session: AsyncSession, *, body: ModelCreate, actor: Actor
                   salt=body.salt or body.name, anonymous=body.anonymous.value, replicas=dict(body.replicas),
                   created_by=actor.name)
     session.add(model)
-    try:
-        await session.flush()
-    except IntegrityError:
-        await session.rollback()
-        raise Conflict(f"model {body.name!r} already exists", {"model": body.name}) from None
+    await flush_or_raise(session, Conflict(f"model {body.name!r} already exists", {"model": body.name}))
     await audit_service.record(session, actor=actor, action="model.create", target_type="model", target=model.name,
                                model=model.name, after=model_state(model))
     await session.commit()
@@ -185,11 +180,7 @@ async def create_version(session: AsyncSession, *, model_name: str, body: Versio
                       notes=body.notes, warm=body.warm, registered_by=actor.name,
                       engines=[_engine(e, body.trt_version) for e in body.engines])
     session.add(version)
-    try:
-        await session.flush()
-    except IntegrityError:
-        await session.rollback()
-        raise Conflict(f"version {body.version!r} of model {model.name!r} already exists") from None
+    await flush_or_raise(session, Conflict(f"version {body.version!r} of model {model.name!r} already exists"))
     await audit_service.record(session, actor=actor, action="version.create", target_type="version",
                                target=f"{model.name}/{version.version}", model=model.name,
                                after=version_state(version))
@@ -261,11 +252,7 @@ async def add_engine(session: AsyncSession, *, model_name: str, version: str, bo
                        {"gpu_arch": body.gpu_arch})
     engine = _engine(body, found.trt_version)
     found.engines.append(engine)
-    try:
-        await session.flush()
-    except IntegrityError:
-        await session.rollback()
-        raise Conflict(f"version {version!r} already has an engine for {body.gpu_arch}") from None
+    await flush_or_raise(session, Conflict(f"version {version!r} already has an engine for {body.gpu_arch}"))
     await audit_service.record(session, actor=actor, action="engine.create", target_type="engine",
                                target=f"{model.name}/{version}/{engine.gpu_arch}", model=model.name,
                                after=engine_state(engine))
@@ -311,12 +298,8 @@ async def _upsert_pool(session: AsyncSession, *, name: str, body: PoolPut,
     if pool is None:
         pool = Pool(name=name, **values)
         session.add(pool)
-        try:
-            await session.flush()
-        except IntegrityError:
-            # Another PUT created it between our read and our insert.
-            await session.rollback()
-            raise Conflict(f"pool {name!r} was created concurrently; retry", {"pool": name}) from None
+        # Another PUT may have created it between our read and our insert.
+        await flush_or_raise(session, Conflict(f"pool {name!r} was created concurrently; retry", {"pool": name}))
         await audit_service.record(session, actor=actor, action="pool.create", target_type="pool", target=name,
                                    after=pool_state(pool))
         return pool, True, True

@@ -8,12 +8,12 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from control_plane.audit import service as audit_service
 from control_plane.auth.service import Actor
+from control_plane.db import flush_or_raise
 from control_plane.errors import InvalidInput, NotFound, PreconditionFailed, PreconditionRequired
 from control_plane.notifications import SnapshotPublisher
 from control_plane.reconciler.models import Deployment
@@ -174,12 +174,9 @@ async def put(session: AsyncSession, *, model_name: str, body: TrafficPut, if_ma
         reason=body.reason, reapplied_from=body.reapplied_from, created_by=actor.name,
     )
     session.add(revision)
-    try:
-        await session.flush()
-    except IntegrityError:
-        # Another writer took live + 1 between our read and our insert.
-        await session.rollback()
-        raise PreconditionFailed(f"traffic policy of {model_name!r} changed while saving; reload and retry") from None
+    # Another writer may have taken live + 1 between our read and our insert.
+    await flush_or_raise(session, PreconditionFailed(
+        f"traffic policy of {model_name!r} changed while saving; reload and retry"))
     routed = {s.version for s in body.splits if s.weight > 0} | {r.version for r in body.rules}
     routed.add(body.default_version)
     for version in (await session.scalars(
