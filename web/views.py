@@ -45,7 +45,9 @@ from control_plane.traffic import service as traffic_service
 from control_plane.traffic.models import TrafficRevision
 from control_plane.traffic.preview import preview
 from control_plane.traffic.schemas import TrafficPut
-from router.routing import AllocationError, Range, bucket_counts
+from control_plane.traffic.service import Action
+from router.policy import Policy, Split
+from router.routing import AllocationError, Range
 from web import figures as live_figures
 from web import forms
 from web import session as ui_session
@@ -137,8 +139,10 @@ def fmt_weight(value: Any) -> str:
     return format(Decimal(str(value)).normalize(), "f")
 
 
-def _splits_text(splits: Sequence[Mapping[str, Any]] | None) -> str:
-    return " · ".join(f"{s['version']} {fmt_weight(s['weight'])}%" for s in splits or ()) or "–"
+def _splits_text(splits: Sequence[Split] | Sequence[Mapping[str, Any]] | None) -> str:
+    if splits and not isinstance(splits[0], Split):  # a stored form: an audit event's, a conflict's live state
+        splits = Policy.from_json({"splits": splits}).splits
+    return traffic_service.splits_text(Policy(splits=tuple(splits or ())))  # type: ignore[arg-type]
 
 
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -311,12 +315,12 @@ async def overview(request: Request, visitor: VisitorDep, db: SessionDep) -> Res
 # --- the model page ----------------------------------------------------------------------------
 
 def _weights(current: TrafficRevision | None) -> dict[str, str]:
-    return {s["version"]: fmt_weight(s["weight"]) for s in current.splits} if current else {}
+    return {v: fmt_weight(w) for v, w in current.policy.weights().items()} if current else {}
 
 
 def _offered(current: TrafficRevision | None, versions: Sequence[Any]) -> list[str]:
     """Rows of the traffic form: the split's versions in order, then the others that could take traffic."""
-    labels = [s["version"] for s in current.splits] if current else []
+    labels = list(current.policy.weights()) if current else []
     labels += [v.version for v in versions if v.version not in labels and v.status != VersionStatus.RETIRED]
     return labels
 
@@ -342,9 +346,10 @@ def _target_label(event: Any, model: str) -> str:
 def _change_summary(event: Any) -> str:
     before, after = event.before or {}, event.after or {}
     if event.target_type == "traffic":
-        text = _splits_text(after.get("splits"))
-        if after.get("default_version") != before.get("default_version") and after.get("default_version"):
-            text += f"; default {after.get('default_version')}"
+        new, old = Policy.from_json(after), Policy.from_json(before)
+        text = _splits_text(new.splits)
+        if new.default_version != old.default_version and new.default_version:
+            text += f"; default {new.default_version}"
         return text
     changed = [k for k in after if k in before and after[k] != before[k] and k != "engines"]
     if changed:
@@ -374,7 +379,7 @@ async def _model_page(request: Request, visitor: Visitor, db: Any, name: str, *,
     deployments = await registry_service.list_deployments(db, model=model)
     colors = _colors([v.version for v in versions])
     weights = _weights(current)
-    default = current.default_version if current else None
+    default = current.policy.default_version if current else None
     by_key = {(v.version, p.name): d for d, v, p in deployments}
 
     version_rows = []
@@ -398,10 +403,9 @@ async def _model_page(request: Request, visitor: Visitor, db: Any, name: str, *,
     traffic_rows = [{"version": v, "value": shown_weights.get(v, "0"), "color": colors.get(v, PALETTE[-1]),
                      "in_split": v in weights} for v in offered]
     rule_rows = edit.rules if edit and edit.rules is not None else [
-        RuleRow.of(i, r) for i, r in enumerate(current.rules if current else [])]
+        RuleRow.of(i, r.to_json()) for i, r in enumerate(current.policy.rules if current else ())]
     rule_rows = [*rule_rows, RuleRow(len(rule_rows))]  # one empty row to add a rule
-    candidates = [s["version"] for s in (current.splits if current else [])
-                  if s["version"] != default and s["weight"] > 0]
+    candidates = [v for v in (current.policy.weighted_versions() if current else []) if v != default]
     figures = await live_figures.load(request.app.state, model=model.name, default_version=default,
                                       versions=[v.version for v in versions], colors=colors)
     context = {
@@ -443,7 +447,7 @@ async def figures_panel(name: str, request: Request, visitor: VisitorDep, db: Se
     current = await traffic_service.get_current(db, model=model)
     colors = _colors(versions)
     figures = await live_figures.load(request.app.state, model=model.name,
-                                      default_version=current.default_version if current else None,
+                                      default_version=current.policy.default_version if current else None,
                                       versions=versions, colors=colors)
     return templates.TemplateResponse(request, "_figures.html", {"model": model, "figures": figures,
                                                                  "colors": colors})
@@ -470,12 +474,12 @@ async def traffic_preview(name: str, request: Request, visitor: VisitorDep, db: 
     current = await traffic_service.get_current(db, model=model)
     params = request.query_params
     rows = _split_rows(params)
-    keep = {s["version"] for s in current.splits} if current else set()
-    default = params.get("default_version") or (current.default_version if current else None) or "-"
+    keep = set(current.policy.weights()) if current else set()
+    default = params.get("default_version") or (current.policy.default_version if current else None) or "-"
     live = current.revision if current else 0
     try:
         put = forms.traffic_put(splits=rows, keep=keep, default_version=default, rules=[], reason="")
-        result = preview(_previous_layout(model, current), bucket_counts((s.version, s.weight) for s in put.splits))
+        result = preview(_previous_layout(model, current), put.policy().bucket_counts())
     except FormInvalid as exc:
         return JSONResponse({"ok": False, "errors": exc.errors, "live_revision": live})
     except AllocationError as exc:
@@ -511,8 +515,8 @@ async def _apply(request: Request, visitor: Visitor, db: Any, publisher: Any, *,
         else:
             errors = {"": [exc.message]}
         return await on_invalid(errors)
-    visitor.ui.flash("ok", f"{done} Revision {written.revision} is live: {_splits_text(written.splits)}, "
-                           f"default {written.default_version}.")
+    visitor.ui.flash("ok", f"{done} Revision {written.revision} is live: {_splits_text(written.policy.splits)}, "
+                           f"default {written.policy.default_version}.")
     return _redirect(f"/ui/models/{quote(name)}#traffic")
 
 
@@ -527,7 +531,7 @@ async def apply_traffic(name: str, request: Request, visitor: VisitorDep, db: Se
     rows = _split_rows(form)
     reason = str(form.get("reason") or "").strip()
     default = str(form.get("default_version") or "").strip()
-    keep = {s["version"] for s in current.splits} if current else set()
+    keep = set(current.policy.weights()) if current else set()
 
     async def refused(errors: Errors) -> Response:
         edit = _Edit("traffic", errors, weights={r.version: r.weight for r in rows}, default_version=default,
@@ -536,7 +540,7 @@ async def apply_traffic(name: str, request: Request, visitor: VisitorDep, db: Se
 
     try:
         put = forms.traffic_put(splits=rows, keep=keep, default_version=default,
-                                rules=current.rules if current else [], reason=reason)
+                                rules=[r.to_json() for r in current.policy.rules] if current else [], reason=reason)
     except FormInvalid as exc:
         return await refused(exc.errors)
     return await _apply(request, visitor, db, publisher, name=name, put=put, revision=forms.revision_of(form),
@@ -546,59 +550,16 @@ async def apply_traffic(name: str, request: Request, visitor: VisitorDep, db: Se
 ACTIONS = {"promote": "Promote", "rollback": "Roll back", "reapply": "Re-apply"}
 
 
-async def _action_put(db: Any, model: Model, current: TrafficRevision | None, action: str, *, version: str,
-                      source: int | None, reason: str) -> tuple[TrafficPut, str]:
-    """The policy a quick action would write, and a sentence saying what it does."""
-    if current is None:
-        raise InvalidInput.field("action", f"model {model.name!r} has no traffic policy yet")
-    splits = [{"version": s["version"], "weight": fmt_weight(s["weight"])} for s in current.splits]
-    body: dict[str, Any] = {"rules": current.rules, "reason": reason}
-    if action == "promote":
-        if version not in [s["version"] for s in splits]:
-            splits.append({"version": version, "weight": "0"})
-        for split in splits:
-            split["weight"] = "100" if split["version"] == version else "0"
-        body.update(default_version=version, splits=splits)
-        what = f"{version} gets 100% of traffic and becomes the default version."
-    elif action == "rollback":
-        default = current.default_version
-        if version == default:
-            raise InvalidInput.field("version", f"{version} is the default version; promote another version instead")
-        moved = next((Decimal(s["weight"]) for s in splits if s["version"] == version), Decimal(0))
-        if default not in [s["version"] for s in splits]:
-            splits.append({"version": default, "weight": "0"})
-        for split in splits:
-            if split["version"] == version:
-                split["weight"] = "0"
-            elif split["version"] == default:
-                split["weight"] = fmt_weight(Decimal(split["weight"]) + moved)
-        body.update(default_version=default, splits=splits)
-        what = f"{version} gets 0% of traffic; its {fmt_weight(moved)}% go back to the default version {default}."
-    elif action == "reapply":
-        if source is None:
-            raise InvalidInput.field("revision", "which revision to re-apply?")
-        old = await traffic_service.get_revision_or_raise(db, model=model, revision=source)
-        body.update(default_version=old.default_version, rules=old.rules, reapplied_from=old.revision,
-                    splits=[{"version": s["version"], "weight": fmt_weight(s["weight"])} for s in old.splits])
-        what = (f"Revision {old.revision}'s policy ({_splits_text(old.splits)}, default {old.default_version}) "
-                "becomes live again, as a new revision.")
-    else:
-        raise NotFound(f"no action {action!r}")
-    try:
-        return TrafficPut.model_validate(body), what
-    except Exception as exc:  # noqa: BLE001 - an old revision may not pass today's rules
-        raise InvalidInput.field("action", f"this action cannot be applied: {exc}") from None
-
-
 async def _confirm_page(request: Request, visitor: Visitor, db: Any, *, name: str, action: str, version: str,
                         source: int | None, revision: int | None, reason: str = "", error: str | None = None,
                         status: int = 200) -> Response:
     model = await registry_service.get_model_or_raise(db, name=name)
     current = await traffic_service.get_current(db, model=model)
-    put, what = await _action_put(db, model, current, action, version=version, source=source, reason=reason)
+    put, what = await traffic_service.action_put(db, model=model, current=current, action=Action(action),
+                                                 version=version, source=source, reason=reason)
     sentences: list[str] = []
     try:
-        result = preview(_previous_layout(model, current), bucket_counts((s.version, s.weight) for s in put.splits))
+        result = preview(_previous_layout(model, current), put.policy().bucket_counts())
         sentences = result.sentences()
     except AllocationError as exc:
         error = error or str(exc)
@@ -647,7 +608,8 @@ async def run_action(name: str, action: str, request: Request, visitor: VisitorD
 
     if len(reason) > 2000:
         return await refused({"reason": ["at most 2000 characters"]})
-    put, _ = await _action_put(db, model, current, action, version=version, source=source, reason=reason)
+    put, _ = await traffic_service.action_put(db, model=model, current=current, action=Action(action),
+                                              version=version, source=source, reason=reason)
     done = {"promote": f"Promoted {version}.", "rollback": f"Rolled back {version}.",
             "reapply": f"Re-applied revision {source}."}[action]
     return await _apply(request, visitor, db, publisher, name=name, put=put, revision=revision,
@@ -672,10 +634,10 @@ async def save_rules(name: str, request: Request, visitor: VisitorDep, db: Sessi
     if current is None:
         return await refused({"": ["set a traffic split first; rules are part of the traffic policy"]})
     rules, kept_rows, rule_errors = forms.rules_in(rows)
-    splits = [SplitRow(s["version"], fmt_weight(s["weight"])) for s in current.splits]
+    splits = [SplitRow(s.version, fmt_weight(s.weight)) for s in current.policy.splits]
     try:
         put = forms.traffic_put(splits=splits, keep={s.version for s in splits},
-                                default_version=current.default_version or "", rules=rules, reason=reason,
+                                default_version=current.policy.default_version or "", rules=rules, reason=reason,
                                 extra_errors=rule_errors, rule_rows=kept_rows)
     except FormInvalid as exc:
         return await refused(exc.errors)

@@ -5,8 +5,9 @@ frozen dataclasses so the function is tested without a database;
 ``service.py`` maps ORM rows onto them.
 
 Rules (see the design's reconciler section):
-- A version is *active* when it has weight > 0 in the current traffic revision,
-  is a rule target, is the default version, or is marked warm (and not retired).
+- A version is *active* when the live policy references it
+  (``Policy.referenced_versions``: weight > 0, a rule target, the default
+  version, the shadow) or it is marked warm (and not retired).
 - An active version gets one deployment on every pool of the target's kind
   whose GPU architecture and TensorRT version match one of its engines.
 - Replicas follow the version's traffic share of the model's per-pool budget
@@ -27,6 +28,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+
+from router.policy import Policy, Split
 
 MANAGED_BY = "grayroute"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -64,26 +67,11 @@ class VersionSpec:
 
 
 @dataclass(frozen=True)
-class Split:
-    version: str
-    weight: float
-
-
-@dataclass(frozen=True)
-class TrafficSpec:
-    """The current traffic revision of a model."""
-
-    default_version: str | None = None
-    splits: tuple[Split, ...] = ()
-    rule_targets: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
 class ModelSpec:
     id: int
     name: str
     versions: tuple[VersionSpec, ...] = ()
-    traffic: TrafficSpec | None = None
+    traffic: Policy | None = None  # the live traffic revision's policy
     # Per-pool replica budget {pool_name: n}; a pool not named gets 1.
     replicas: Mapping[str, int] = field(default_factory=dict)
 
@@ -249,11 +237,8 @@ def engine_for(version: VersionSpec, pool: PoolSpec) -> EngineSpec | None:
 
 
 def active_versions(model: ModelSpec) -> set[str]:
-    traffic = model.traffic or TrafficSpec()
-    active = {s.version for s in traffic.splits if s.weight > 0}
-    active |= set(traffic.rule_targets)
-    if traffic.default_version:
-        active.add(traffic.default_version)
+    traffic = model.traffic or Policy()
+    active = set(traffic.referenced_versions())
     active |= {v.label for v in model.versions if v.warm and v.status != "retired"}
     return active
 
@@ -279,7 +264,7 @@ def apportion(budget: int, splits: Sequence[Split]) -> dict[str, int]:
 
 def replicas_for(model: ModelSpec, pool: PoolSpec, version: str) -> int:
     budget = int(model.replicas.get(pool.name, 1))
-    traffic = model.traffic or TrafficSpec()
+    traffic = model.traffic or Policy()
     return max(1, apportion(budget, traffic.splits).get(version, 0))
 
 

@@ -18,18 +18,6 @@ from control_plane.traffic import snapshot
 from control_plane.traffic.models import TrafficRevision
 
 
-def _traffic(revision: TrafficRevision | None) -> desired.TrafficSpec | None:
-    if revision is None:
-        return None
-    splits = tuple(
-        desired.Split(str(s["version"]), float(s.get("weight") or 0))
-        for s in revision.splits or ()
-        if isinstance(s, dict) and "version" in s
-    )
-    targets = frozenset(str(r["version"]) for r in revision.rules or () if isinstance(r, dict) and r.get("version"))
-    return desired.TrafficSpec(default_version=revision.default_version, splits=splits, rule_targets=targets)
-
-
 def _model(model: Model, revision: TrafficRevision | None) -> desired.ModelSpec:
     versions = tuple(
         desired.VersionSpec(
@@ -47,7 +35,7 @@ def _model(model: Model, revision: TrafficRevision | None) -> desired.ModelSpec:
         for v in model.versions
     )
     replicas = {str(k): int(n) for k, n in (model.replicas or {}).items() if isinstance(n, int | float)}
-    return desired.ModelSpec(id=model.id, name=model.name, versions=versions, traffic=_traffic(revision),
+    return desired.ModelSpec(id=model.id, name=model.name, versions=versions, traffic=revision.policy if revision is not None else None,
                              replicas=replicas)
 
 

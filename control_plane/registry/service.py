@@ -112,7 +112,7 @@ async def update_model(session: AsyncSession, *, name: str, body: ModelUpdate, a
         await _check_pools_exist(session, list(changes["replicas"]), "replicas")
     if changes.get("anonymous") == "default":
         current = await traffic_service.get_current(session, model=model)
-        if current is None or current.default_version is None:
+        if current is None or current.policy.default_version is None:
             raise InvalidInput.field("anonymous", "'default' needs a traffic policy with a default_version first")
     for field, value in changes.items():
         setattr(model, field, value.value if hasattr(value, "value") else value)
@@ -224,7 +224,7 @@ async def retire_version(session: AsyncSession, *, model_name: str, version: str
         return found
     current = await traffic_service.get_current(session, model=model)
     if current is not None:
-        uses = traffic_service.uses_of(current, version)
+        uses = current.policy.uses_of(version)
         if uses:
             raise Conflict(f"version {version!r} still {', '.join(uses)}; move its traffic first",
                            {"version": version, "uses": uses})

@@ -18,13 +18,7 @@ router = APIRouter(prefix="/api/v1", tags=["traffic"], responses=ERROR_RESPONSES
 
 
 def _read(model: str, revision: TrafficRevision | None) -> TrafficRead:
-    if revision is None:
-        return TrafficRead(model=model, revision=0, default_version=None, splits=[], rules=[], allocation=[],
-                           reason="", created_by=None, created_at=None)
-    return TrafficRead(model=model, revision=revision.revision, default_version=revision.default_version,
-                       splits=revision.splits, rules=revision.rules, allocation=revision.allocation,
-                       reason=revision.reason, reapplied_from=revision.reapplied_from,
-                       created_by=revision.created_by, created_at=revision.created_at)
+    return TrafficRead.of(model, revision)
 
 
 @router.get("/models/{model}/traffic", response_model=TrafficRead)

@@ -17,7 +17,7 @@ from sqlalchemy.sql import Subquery
 from control_plane.db import utcnow
 from control_plane.registry.models import Model, Pool, Version, VersionStatus
 from control_plane.reconciler.models import Deployment
-from control_plane.traffic.models import SnapshotState, TrafficRevision
+from control_plane.traffic.models import SnapshotState, TrafficRevision, stored_policy
 
 _PENDING_KEY = "grayroute.snapshot_revision"
 
@@ -99,10 +99,8 @@ async def build(session: AsyncSession, *, model_ids: set[int] | None = None) -> 
             "key_header": row.key_header,
             "salt": row.salt,
             "anonymous": row.anonymous,
-            "default_version": row.default_version,
+            **stored_policy(row.default_version, row.splits, row.rules).to_json(),
             "traffic_revision": row.revision,
-            "rules": row.rules,
-            "splits": row.splits,
             "allocation": row.allocation,
             "versions": versions_by_model.get(row.id, {}),
         }
