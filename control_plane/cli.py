@@ -59,11 +59,11 @@ async def _with_session(work):  # type: ignore[no-untyped-def]
 
 
 def _token(args: argparse.Namespace) -> int:
-    from control_plane.auth import service as auth_service
+    from control_plane.tokens import service as tokens_service
     from control_plane.auth.service import Actor, Role
 
     async def work(_settings: Settings, session):  # type: ignore[no-untyped-def]
-        _, plaintext = await auth_service.create(session, name=args.name, role=args.role,
+        _, plaintext = await tokens_service.create(session, name=args.name, role=args.role,
                                                  actor=Actor("cli", Role.ADMIN))
         return plaintext
 
@@ -73,7 +73,7 @@ def _token(args: argparse.Namespace) -> int:
 
 def _pools(args: argparse.Namespace) -> int:
     from control_plane.auth.service import Actor, Role
-    from control_plane.notifications import SnapshotPublisher, notifier_for
+    from control_plane.traffic.publisher import SnapshotPublisher, notifier_for
     from control_plane.registry import service as registry_service
     from control_plane.registry.schemas import PoolPut
 

@@ -36,6 +36,12 @@ from router.routing import (
 )
 
 
+# What the control plane and routers agree on besides the document itself.
+DEFAULT_KEY_HEADER = "x-user-id"  # the routing key's header when a model names none
+SNAPSHOT_KEY = "grayroute:snapshot"  # Redis: the newest snapshot (JSON); ``SNAPSHOT_KEY + ":revision"`` its revision
+SNAPSHOT_CHANNEL = "grayroute:snapshot"  # Redis pub/sub: each new revision, as a decimal string
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -78,7 +84,7 @@ class VersionRoutes(_Frozen):
 
 
 class ModelSnapshot(_Frozen):
-    key_header: Annotated[str, Field(min_length=1, max_length=128)] = "x-user-id"
+    key_header: Annotated[str, Field(min_length=1, max_length=128)] = DEFAULT_KEY_HEADER
     salt: Annotated[str, Field(min_length=1)]
     anonymous: Literal["weighted", "default"] = "weighted"
     default_version: str | None = None

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from control_plane.registry.compatibility import trt_compatible
 from router.policy import Policy, Split
 
 MANAGED_BY = "grayroute"
@@ -208,22 +209,6 @@ def labels_for(model: str, version: str, pool: PoolSpec, name: str) -> dict[str,
 
 
 # ---------------------------------------------------------------- matching
-
-
-def _trt_key(version: str) -> tuple[int | str, ...]:
-    """major.minor.patch; a TensorRT engine runs only on the release it was built with.
-
-    Build numbers (a fourth component, as in Triton's "10.3.0.26") do not
-    change the engine format, so they are ignored; "10.3" equals "10.3.0".
-    """
-    parts: list[int | str] = [int(p) if p.isdigit() else p for p in version.strip().split(".")[:3]]
-    while len(parts) < 3:
-        parts.append(0)
-    return tuple(parts)
-
-
-def trt_compatible(engine_trt: str, pool_trt: str) -> bool:
-    return _trt_key(engine_trt) == _trt_key(pool_trt)
 
 
 def engine_for(version: VersionSpec, pool: PoolSpec) -> EngineSpec | None:

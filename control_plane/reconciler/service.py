@@ -9,12 +9,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
-from control_plane.notifications import SnapshotPublisher
+from control_plane.traffic.publisher import SnapshotPublisher
+from control_plane import changes
 from control_plane.reconciler import desired
-from control_plane.reconciler.models import Deployment
+from control_plane.deployments.models import Deployment
 from control_plane.reconciler.status import StatusRow
 from control_plane.registry.models import Model, Pool, Version
-from control_plane.traffic import snapshot
 from control_plane.traffic.models import TrafficRevision
 
 
@@ -154,10 +154,10 @@ async def _bump_snapshot(session: AsyncSession, version_ids: set[int]) -> None:
     found = (await session.execute(select(Version.id, Version.model_id).where(Version.id.in_(version_ids)))).all()
     models = {model_id for _, model_id in found}
     if len(found) < len(version_ids) or len(models) > _PER_MODEL_BUMPS:
-        await snapshot.bump(session)  # a version is gone, or many models changed: rebuild everything
+        await changes.bump(session)  # a version is gone, or many models changed: rebuild everything
         return
     for model_id in sorted(models):
-        await snapshot.bump(session, model_id=model_id)
+        await changes.bump(session, model_id=model_id)
 
 
 class DatabaseStore:

@@ -10,6 +10,7 @@ from sqlalchemy import BigInteger, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from control_plane.db import Base, utcnow
+from router.snapshot import DEFAULT_KEY_HEADER
 
 
 class Precision(enum.StrEnum):
@@ -43,7 +44,7 @@ class Model(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
-    key_header: Mapped[str] = mapped_column(String(128), default="x-user-id")
+    key_header: Mapped[str] = mapped_column(String(128), default=DEFAULT_KEY_HEADER)
     salt: Mapped[str] = mapped_column(String(256))
     anonymous: Mapped[str] = mapped_column(String(16), default=AnonymousPolicy.WEIGHTED.value)
     replicas: Mapped[dict[str, Any]] = mapped_column(default=dict)

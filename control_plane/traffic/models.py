@@ -1,11 +1,11 @@
-"""Traffic policy revisions (immutable) and the global snapshot revision counter."""
+"""Traffic policy revisions: immutable, the newest is live."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from control_plane.db import Base, utcnow
@@ -52,13 +52,3 @@ class TrafficRevision(Base):
         self.default_version = stored["default_version"]
         self.splits = stored["splits"]
         self.rules = stored["rules"]
-
-
-class SnapshotState(Base):
-    """A single row: the routing snapshot's revision, bumped by every routing change."""
-
-    __tablename__ = "snapshot_state"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    revision: Mapped[int] = mapped_column(BigInteger, default=0)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -66,6 +66,14 @@ class TrafficPut(_Input):
                       tuple(PolicyRule.from_json(r.model_dump(by_alias=True)) for r in self.rules))
 
 
+class ActionIn(_Input):
+    """Promote or roll back ``version``; re-apply ``revision``."""
+
+    version: VersionLabel | None = Field(None, description="promote, roll back: the version")
+    revision: Annotated[int | None, Field(ge=1, le=MAX_REVISION, description="re-apply: the revision")] = None
+    reason: Annotated[str, Field(max_length=2000)] = ""
+
+
 class TrafficRead(BaseModel):
     model: str
     revision: int

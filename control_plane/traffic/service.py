@@ -14,13 +14,15 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from control_plane import changes
 from control_plane.audit import service as audit_service
 from control_plane.auth.service import Actor
+from control_plane.changes import Committer
 from control_plane.db import flush_or_raise
 from control_plane.errors import InvalidInput, NotFound, PreconditionFailed, PreconditionRequired
-from control_plane.notifications import SnapshotPublisher
-from control_plane.reconciler.models import Deployment
+from control_plane.deployments.models import Deployment
 from control_plane.registry import service as registry_service
+from control_plane.registry.service import LivePolicy
 from control_plane.registry.models import Model, Version, VersionStatus
 from control_plane.traffic import snapshot as snapshot_service
 from control_plane.traffic.models import TrafficRevision
@@ -65,6 +67,20 @@ async def current_by_model(session: AsyncSession, *, model_ids: Sequence[int]) -
         latest, (TrafficRevision.model_id == latest.c.model_id) & (TrafficRevision.revision == latest.c.revision)
     ))).all()
     return {r.model_id: r for r in rows}
+
+
+class _LivePolicies:
+    """The registry's view of live policies (``registry.service.LivePolicies``)."""
+
+    async def live(self, session: AsyncSession, *, model_ids: Sequence[int]) -> dict[int, LivePolicy]:
+        return {model_id: LivePolicy(r.revision, r.policy)
+                for model_id, r in (await current_by_model(session, model_ids=model_ids)).items()}
+
+    async def rebucket(self, session: AsyncSession, *, model: Model, actor: Actor, reason: str) -> None:
+        await rebucket(session, model=model, actor=actor, reason=reason)
+
+
+LIVE_POLICIES: registry_service.LivePolicies = _LivePolicies()
 
 
 async def list_revisions(session: AsyncSession, *, model: Model, limit: int = 50,
@@ -126,7 +142,7 @@ async def _validate(session: AsyncSession, *, model: Model, policy: Policy) -> l
 
 
 async def put(session: AsyncSession, *, model_name: str, body: TrafficPut, if_match: str | None, actor: Actor,
-              publisher: SnapshotPublisher) -> TrafficRevision:
+              publisher: Committer) -> TrafficRevision:
     """Write a new revision if ``if_match`` names the live one (optimistic concurrency)."""
     if if_match is None:
         raise PreconditionRequired("PUT traffic needs If-Match with the ETag from GET "
@@ -165,7 +181,7 @@ async def put(session: AsyncSession, *, model_name: str, body: TrafficPut, if_ma
         target_type="traffic", target=model.name, model=model.name, before=revision_state(current),
         after=revision_state(revision), reason=body.reason,
     )
-    await snapshot_service.bump(session, model_id=model.id)
+    await changes.bump(session, model_id=model.id)
     await publisher.commit(session)
     return revision
 
@@ -290,7 +306,7 @@ async def action_put(session: AsyncSession, *, model: Model, current: TrafficRev
 
 async def run_action(session: AsyncSession, *, model_name: str, action: Action, version: str = "",
                      source: int | None = None, reason: str = "", if_match: str | None, actor: Actor,
-                     publisher: SnapshotPublisher) -> TrafficRevision:
+                     publisher: Committer) -> TrafficRevision:
     """Promote, roll back or re-apply as a new revision, under the same If-Match rule as ``put``."""
     model = await registry_service.get_model_or_raise(session, name=model_name)
     current = await get_current(session, model=model)

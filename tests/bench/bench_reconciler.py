@@ -22,7 +22,7 @@ from typing import Any
 
 from control_plane.reconciler import desired as D
 from control_plane.reconciler.loop import Reconciler
-from control_plane.reconciler.models import Phase
+from control_plane.deployments.models import Phase
 from control_plane.reconciler.targets.kubernetes import KubernetesTarget, load_api_client
 from router.policy import Policy
 from tests.reconciler.conftest import MemoryStore

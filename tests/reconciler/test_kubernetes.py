@@ -15,7 +15,7 @@ from kubernetes import client
 from control_plane.reconciler import desired as D
 from control_plane.reconciler.health import serve as serve_health
 from control_plane.reconciler.loop import Backoff, Reconciler
-from control_plane.reconciler.models import Phase
+from control_plane.deployments.models import Phase
 from control_plane.reconciler.targets.kubernetes import KubernetesTarget
 from control_plane.reconciler.targets.lease import LeaseElector
 from control_plane.reconciler.targets.manifests import SPEC_HASH

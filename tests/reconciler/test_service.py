@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from control_plane.db import create_engine, session_factory
-from control_plane.notifications import SnapshotPublisher, notifier_for
+from control_plane.traffic.publisher import SnapshotPublisher, notifier_for
 from control_plane.reconciler import desired as D
 from control_plane.reconciler.loop import Backoff, Reconciler
 from control_plane.reconciler.service import DatabaseStore, load_inputs
