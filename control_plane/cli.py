@@ -7,11 +7,18 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
 from control_plane.settings import Settings, SettingsError, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+_T = TypeVar("_T")
 
 
 def _settings() -> Settings:
@@ -46,7 +53,7 @@ def _db(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_session(work):  # type: ignore[no-untyped-def]
+async def _with_session(work: Callable[[Settings, AsyncSession], Awaitable[_T]]) -> _T:
     from control_plane.db import create_engine, session_factory
 
     settings = _settings()
