@@ -32,7 +32,6 @@ log = logging.getLogger("grayroute.demo")
 MODEL = "demo-classifier"
 STABLE, CANDIDATE = "1", "2"
 POOL = "local-cpu"
-ROLES_NEEDED = ("admin", "router")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -55,7 +55,7 @@ async def put_external_endpoints(session: AsyncSession, *, model_name: str, vers
         before = {"urls": [e["url"] for e in deployment.endpoints]}
     deployment.endpoints = [{"url": u} for u in urls]
     deployment.desired_replicas = deployment.ready_replicas = len(urls)
-    deployment.phase = (Phase.READY if urls else Phase.PENDING).value
+    deployment.phase = Phase.READY if urls else Phase.PENDING
     deployment.message = "external endpoints registered through the API"
     deployment.updated_at = utcnow()
     await audit_service.record(session, actor=actor, action="endpoints.put", target_type="deployment",

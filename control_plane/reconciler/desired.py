@@ -29,7 +29,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from control_plane.deployments.models import Phase
 from control_plane.registry.compatibility import trt_compatible
+from control_plane.registry.models import VersionStatus
 from router.policy import Policy, Split
 
 MANAGED_BY = "grayroute"
@@ -224,7 +226,7 @@ def engine_for(version: VersionSpec, pool: PoolSpec) -> EngineSpec | None:
 def active_versions(model: ModelSpec) -> set[str]:
     traffic = model.traffic or Policy()
     active = set(traffic.referenced_versions())
-    active |= {v.label for v in model.versions if v.warm and v.status != "retired"}
+    active |= {v.label for v in model.versions if v.warm and v.status != VersionStatus.RETIRED}
     return active
 
 
@@ -339,7 +341,7 @@ def plan(inputs: Inputs, *, kind: str, now: datetime, drain: timedelta) -> Plan:
         prev_pool = pool_by_id.get(prev.pool_id)
         found = located.get(prev.version_id)
         engine = engine_for(found[1], prev_pool) if (found and prev_pool) else None
-        if prev.phase == "Failed" or found is None or prev_pool is None or engine is None:
+        if prev.phase == Phase.FAILED or found is None or prev_pool is None or engine is None:
             removed.append(key)
             continue
         since = prev.draining_since or now

@@ -87,7 +87,7 @@ def _values(row: StatusRow) -> dict[str, Any]:
         "desired_replicas": row.desired_replicas,
         "ready_replicas": row.ready_replicas,
         "endpoints": [{"url": url} for url in row.endpoints],
-        "phase": row.phase.value,
+        "phase": row.phase,
         "message": row.message,
         "draining_since": row.draining_since,
     }

@@ -110,7 +110,7 @@ async def create_model(session: AsyncSession, *, body: ModelCreate, actor: Actor
         raise Conflict(f"model {body.name!r} already exists", {"model": body.name})
     await _check_pools_exist(session, list(body.replicas), "replicas")
     model = Model(name=body.name, description=body.description, key_header=body.key_header,
-                  salt=body.salt or body.name, anonymous=body.anonymous.value, replicas=dict(body.replicas),
+                  salt=body.salt or body.name, anonymous=body.anonymous, replicas=dict(body.replicas),
                   created_by=actor.name)
     session.add(model)
     await flush_or_raise(session, Conflict(f"model {body.name!r} already exists", {"model": body.name}))
@@ -133,7 +133,7 @@ async def update_model(session: AsyncSession, *, name: str, body: ModelUpdate, a
         if current is None or current.policy.default_version is None:
             raise InvalidInput.field("anonymous", "'default' needs a traffic policy with a default_version first")
     for field, value in changes.items():
-        setattr(model, field, value.value if hasattr(value, "value") else value)
+        setattr(model, field, value)
     after = model_state(model)
     if after == before:
         return model
@@ -193,7 +193,7 @@ async def create_version(session: AsyncSession, *, model_name: str, body: Versio
         raise InvalidInput(f"engines: more than one engine for {duplicates}",
                            [{"field": f"engines[{archs.index(a)}].gpu_arch", "reason": "duplicate architecture"}
                             for a in duplicates])
-    version = Version(model_id=model.id, version=body.version, precision=body.precision.value,
+    version = Version(model_id=model.id, version=body.version, precision=body.precision,
                       trt_version=body.trt_version, source_uri=body.source_uri, source_sha256=body.source_sha256,
                       notes=body.notes, warm=body.warm, registered_by=actor.name,
                       engines=[_engine(e, body.trt_version) for e in body.engines])
@@ -245,7 +245,7 @@ async def retire_version(session: AsyncSession, *, model_name: str, version: str
             raise Conflict(f"version {version!r} still {', '.join(uses)}; move its traffic first",
                            {"version": version, "uses": uses})
     before = version_state(found)
-    found.status = VersionStatus.RETIRED.value
+    found.status = VersionStatus.RETIRED
     found.warm = False
     found.retired_at = utcnow()
     await audit_service.record(session, actor=actor, action="version.retire", target_type="version",
@@ -310,7 +310,6 @@ async def _upsert_pool(session: AsyncSession, *, name: str, body: PoolPut,
     if body.kind == PoolKind.KUBERNETES and not body.runtime_image:
         raise InvalidInput.field("runtime_image", "required for kubernetes pools (the Triton image to run)")
     values = body.model_dump()
-    values["kind"] = body.kind.value
     if pool is None:
         pool = Pool(name=name, **values)
         session.add(pool)

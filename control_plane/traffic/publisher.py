@@ -1,9 +1,11 @@
-"""Change notification: tell routers (and reconcilers) that the snapshot changed.
+"""The snapshot publisher: after a routing change commits, build the snapshot and tell routers (and reconcilers).
 
-Two providers behind one small interface: in-process (the embedded default,
-which also serves long-polls) and Redis (snapshot stored at ``SNAPSHOT_KEY``,
-revision published on ``SNAPSHOT_CHANNEL``). A Redis outage never fails the
-change that triggered the publish: routers fall back to polling the API.
+``SnapshotPublisher`` is the ``changes.Committer`` every service hands its
+session to. Notification has two providers behind one small interface:
+in-process (the embedded default, which also serves long-polls) and Redis
+(snapshot stored at ``SNAPSHOT_KEY``, revision published on
+``SNAPSHOT_CHANNEL``, both named in ``router.snapshot``). A Redis outage never
+fails the change that triggered the publish: routers fall back to polling.
 """
 
 from __future__ import annotations

@@ -173,9 +173,9 @@ async def put(session: AsyncSession, *, model_name: str, body: TrafficPut, if_ma
         f"traffic policy of {model_name!r} changed while saving; reload and retry"))
     for version in (await session.scalars(
         select(Version).where(Version.model_id == model.id, Version.version.in_(policy.referenced_versions()),
-                              Version.status == VersionStatus.REGISTERED.value)
+                              Version.status == VersionStatus.REGISTERED)
     )).all():
-        version.status = VersionStatus.ACTIVE.value
+        version.status = VersionStatus.ACTIVE
     await audit_service.record(
         session, actor=actor, action="traffic.reapply" if body.reapplied_from else "traffic.update",
         target_type="traffic", target=model.name, model=model.name, before=revision_state(current),
@@ -219,7 +219,7 @@ async def ready_versions(session: AsyncSession, *, model: Model) -> set[str]:
     return set((await session.scalars(
         select(Version.version).join(Deployment, Deployment.version_id == Version.id)
         .where(Version.model_id == model.id, Deployment.ready_replicas > 0,
-               Version.status != VersionStatus.RETIRED.value)
+               Version.status != VersionStatus.RETIRED)
     )).all())
 
 

@@ -43,7 +43,7 @@ async def build(session: AsyncSession, *, model_ids: set[int] | None = None) -> 
               & (TrafficRevision.revision == latest.c.revision))
     )
     version_query = (select(Version.id, Version.model_id, Version.version)
-                     .where(Version.status != VersionStatus.RETIRED.value))
+                     .where(Version.status != VersionStatus.RETIRED))
     ready_query = (select(Deployment.version_id, Deployment.endpoints, Pool.name, Pool.gpu_arch)
                    .join(Pool, Pool.id == Deployment.pool_id).where(Deployment.ready_replicas > 0))
     if model_ids is not None:

@@ -58,7 +58,7 @@ def _previous_layout(model: Model, current: TrafficRevision | None) -> list[Rang
 
 
 def _rules_text(put: TrafficPut) -> str:
-    return "rules: " + ("; ".join(f"{r.name} → {r.version}" for r in put.rules) or "none")
+    return "rules: " + ("; ".join(f"{r.name} → {r.version}" for r in put.policy().rules) or "none")
 
 
 def _split_rows(form: Mapping[str, Any] | FormData) -> list[SplitRow]:
@@ -109,8 +109,7 @@ async def _apply(request: Request, visitor: Visitor, db: Any, publisher: Any, *,
         await db.rollback()
         details = exc.details if isinstance(exc.details, dict) else {}
         if attempted is None:
-            tried = [{"version": s.version, "weight": s.weight} for s in put.splits]
-            attempted = f"{_splits_text(tried)}, default {put.default_version}"
+            attempted = f"{_splits_text(put.policy().splits)}, default {put.default_version}"
         conflict = {"yours": revision, "live": details.get("live"), "changed_by": details.get("changed_by"),
                     "attempted": attempted, "message": exc.message}
         return await _model_page(request, visitor, db, name, status=409, conflict=conflict)
@@ -173,7 +172,7 @@ async def _confirm_page(request: Request, visitor: Visitor, db: Any, *, name: st
     return _render(request, visitor, "confirm.html", {
         "model": model, "current": current, "action": action, "label": ACTIONS[action], "version": version,
         "source": source, "revision": revision if revision is not None else (current.revision if current else 0),
-        "put": put, "after": [{"version": s.version, "weight": float(s.weight)} for s in put.splits],
+        "put": put, "after": put.policy().splits,
         "what": what, "sentences": sentences, "reason": reason, "error": error,
         "colors": _colors([v.version for v in versions]),
     }, status)
