@@ -3,8 +3,8 @@
 A policy says where a model's traffic goes: weighted ``splits`` (percent,
 at most two decimals, summing to 100), first-match ``rules`` that send some
 requests to a chosen version, the ``default_version`` that takes fallbacks,
-and an optional ``shadow`` that will mirror a share of requests to a version
-(carried, validated and counted as a reference; nothing mirrors yet).
+and an optional ``shadow`` that mirrors a share of requests to a version
+whose answers are compared with the primary's, never returned (``router.shadow``).
 
 It lives in the shared kernel because both sides need it: the control plane
 stores it in traffic revisions, validates it, previews it and plans
@@ -68,7 +68,7 @@ class PolicyRule:
 
 @dataclass(frozen=True, slots=True)
 class Shadow:
-    """Mirror ``percent`` of requests to ``version`` (room for shadow traffic; not acted on yet)."""
+    """Mirror ``percent`` of requests (sampled by routing key) to ``version``, after the client has its answer."""
 
     version: str
     percent: float
@@ -153,8 +153,14 @@ class Policy:
             if rule.header is not None and rule.header.lower() == key_header.lower():
                 found.append(Problem(f"rules[{i}].match.header",
                                      "that is the routing key header; use key_in to match routing keys"))
-        if self.shadow is not None and not 0 <= self.shadow.percent <= 100:
-            found.append(Problem("shadow.percent", "must be between 0 and 100"))
+        if self.shadow is not None:
+            try:
+                buckets = weight_to_buckets(self.shadow.percent)
+            except AllocationError as exc:
+                found.append(Problem("shadow.percent", str(exc)))
+            else:
+                if buckets == 0:
+                    found.append(Problem("shadow.percent", "must be above 0 (leave shadow out to mirror nothing)"))
         return found
 
     # --- conversion ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Shape (JSON)::
         "default_version": "3", "traffic_revision": 7,
         "rules": [{"name": "qa", "match": {"header": "x-tenant", "in": ["qa"]}, "version": "4"},
                   {"name": "beta", "match": {"key_in": ["u-1"]}, "version": "4"}],
+        "shadow": {"version": "4", "percent": 5.0},          # optional: mirror 5% of requests to 4
         "splits": [{"version": "3", "weight": 95.0}, {"version": "4", "weight": 5.0}],
         "allocation": [[0, 9500, "3"], [9500, 10000, "4"]],
         "versions": {"3": {"endpoints": [{"url": "http://10.0.0.7:8000", "pool": "a100", "gpu_arch": "sm_80"}]},
@@ -24,7 +25,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from router.policy import Policy, PolicyRule
+from router.policy import Policy, PolicyRule, Shadow
 from router.policy import Split as PolicySplit
 from router.routing import (
     AllocationError,
@@ -83,6 +84,11 @@ class VersionRoutes(_Frozen):
     endpoints: list[Endpoint] = []
 
 
+class ShadowSpec(_Frozen):
+    version: str
+    percent: Annotated[float, Field(gt=0, le=100)]
+
+
 class ModelSnapshot(_Frozen):
     key_header: Annotated[str, Field(min_length=1, max_length=128)] = DEFAULT_KEY_HEADER
     salt: Annotated[str, Field(min_length=1)]
@@ -90,6 +96,7 @@ class ModelSnapshot(_Frozen):
     default_version: str | None = None
     traffic_revision: int = 0
     rules: list[SnapshotRule] = []
+    shadow: ShadowSpec | None = None
     splits: list[Split]
     allocation: list[tuple[int, int, str]]
     versions: dict[str, VersionRoutes]
@@ -117,6 +124,7 @@ class ModelSnapshot(_Frozen):
             default_version=self.default_version,
             splits=tuple(PolicySplit(s.version, s.weight) for s in self.splits),
             rules=tuple(r.policy_rule() for r in self.rules),
+            shadow=Shadow(self.shadow.version, self.shadow.percent) if self.shadow else None,
         )
 
     def routing(self, name: str) -> ModelRouting:

@@ -12,9 +12,10 @@ from control_plane.db import Base, utcnow
 from router.policy import Policy
 
 
-def stored_policy(default_version: str | None, splits: list[Any], rules: list[Any]) -> Policy:
+def stored_policy(default_version: str | None, splits: list[Any], rules: list[Any],
+                  shadow: dict[str, Any] | None = None) -> Policy:
     """The policy held by a revision's columns (for queries that read the columns, not the row)."""
-    return Policy.from_json({"default_version": default_version, "splits": splits, "rules": rules})
+    return Policy.from_json({"default_version": default_version, "splits": splits, "rules": rules, "shadow": shadow})
 
 
 class TrafficRevision(Base):
@@ -29,6 +30,8 @@ class TrafficRevision(Base):
     default_version: Mapped[str | None] = mapped_column(String(63))
     splits: Mapped[list[Any]]
     rules: Mapped[list[Any]]
+    # {"version", "percent"}: the version that gets a mirrored share of requests; None mirrors nothing.
+    shadow: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     # [[start, end, version], ...] covering [0, 10000): who owns which buckets.
     allocation: Mapped[list[Any]]
     # The salt the allocation was cut for; a salt change starts a fresh layout.
@@ -42,13 +45,12 @@ class TrafficRevision(Base):
     # The policy columns are read and written only through this typed value.
     @property
     def policy(self) -> Policy:
-        return stored_policy(self.default_version, self.splits, self.rules)
+        return stored_policy(self.default_version, self.splits, self.rules, self.shadow)
 
     @policy.setter
     def policy(self, policy: Policy) -> None:
-        if policy.shadow is not None:
-            raise ValueError("traffic revisions have no column for a shadow yet")
         stored = policy.to_json()
         self.default_version = stored["default_version"]
         self.splits = stored["splits"]
         self.rules = stored["rules"]
+        self.shadow = stored.get("shadow")

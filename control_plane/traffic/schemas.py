@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 
 from control_plane.registry.schemas import HEADER_NAME, MODEL_NAME, VersionLabel, refuse_nul
 from control_plane.traffic.models import TrafficRevision
-from router.policy import Policy, PolicyRule, Split
+from router.policy import Policy, PolicyRule, Shadow, Split
 
 MAX_REVISION = 2**31 - 1  # revisions are INTEGER columns
 
@@ -53,17 +53,26 @@ class RuleIn(_Input):
     version: VersionLabel
 
 
+class ShadowIn(_Input):
+    """Mirror ``percent`` of requests (by routing key) to ``version``; the client never sees its answers."""
+
+    version: VersionLabel
+    percent: Annotated[Weight, Field(gt=0)]
+
+
 class TrafficPut(_Input):
     default_version: VersionLabel
     splits: Annotated[list[SplitIn], Field(min_length=1, max_length=64)]
     rules: Annotated[list[RuleIn], Field(max_length=64)] = []
+    shadow: ShadowIn | None = None
     reason: Annotated[str, Field(max_length=2000)] = ""
     reapplied_from: Annotated[int | None, Field(ge=1, le=MAX_REVISION,
                                                 description="the revision whose weights this re-applies")] = None
 
     def policy(self) -> Policy:
         return Policy(self.default_version, tuple(Split(s.version, float(s.weight)) for s in self.splits),
-                      tuple(PolicyRule.from_json(r.model_dump(by_alias=True)) for r in self.rules))
+                      tuple(PolicyRule.from_json(r.model_dump(by_alias=True)) for r in self.rules),
+                      Shadow(self.shadow.version, float(self.shadow.percent)) if self.shadow else None)
 
 
 class ActionIn(_Input):
@@ -80,6 +89,7 @@ class TrafficRead(BaseModel):
     default_version: str | None
     splits: list[dict[str, Any]]
     rules: list[dict[str, Any]]
+    shadow: dict[str, Any] | None = None
     allocation: list[list[Any]]
     reason: str
     reapplied_from: int | None = None

@@ -269,6 +269,7 @@ async def action_put(session: AsyncSession, *, model: Model, current: TrafficRev
     weights = {s.version: Decimal(str(s.weight)) for s in live.splits}
     default = live.default_version
     rules = live.rules
+    shadow = live.shadow
     reapplied_from = None
     if action is Action.PROMOTE:
         weights.setdefault(version, Decimal(0))
@@ -293,11 +294,12 @@ async def action_put(session: AsyncSession, *, model: Model, current: TrafficRev
         old = await get_revision_or_raise(session, model=model, revision=source)
         policy = old.policy
         weights = {s.version: Decimal(str(s.weight)) for s in policy.splits}
-        default, rules, reapplied_from = policy.default_version, policy.rules, old.revision
+        default, rules, shadow, reapplied_from = policy.default_version, policy.rules, policy.shadow, old.revision
         what = (f"Revision {old.revision}'s policy ({splits_text(policy)}, default {policy.default_version}) "
                 "becomes live again, as a new revision.")
     body = {"default_version": default, "splits": [{"version": v, "weight": _weight(w)} for v, w in weights.items()],
-            "rules": [r.to_json() for r in rules], "reason": reason, "reapplied_from": reapplied_from}
+            "rules": [r.to_json() for r in rules], "shadow": {"version": shadow.version, "percent": _weight(shadow.percent)} if shadow else None,
+            "reason": reason, "reapplied_from": reapplied_from}
     try:
         return TrafficPut.model_validate(body), what
     except ValidationError as exc:  # an old revision may not pass today's rules

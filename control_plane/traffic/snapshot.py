@@ -37,7 +37,7 @@ async def build(session: AsyncSession, *, model_ids: set[int] | None = None) -> 
     policy_query = (
         select(Model.id, Model.name, Model.key_header, Model.salt, Model.anonymous, TrafficRevision.revision,
                TrafficRevision.default_version, TrafficRevision.splits, TrafficRevision.rules,
-               TrafficRevision.allocation)
+               TrafficRevision.shadow, TrafficRevision.allocation)
         .join(latest, latest.c.model_id == Model.id)
         .join(TrafficRevision, (TrafficRevision.model_id == latest.c.model_id)
               & (TrafficRevision.revision == latest.c.revision))
@@ -71,7 +71,7 @@ async def build(session: AsyncSession, *, model_ids: set[int] | None = None) -> 
             "key_header": row.key_header,
             "salt": row.salt,
             "anonymous": row.anonymous,
-            **stored_policy(row.default_version, row.splits, row.rules).to_json(),
+            **stored_policy(row.default_version, row.splits, row.rules, row.shadow).to_json(),
             "traffic_revision": row.revision,
             "allocation": row.allocation,
             "versions": versions_by_model.get(row.id, {}),
