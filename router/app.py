@@ -26,9 +26,11 @@ import redis.asyncio as aioredis
 from router import errors
 from router.config import SnapshotSource
 from router.metrics import Recorder, SharedDirectory, merge_dumps, render
+from router.parity import ParityRecorder, ParityReporter
 from router.reporter import StatsReporter
 from router.routing import Route, decide
 from router.settings import RouterSettings
+from router.shadow import Mirror
 from router.table import Backends, ModelTable, RoutingTable
 from router.upstream import Backend, Response
 
@@ -62,6 +64,10 @@ class RouterApp:
         self.backends: Backends | None = None
         self.source: SnapshotSource | None = None
         self.reporter: StatsReporter | None = None
+        self.parity = ParityRecorder()
+        self.mirror = Mirror(self.parity, max_inflight=settings.shadow_max_inflight,
+                             max_bytes=settings.shadow_max_bytes, timeout=settings.shadow_timeout)
+        self.parity_reporter: ParityReporter | None = None
         self.redis: aioredis.Redis | None = None
         self.shared = SharedDirectory(settings.metrics_dir) if settings.metrics_dir else None
         self._tasks: list[asyncio.Task[None]] = []
@@ -104,6 +110,11 @@ class RouterApp:
             token=token,
         )
         self.reporter.start()
+        self.parity_reporter = ParityReporter(
+            recorder=self.parity, router_id=settings.identity(), interval=settings.stats_interval,
+            redis=self.redis, control_plane=settings.control_plane, token=token,
+        )
+        self.parity_reporter.start()
         if self.shared is not None:
             self._tasks.append(asyncio.get_running_loop().create_task(self._share_metrics()))
         # Everything loaded so far lives for the whole process: keep it out of the
@@ -116,6 +127,9 @@ class RouterApp:
             task.cancel()
         if self.reporter is not None:
             await self.reporter.stop()
+        await self.mirror.stop()
+        if self.parity_reporter is not None:
+            await self.parity_reporter.stop()
         if self.source is not None:
             await self.source.stop()
         if self.backends is not None:
@@ -174,7 +188,7 @@ class RouterApp:
             dumps = [self.recorder.dump()]
             if self.shared is not None:
                 dumps += await asyncio.to_thread(self.shared.others)
-            text = render(merge_dumps(dumps) if len(dumps) > 1 else dumps[0])
+            text = render(merge_dumps(dumps) if len(dumps) > 1 else dumps[0]) + self.parity.prometheus()
             await _send(send, 200, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")], text)
         else:
             await _send_error(send, errors.NotFound(f"no route for {path}"))
@@ -296,6 +310,16 @@ class RouterApp:
         self.recorder.observe(
             model.name, version, route, response.status, time.perf_counter() - started, decision.chosen
         )
+        shadow = model.shadow
+        if shadow is not None and response.status == 200 and version != shadow.version and scope["method"] == "POST":
+            # the client has its answer: whatever happens to the mirror happens after it
+            if shadow.sampled(decision_headers.get(model.routing.key_header)):
+                group = model.groups.get(shadow.version)
+                mirror_backend = group.pick() if group is not None else None
+                arch = model.arch
+                key = (model.name, shadow.version, version, arch.get(backend.url, ""),
+                       arch.get(mirror_backend.url, "") if mirror_backend is not None else "")
+                self.mirror.offer(key, mirror_backend, scope["method"], target, forwarded, body, response)
 
     def _upstream_failed(self, model: ModelTable, version: str, backend: Backend, exc: errors.UpstreamError) -> None:
         self.recorder.upstream_error(model.name, version, exc.kind)

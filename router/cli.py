@@ -31,6 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HTTP polling period while Redis is unreachable (default 1)")
     parser.add_argument("--stats-interval", type=float, default=None, metavar="SECONDS",
                         help="period of per-version stats reports (default 5)")
+    parser.add_argument("--shadow-max-inflight", type=int, default=None, metavar="N",
+                        help="shadow mirrors in flight at once; more are dropped and counted (default 32)")
+    parser.add_argument("--shadow-max-bytes", type=int, default=None, metavar="BYTES",
+                        help="largest request or primary answer that is mirrored (default 1 MiB)")
+    parser.add_argument("--shadow-timeout", type=float, default=None, metavar="SECONDS",
+                        help="time a shadow backend has to answer (default 10)")
     parser.add_argument("--router-id", default=None, help="name in stats reports (default host:pid)")
     parser.add_argument("--http", default=None, choices=["lean", "uvicorn"],
                         help="HTTP server under the app: the lean built-in one (default) or uvicorn")
@@ -52,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
             connect_timeout=args.connect_timeout,
             poll_interval=args.poll_interval,
             stats_interval=args.stats_interval,
+            shadow_max_inflight=args.shadow_max_inflight,
+            shadow_max_bytes=args.shadow_max_bytes,
+            shadow_timeout=args.shadow_timeout,
             router_id=args.router_id,
             http=args.http,
             log_level=args.log_level,

@@ -39,6 +39,11 @@ class RouterSettings(BaseModel):
     eject_after: Annotated[int, Field(ge=1)] = 3  # consecutive failures (a refused connection ejects at once)
     poll_interval: Annotated[float, Field(gt=0)] = 1.0  # HTTP polling while Redis is unreachable
     stats_interval: Annotated[float, Field(gt=0)] = 5.0
+    # Shadow traffic (README "Shadow traffic"): mirrors in flight at once, the largest request or primary
+    # answer mirrored, and the time a shadow backend has to answer.
+    shadow_max_inflight: Annotated[int, Field(ge=0)] = 32
+    shadow_max_bytes: Annotated[int, Field(gt=0)] = 1024 * 1024
+    shadow_timeout: Annotated[float, Field(gt=0)] = 10.0
     router_id: str = ""  # names this router in stats reports; default host:pid
     metrics_dir: Path | None = None  # set by the supervisor when several workers share a port
     http: Literal["lean", "uvicorn"] = "lean"  # the HTTP server under the ASGI app (README: measured)

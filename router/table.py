@@ -12,6 +12,7 @@ import random
 from collections.abc import Sequence
 
 from router.routing import ModelRouting
+from router.shadow import ShadowTarget
 from router.snapshot import Snapshot
 from router.upstream import Backend
 
@@ -46,12 +47,15 @@ class VersionGroup:
 
 
 class ModelTable:
-    __slots__ = ("groups", "name", "name_bytes", "ready", "routing", "wanted")
+    __slots__ = ("arch", "groups", "name", "name_bytes", "ready", "routing", "shadow", "wanted")
 
-    def __init__(self, name: str, routing: ModelRouting, groups: dict[str, VersionGroup]) -> None:
+    def __init__(self, name: str, routing: ModelRouting, groups: dict[str, VersionGroup],
+                 shadow: ShadowTarget | None = None, arch: dict[str, str] | None = None) -> None:
         self.name = name
         self.routing = routing
         self.groups = groups
+        self.shadow = shadow  # None: nothing is mirrored, and the hot path does no shadow work
+        self.arch = arch or {}  # backend URL -> gpu_arch, to label parity figures
         self.ready: frozenset[str] = frozenset()
         # the only request headers the decision reads; nothing else gets decoded
         self.wanted = frozenset(
@@ -97,9 +101,11 @@ class Backends:
         models: dict[str, ModelTable] = {}
         for name, spec in snapshot.models.items():
             groups: dict[str, VersionGroup] = {}
+            arch: dict[str, str] = {}
             for version, routes in spec.versions.items():
                 backends = []
                 for endpoint in routes.endpoints:
+                    arch[endpoint.url] = endpoint.gpu_arch
                     backend = self.by_url.get(endpoint.url)
                     if backend is None:
                         backend = Backend(endpoint.url, connect_timeout=self.connect_timeout,
@@ -107,7 +113,8 @@ class Backends:
                         self.by_url[endpoint.url] = backend
                     backends.append(backend)
                 groups[version] = VersionGroup(version, backends)
-            models[name] = ModelTable(name, spec.routing(name), groups)
+            shadow = ShadowTarget(spec.salt, spec.shadow.version, spec.shadow.percent) if spec.shadow else None
+            models[name] = ModelTable(name, spec.routing(name), groups, shadow, arch)
         return RoutingTable(snapshot.revision, models, raw)
 
     def activate(self, table: RoutingTable) -> None:

@@ -1,0 +1,1 @@
+"""Output parity of shadow versions: routers report windows, the API merges them."""

@@ -1,0 +1,92 @@
+"""API shapes for parity reports (router -> control plane) and merged parity figures."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Count = Annotated[int, Field(ge=0)]
+Error = Annotated[float, Field(ge=0)]
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OutputWindow(_Input):
+    compared: Count = 0
+    shape_mismatch: Count = 0
+    dtype_mismatch: Count = 0
+    missing: Count = 0
+    max_abs_error: Error = 0.0
+    sum_abs_error: Error = 0.0
+    elements: Count = 0
+    top1_agree: Count = 0
+    top1_rows: Count = 0
+    max_abs_histogram: Annotated[list[Count], Field(max_length=64)] = []
+
+
+class PairWindow(_Input):
+    model: Annotated[str, Field(min_length=1, max_length=128)]
+    shadow_version: Annotated[str, Field(min_length=1, max_length=63)]
+    primary_version: Annotated[str, Field(min_length=1, max_length=63)]
+    primary_gpu_arch: Annotated[str, Field(max_length=32)] = ""
+    shadow_gpu_arch: Annotated[str, Field(max_length=32)] = ""
+    mirrored: Count = 0
+    dropped: Count = 0
+    errors: Count = 0
+    timeouts: Count = 0
+    compared: Count = 0
+    unreadable: Count = 0
+    outputs: Annotated[dict[str, OutputWindow], Field(max_length=256)] = {}
+
+
+class ParityReport(_Input):
+    router: Annotated[str, Field(min_length=1, max_length=256)]
+    window_start: float
+    window_end: float
+    error_bounds: Annotated[list[float], Field(max_length=63)]
+    windows: Annotated[list[PairWindow], Field(max_length=4096)]
+
+
+class ReportAccepted(BaseModel):
+    windows: int
+
+
+class OutputParity(BaseModel):
+    name: str
+    compared: int
+    shape_mismatch: int
+    dtype_mismatch: int
+    missing: int
+    max_abs_error: float
+    mean_abs_error: float | None
+    top1_agreement: float | None = Field(description="share of rows whose arg-max agrees (last axis)")
+    top1_interval: tuple[float, float] | None = Field(description="95% Wilson interval of top1_agreement")
+    top1_rows: int
+    max_abs_quantiles: dict[str, float | None] = Field(
+        description="p50/p90/p99 of the per-request max abs error, as histogram upper bounds")
+    max_abs_histogram: list[int]
+
+
+class PairParity(BaseModel):
+    shadow_version: str
+    primary_version: str
+    primary_gpu_arch: str
+    shadow_gpu_arch: str
+    mirrored: int
+    dropped: int
+    errors: int
+    timeouts: int
+    compared: int
+    unreadable: int
+    outputs: list[OutputParity]
+
+
+class ModelParity(BaseModel):
+    model: str
+    window_seconds: int
+    routers: int
+    error_bounds: list[float]
+    pairs: list[PairParity]
