@@ -85,7 +85,7 @@ class Engine:
             "parameters": {"precision": self.precision, "variant": self.variant},
         }
 
-    def handle_infer(self, body: dict[str, Any]) -> dict[str, Any]:
+    def handle_infer(self, body: dict[str, Any]) -> dict[str, Any] | tuple[dict[str, Any], bytes]:
         inputs = body.get("inputs")
         if not isinstance(inputs, list) or not inputs:
             raise InferenceError("request needs a non-empty 'inputs' list")
@@ -112,21 +112,26 @@ class Engine:
         if array.ndim != 2 or array.shape[1] != onnx_model.FEATURES:
             raise InferenceError(f"expected shape [N, {onnx_model.FEATURES}], got {list(array.shape)}")
         out = self.infer(array.astype(np.float32))
-        response: dict[str, Any] = {
-            "model_name": self.model,
-            "model_version": self.version,
-            "outputs": [
-                {
-                    "name": onnx_model.OUTPUT_NAME,
-                    "datatype": "FP32",
-                    "shape": list(out.shape),
-                    "data": out.reshape(-1).tolist(),
-                }
-            ],
-        }
+        output: dict[str, Any] = {"name": onnx_model.OUTPUT_NAME, "datatype": "FP32", "shape": list(out.shape)}
+        raw: bytes | None = None
+        if _wants_binary(body):
+            raw = out.astype("<f4").tobytes()
+            output["parameters"] = {"binary_data_size": len(raw)}
+        else:
+            output["data"] = out.reshape(-1).tolist()
+        response: dict[str, Any] = {"model_name": self.model, "model_version": self.version, "outputs": [output]}
         if "id" in body:
             response["id"] = body["id"]
-        return response
+        return (response, raw) if raw is not None else response
+
+
+def _wants_binary(body: dict[str, Any]) -> bool:
+    """The binary tensor extension: outputs as raw bytes after a JSON header (Triton's HTTP protocol)."""
+    if (body.get("parameters") or {}).get("binary_data_output"):
+        return True
+    outputs = body.get("outputs")
+    return isinstance(outputs, list) and any(
+        isinstance(o, dict) and (o.get("parameters") or {}).get("binary_data") for o in outputs)
 
 
 class App:
@@ -144,12 +149,19 @@ class App:
         method: str = scope["method"]
         parts = [p for p in scope["path"].split("/") if p]
         status, payload = await self._route(method, parts, receive)
-        body = json.dumps(payload, separators=(",", ":")).encode()
+        headers = [(b"content-type", b"application/json")]
+        if isinstance(payload, tuple):
+            header = json.dumps(payload[0], separators=(",", ":")).encode()
+            body = header + payload[1]
+            headers = [(b"content-type", b"application/octet-stream"),
+                       (b"inference-header-content-length", str(len(header)).encode())]
+        else:
+            body = json.dumps(payload, separators=(",", ":")).encode()
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                "headers": [*headers, (b"content-length", str(len(body)).encode())],
             }
         )
         await send({"type": "http.response.body", "body": body})
@@ -165,7 +177,8 @@ class App:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _route(self, method: str, parts: list[str], receive: Receive) -> tuple[int, dict[str, Any]]:
+    async def _route(self, method: str, parts: list[str], receive: Receive
+                     ) -> tuple[int, dict[str, Any] | tuple[dict[str, Any], bytes]]:
         engine = self.engine
         if not parts or parts[0] != "v2":
             return 404, {"error": "not found"}

@@ -66,6 +66,7 @@ class ControlPlaneStub:
         self.raw = b""
         self.revision = -1
         self.reports: list[dict[str, Any]] = []
+        self.parity_reports: list[dict[str, Any]] = []
         self.fetches = 0
         self._runner: web.AppRunner | None = None
 
@@ -93,10 +94,17 @@ class ControlPlaneStub:
         self.reports.append(await request.json())
         return web.json_response({"accepted": True}, status=202)
 
+    async def _parity(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return web.json_response({"error": {"code": "unauthenticated"}}, status=401)
+        self.parity_reports.append(await request.json())
+        return web.json_response({"windows": 1}, status=202)
+
     async def start(self) -> ControlPlaneStub:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/api/v1/snapshot", self._snapshot)
         app.router.add_post("/api/v1/stats/report", self._report)
+        app.router.add_post("/api/v1/parity/report", self._parity)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()

@@ -36,6 +36,7 @@ class Behaviour:
     delay: float = 0.0  # seconds before answering
     status: int = 200
     record: bool = False
+    infer_body: bytes | None = None  # the JSON answer to every JSON infer request, instead of the built-in one
     seen: list[Seen] = field(default_factory=list)
 
 
@@ -101,6 +102,8 @@ class _Protocol(asyncio.Protocol):
                 extra = [(b"content-type", b"application/octet-stream"),
                          (b"inference-header-content-length", header_length)]
                 payload = body
+            elif behaviour.infer_body is not None:
+                payload = behaviour.infer_body
             else:
                 payload = b'{"model_name":"%s","model_version":"%s","outputs":[{"name":"y","datatype":"FP32","shape":[1],"data":[1.0]}]}' % (
                     behaviour.model.encode(), behaviour.version.encode())
