@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +93,7 @@ def decode(body: bytes, headers: list[tuple[bytes, bytes]]) -> dict[str, Tensor]
                 values = np.frombuffer(raw, dtype=dtype)
         elif dtype is not None:
             values = np.asarray(out.get("data"), dtype=dtype).reshape(-1)
-        if values is not None and values.size != int(np.prod(shape, dtype=np.int64)):
+        if values is not None and values.size != math.prod(shape):
             raise ParityError(f"output {name!r}: {values.size} values for shape {list(shape)}")
         found[name] = Tensor(datatype, shape, values)
     return found
@@ -132,7 +134,7 @@ class OutputCell:
         self.max_abs_error = max(self.max_abs_error, worst)
         self.sum_abs_error += float(diff.sum())
         self.elements += int(diff.size)
-        self.histogram[int(np.searchsorted(ERROR_BOUNDS, worst, side="left"))] += 1
+        self.histogram[bisect_left(ERROR_BOUNDS, worst)] += 1
         last = primary.shape[-1] if primary.shape else 1
         if last > 1:
             rows_a = a.reshape(-1, last)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +20,8 @@ from control_plane.errors import (
     Conflict,
     InvalidInput,
 )
+from control_plane.parity import service as parity_service
+from control_plane.parity.schemas import ModelParity
 from control_plane.registry import service as registry_service
 from control_plane.registry.models import VersionStatus
 from control_plane.registry.schemas import VersionUpdate
@@ -45,6 +49,20 @@ from web.views.pages import (
 )
 
 router = APIRouter(prefix="/ui", route_class=_PageRoute, include_in_schema=False)
+log = logging.getLogger("grayroute.web")
+PARITY_WINDOW = 300  # seconds of shadow comparisons the parity panel merges
+
+
+async def _parity(app_state: Any, model: str) -> ModelParity | None:
+    """Merged parity windows, or None when the store cannot answer (the page renders without them)."""
+    store = getattr(app_state, "parity_store", None)
+    if store is None:
+        return None
+    try:
+        return await parity_service.get(store, model=model, window=PARITY_WINDOW, now=time.time())
+    except Exception:  # noqa: BLE001 - e.g. Redis is down
+        log.exception("parity of %s unavailable", model)
+        return None
 
 
 def _weights(current: TrafficRevision | None) -> dict[str, str]:
@@ -143,6 +161,8 @@ async def _model_page(request: Request, visitor: Visitor, db: Any, name: str, *,
                    for e in await audit_service.list(db, model=model.name, limit=HISTORY_PAGE,
                                                      before_id=events_before)],
         "figures": figures,
+        "parity": await _parity(request.app.state, model.name),
+        "shadow": current.policy.shadow if current else None,
         "edit": edit, "errors": edit.errors if edit else {},
         "edit_default": edit.default_version if edit and edit.default_version else default,
         "conflict": conflict,
