@@ -20,13 +20,15 @@ import math
 import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import numpy as np
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+if TYPE_CHECKING:  # numpy is imported on the first comparison: a router without a shadow never loads it
+    import numpy as np
 
 log = logging.getLogger("grayroute.router.parity")
 
@@ -36,10 +38,10 @@ REDIS_TTL_SECONDS = 3600
 # Upper bounds of the per-request max-abs-error histogram; the last bucket is everything above 1.
 ERROR_BOUNDS = (0.0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
-_NUMPY_OF: dict[str, Any] = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+_NUMPY_OF = {  # v2 datatype -> numpy dtype; BYTES is compared by shape only
+    "BOOL": "bool", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
+    "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
+    "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
 }
 
 
@@ -66,6 +68,8 @@ def _header(headers: list[tuple[bytes, bytes]]) -> int | None:
 
 def decode(body: bytes, headers: list[tuple[bytes, bytes]]) -> dict[str, Tensor]:
     """The output tensors of a v2 infer response, by name; raises ``ParityError``."""
+    import numpy as np
+
     length = _header(headers)
     try:
         doc = orjson.loads(body if length is None else body[:length])
@@ -115,6 +119,8 @@ class OutputCell:
     histogram: list[int] = field(default_factory=lambda: [0] * (len(ERROR_BOUNDS) + 1))
 
     def add(self, primary: Tensor, shadow: Tensor | None) -> None:
+        import numpy as np
+
         if shadow is None:
             self.missing += 1
             return

@@ -116,10 +116,11 @@ def processes() -> Iterator[Processes]:
 
 
 def snapshot(revision: int, b3: int, b4: int, canary: float = 5.0,
-             previous: list[tuple[int, int, str]] | None = None) -> bytes:
+             previous: list[tuple[int, int, str]] | None = None, shadow: float = 0.0) -> bytes:
     allocation = allocate(previous, bucket_counts([("3", 100 - canary), ("4", canary)]))
     return orjson.dumps({"revision": revision, "models": {"resnet50": {
         "salt": "resnet50", "default_version": "3",
+        **({"shadow": {"version": "4", "percent": shadow}} if shadow else {}),
         "splits": [{"version": "3", "weight": 100 - canary}, {"version": "4", "weight": canary}],
         "allocation": [list(r) for r in allocation],
         "versions": {"3": {"endpoints": [{"url": f"http://127.0.0.1:{b3}", "pool": "cpu", "gpu_arch": "sm_80"}]},
@@ -168,7 +169,7 @@ def wrk(port: int, script: Path, duration: int, connections: int, threads: int,
 
 async def _paced(port: int, rate: int, seconds: float) -> list[float]:
     """Open-loop load at ``rate`` req/s; returns latencies in ms (send to full response)."""
-    backend = Backend(f"http://127.0.0.1:{port}", max_idle=256)
+    backend = Backend(f"http://127.0.0.1:{port}", max_idle=256, connect_timeout=10.0)  # busy machines connect late
     body = BODY.encode()
     latencies: list[float] = []
     loop = asyncio.get_running_loop()
@@ -283,6 +284,8 @@ def main() -> int:
     parser.add_argument("--paced-seconds", type=float, default=4.0)
     parser.add_argument("--paced-rounds", type=int, default=3, help="interleaved paced runs; medians are shown")
     parser.add_argument("--rounds", type=int, default=30, help="propagation rounds (4 routers each)")
+    parser.add_argument("--shadow", type=float, default=0.0, metavar="PERCENT",
+                        help="routers also mirror this percent of requests to version 4 (shadow traffic)")
     args = parser.parse_args()
     for tool in ("wrk",):
         if shutil.which(tool) is None:
@@ -305,7 +308,7 @@ def main() -> int:
             wait_for_port(b3)
             wait_for_port(b4)
             snap = work / "snapshot.json"
-            snap.write_bytes(snapshot(1, b3, b4))
+            snap.write_bytes(snapshot(1, b3, b4, shadow=args.shadow))
             nginx_port = free_port()
             (work / "nginx.conf").write_text(NGINX_CONF.format(dir=work, b3=b3, b4=b4, port=nginx_port,
                                                                 workers=os.cpu_count() or 2))
@@ -315,7 +318,7 @@ def main() -> int:
             def measure(name: str, port: int, server: int) -> None:
                 wrk(port, script, 2, args.connections, args.threads)  # warm-up
                 rows.append((name, wrk(port, script, args.duration, args.connections, args.threads, server)))
-                print(f"  {name}: {rows[-1][1]['rps']:.0f} req/s", file=sys.stderr)
+                print(f"  {name}: {rows[-1][1]['rps']:.0f} req/s, {rows[-1][1]['cpu_us']:.1f} us CPU/req", file=sys.stderr)
 
             print("throughput (wrk)…", file=sys.stderr)
             measure("direct to backend", b3, backend3.pid)

@@ -104,7 +104,7 @@ async def _post(session: aiohttp.ClientSession, url: str, body: bytes, user: str
     if user is not None:
         headers["x-user-id"] = user
     async with session.post(url + "/v2/models/resnet50/infer", data=body, headers=headers) as response:
-        return response.status, await response.read(), dict(response.headers)
+        return response.status, await response.read(), {k.lower(): v for k, v in response.headers.items()}
 
 
 async def _parity_windows(control_plane: ControlPlaneStub, until: Any, timeout: float = 20.0) -> list[dict[str, Any]]:
@@ -119,7 +119,7 @@ async def _parity_windows(control_plane: ControlPlaneStub, until: Any, timeout: 
 
 def _probabilities(body: bytes, headers: dict[str, str]) -> np.ndarray:
     """The test's own reading of the engine's answer (not the router's decoder)."""
-    length = headers.get("Inference-Header-Content-Length")
+    length = headers.get("inference-header-content-length")
     if length is None:
         return np.array(orjson.loads(body)["outputs"][0]["data"], dtype=np.float64).reshape(-1, 4)
     return np.frombuffer(body[int(length):], dtype="<f4").astype(np.float64).reshape(-1, 4)
@@ -174,6 +174,7 @@ async def test_fp16_shadow_parity_equals_numpy_on_the_same_tensors(
         _, direct_shadow, shadow_headers = await _post(session, engines["4"].url, body)
         assert status == 200 and through_router == direct_primary  # the client gets the primary, byte for byte
         assert headers["x-grayroute-version"] == "3"
+        assert ("inference-header-content-length" in headers) == binary  # binary tensors really were compared
         a = _probabilities(direct_primary, primary_headers)
         b = _probabilities(direct_shadow, shadow_headers)
         assert a.shape == (len(batch), 4)
