@@ -28,7 +28,7 @@ from router.config import SnapshotSource
 from router.metrics import Recorder, SharedDirectory, merge_dumps, render
 from router.reporter import StatsReporter
 from router.routing import Route, decide
-from router.settings import RouterSettings
+from router.settings import CREDENTIAL_HEADERS, RouterSettings
 from router.table import Backends, ModelTable, RoutingTable
 from router.upstream import Backend, Response
 
@@ -45,6 +45,12 @@ _HOP_BY_HOP = frozenset({
     b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length", b"expect",
 })
 _RESPONSE_DROP = _HOP_BY_HOP | {b"date", b"server"}  # the ASGI server writes its own
+# Headers the router writes itself. A client's copy is dropped (x-grayroute-* would let it
+# spoof routing and shadow markers; X-Forwarded-For is appended to, never passed as sent),
+# and a backend's x-grayroute-* answer headers are dropped so the router's own win.
+_OWN = b"x-grayroute-"
+_FORWARDED_FOR = b"x-forwarded-for"
+_REPLACED = frozenset({_FORWARDED_FOR, b"x-forwarded-proto"})
 _JSON = [(b"content-type", b"application/json")]
 _MODELS_PREFIX = "/v2/models/"
 _ACTIONS = {"": "GET", "ready": "GET", "infer": "POST", "config": "GET"}
@@ -68,6 +74,10 @@ class RouterApp:
         self.max_body = settings.max_body_bytes
         self.timeout = settings.upstream_timeout
         self.eject_after = settings.eject_after
+        # credentials reach backends only where the operator says so (--forward-header)
+        self.not_forwarded = _HOP_BY_HOP | _REPLACED | {
+            name.encode() for name in CREDENTIAL_HEADERS - set(settings.forward_headers)
+        }
 
     # lifecycle
     def _swap(self, table: RoutingTable) -> None:
@@ -223,16 +233,27 @@ class RouterApp:
         decision_headers: dict[str, str] = {}
         forwarded: list[tuple[bytes, bytes]] = []
         declared = 0
+        hops: list[bytes] = []
+        not_forwarded = self.not_forwarded
         for name, value in scope["headers"]:
             if name in wanted:
                 try:  # keys are hashed as UTF-8 (spec); clients send them as UTF-8 bytes
                     decision_headers[name.decode("latin-1")] = value.decode()
                 except UnicodeDecodeError:
                     decision_headers[name.decode("latin-1")] = value.decode("latin-1")
-            if name not in _HOP_BY_HOP:
-                forwarded.append((name, value))
+            if name not in not_forwarded:
+                if not name.startswith(_OWN):
+                    forwarded.append((name, value))
             elif name == b"content-length":
                 declared = int(value) if value.isdigit() else 0
+            elif name == _FORWARDED_FOR:
+                hops.append(value)
+        client = scope.get("client")
+        if client:
+            hops.append(client[0].encode())
+        if hops:
+            forwarded.append((_FORWARDED_FOR, b", ".join(hops)))
+        forwarded.append((b"x-forwarded-proto", b"https" if scope.get("scheme") == "https" else b"http"))
         if declared > self.max_body:
             raise errors.BodyTooLarge(
                 f"request body of {declared} bytes is over the {self.max_body}-byte limit",
@@ -332,7 +353,8 @@ class RouterApp:
             (b"x-grayroute-route", route.encode()),
         ]
         for pair in response.headers:
-            if pair[0].lower() not in _RESPONSE_DROP:
+            name = pair[0].lower()
+            if name not in _RESPONSE_DROP and not name.startswith(_OWN):
                 headers.append(pair)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
