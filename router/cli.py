@@ -23,6 +23,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=None, help="request body limit (default 64 MiB)")
     parser.add_argument("--max-response-bytes", type=int, default=None,
                         help="largest backend answer the router buffers (default 256 MiB)")
+    parser.add_argument("--max-line-bytes", type=int, default=None,
+                        help="longest request line (414 above) or header line (431 above) (default 8 KiB)")
+    parser.add_argument("--max-header-bytes", type=int, default=None,
+                        help="request line and headers together (431 above, default 64 KiB)")
+    parser.add_argument("--max-headers", type=int, default=None, help="header count (431 above, default 100)")
+    parser.add_argument("--header-timeout", type=float, default=None, metavar="SECONDS",
+                        help="time a client has to send a request's head (408 past it, default 10)")
+    parser.add_argument("--body-timeout", type=float, default=None, metavar="SECONDS",
+                        help="time a client has to send a request's body after its head (408 past it, default 60)")
+    parser.add_argument("--max-connections", type=int, default=None,
+                        help="client connections per worker; beyond it new ones get 503 at once (default 4096)")
+    parser.add_argument("--forward-header", action="append", default=None, metavar="NAME",
+                        dest="forward_headers", choices=["authorization", "cookie"], type=str.lower,
+                        help="pass this client credential header to backends (stripped by default); repeatable")
     parser.add_argument("--upstream-timeout", type=float, default=None, metavar="SECONDS",
                         help="time a backend has to answer (default 60)")
     parser.add_argument("--connect-timeout", type=float, default=None, metavar="SECONDS",
@@ -48,6 +62,13 @@ def run(args: argparse.Namespace) -> int:
             snapshot_file=args.snapshot_file,
             max_body_bytes=args.max_body_bytes,
             max_response_bytes=args.max_response_bytes,
+            max_line_bytes=args.max_line_bytes,
+            max_header_bytes=args.max_header_bytes,
+            max_headers=args.max_headers,
+            header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
+            max_connections=args.max_connections,
+            forward_headers=tuple(args.forward_headers) if args.forward_headers else None,
             upstream_timeout=args.upstream_timeout,
             connect_timeout=args.connect_timeout,
             poll_interval=args.poll_interval,
