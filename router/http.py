@@ -154,7 +154,7 @@ class _Connection(asyncio.Protocol):
         self.line = 0
         self.lines = 0
         self.cr = False
-        self.head_parsed = 0  # head bytes as the parser reported them (for heads the scan missed)
+        self.head_parsed = -1  # head bytes the parser reported, for a head the scan missed; else -1
         self.deadline = server.loop.time() + server.header_timeout  # 0: no read deadline running
         self.refusal: bytes | None = None  # owed after the answers queued before it
         self.shed = False  # over the connection cap: answered 503, never served
@@ -195,8 +195,12 @@ class _Connection(asyncio.Protocol):
             if self.size > _DRAIN and self.transport is not None:
                 self.transport.pause_reading()  # the close timer ends it; reading on costs CPU for nothing
             return
-        if self.in_head and not self._head_fits(data):
-            return
+        if self.in_head:
+            # the usual head: whole in this read and shorter than one line's limit
+            if not self.head and 0 < data.find(b"\r\n\r\n") <= self.server.short_head:
+                self.in_head = False
+            elif not self._head_fits(data):
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -210,18 +214,13 @@ class _Connection(asyncio.Protocol):
     def _head_fits(self, data: bytes) -> bool:
         """Counts the request head on the raw bytes before the parser buffers them.
 
-        False once a limit is crossed (the answer is on its way). The usual head
-        arrives whole in one read and is shorter than one line's limit: one
-        ``find``. Otherwise the head is walked line by line, across reads.
+        False once a limit is crossed (the answer is on its way). The head is
+        walked line by line, across reads (``data_received`` lets the usual short
+        head through with one ``find``).
         """
         server = self.server
-        if not self.head:
-            end = data.find(b"\r\n\r\n")
-            if 0 < end <= server.max_line - 4:
-                self.in_head = False
-                return True
-            if not self.deadline:
-                self.deadline = server.loop.time() + server.header_timeout
+        if not self.head and not self.deadline:
+            self.deadline = server.loop.time() + server.header_timeout
         size = len(data)
         start = 0
         while start < size:
@@ -304,30 +303,30 @@ class _Connection(asyncio.Protocol):
         self.headers = []
         self.chunks = []
         self.size = 0
-        self.head_parsed = 0
+        # A head that starts in the same read as the end of the previous request was not
+        # scanned: the callbacks check its lines on what the parser reports instead.
+        self.head_parsed = 0 if self.in_head and not self.head else -1
 
-    # The callbacks check the limits again on what the parser reports: a head that
-    # arrived in the same read as the end of the previous request skipped the scan.
     def on_url(self, url: bytes) -> None:
         self.url += url
-        if len(self.url) > self.server.max_line:
+        if self.head_parsed >= 0 and len(self.url) > self.server.max_line:
             raise _Refused(self.server.uri_too_long)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self.headers
-        headers.append((name.lower(), value))
-        server = self.server
-        length = len(name) + len(value) + 4  # ": " and CRLF
-        self.head_parsed += length
-        if length > server.max_line:
-            raise _Refused(server.header_line_too_long)
-        if len(headers) > server.max_headers:
-            raise _Refused(server.too_many_headers)
-        if self.head_parsed > server.max_head:
-            raise _Refused(server.header_too_large)
+        self.headers.append((name.lower(), value))
+        if self.head_parsed >= 0:
+            server = self.server
+            length = len(name) + len(value) + 4  # ": " and CRLF
+            self.head_parsed += length
+            if length > server.max_line:
+                raise _Refused(server.header_line_too_long)
+            if self.head_parsed > server.max_head:
+                raise _Refused(server.header_too_large)
 
     def on_headers_complete(self) -> None:
         server = self.server
+        if len(self.headers) > server.max_headers:  # the fast path in data_received does not count
+            raise _Refused(server.too_many_headers)
         self.in_head = False
         if self.head:  # the parser ended the head before the scan saw its blank line
             self.head = self.line = self.lines = 0
@@ -523,6 +522,7 @@ class LeanServer:
         self.app = app
         self.max_body = max_body
         self.max_line = max_line
+        self.short_head = max_line - 4  # a head this short (to its blank line) has no line over the limit
         self.max_head = max_head
         self.max_headers = max_headers
         self.header_timeout = header_timeout

@@ -148,6 +148,11 @@ async def test_heads_just_under_the_limits_pass_even_split_across_reads(backends
     assert (await _request(router.port, too_big)).startswith(b"HTTP/1.1 431")
     long_target = b"GET /v2/models/" + b"m" * 1024 + b" HTTP/1.1\r\nhost: x\r\n\r\n"
     assert (await _request(router.port, long_target)).startswith(b"HTTP/1.1 414")
+    # a head behind another request in the same read: the first is answered, then the refusal
+    pipelined = INFER % b"" + INFER % (b"x-a: " + b"v" * 2000 + b"\r\n")
+    answers = await _request(router.port, pipelined)
+    assert answers.startswith(b"HTTP/1.1 200") and answers.count(b"HTTP/1.1 ") == 2, answers
+    assert b"HTTP/1.1 431" in answers and answers.endswith(b"}"), answers
 
 
 def _attack(port: int, seconds: float, ready: Any) -> None:
