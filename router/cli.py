@@ -78,7 +78,11 @@ def run(args: argparse.Namespace) -> int:
             log_level=args.log_level,
         )
     except ValidationError as exc:
-        logging.getLogger("grayroute.router").error("invalid router settings: %s", exc)
+        problems = "; ".join(
+            "".join(f"{part}: " for part in error["loc"][:1]) + error["msg"].removeprefix("Value error, ")
+            for error in exc.errors()
+        )
+        logging.getLogger("grayroute.router").error("invalid router settings: %s", problems)  # one line
         return 2
     from router.server import serve  # uvicorn only when actually serving
 

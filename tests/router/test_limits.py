@@ -342,3 +342,13 @@ def test_limit_settings_are_validated() -> None:
     with pytest.raises(ValidationError, match="only authorization, cookie can be forwarded"):
         RouterSettings(forward_headers=("x-grayroute-route",))
     assert RouterSettings(forward_headers=("Cookie",)).forward_headers == ("cookie",)
+
+
+async def test_bad_limit_options_exit_with_one_line(routers: list) -> None:
+    router = RouterProcess("--max-line-bytes", "9000", "--max-header-bytes", "8000", env=router_env()).start()
+    routers.append(router)
+    assert router.process is not None
+    assert await asyncio.to_thread(router.process.wait, 15) == 2
+    lines = router.output().strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(
+        "invalid router settings: max_header_bytes must be at least max_line_bytes"), lines
