@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import statistics
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -161,9 +162,6 @@ def _attack(port: int, seconds: float, ready: Any) -> None:
     Each connection sends until the router cuts it off, then a new one takes its
     place. Capped per connection so a router without limits is hurt, not killed.
     """
-    import asyncio
-    import os
-
     # In production attackers bring their own CPU; here they share two cores with the
     # router and the measuring client, so they yield to them rather than starve them.
     os.nice(10)
