@@ -65,6 +65,7 @@ class _Connection(asyncio.Protocol):
         "closed",
         "complete",
         "counted",
+        "proven",
         "framed",
         "headers",
         "keep_alive",
@@ -86,6 +87,7 @@ class _Connection(asyncio.Protocol):
         self.chunks: list[bytes] = []
         self.closed = False
         self.counted = False  # holds one of its backend's ``max_connections`` places
+        self.proven = False  # has answered a request: the server accepted it
         self.received = False  # any response byte for the current request
         self.complete = False
         self.reused = False
@@ -217,6 +219,10 @@ class Health(enum.Enum):
 
 
 CONNECT_BACKOFF = 1.0  # seconds: Linux retransmits a dropped SYN after one second
+# New connections a backend has not answered on yet. The kernel completes a handshake before the
+# server accepts it, so a burst of connects lands in the accept queue all at once; a few at a time
+# (slow start) keeps the router's share of that queue under even a small listen backlog.
+MAX_CONNECTING = 4
 _DOWN_PROBE = (0.1, 0.5)  # first delay, ceiling: a restarted engine is routed to within a second
 _EJECTION = (1.0, 30.0)  # first ejection time, ceiling; it doubles for each ejection in a row
 
@@ -233,6 +239,7 @@ class Backend:
         "_probe",
         "backoff_until",
         "connect_timeout",
+        "connecting",
         "ejections",
         "failures",
         "health",
@@ -282,6 +289,7 @@ class Backend:
         self.loop = asyncio.get_running_loop()
         self.idle: list[_Connection] = []
         self.open = 0  # connections open or being opened, at most ``max_connections``
+        self.connecting = 0  # of those, not yet proven by an answer: at most ``MAX_CONNECTING``
         self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
         self.backoff_until = 0.0  # loop time: no new connection before it while others are open
         self.outstanding = 0  # requests sent or waiting for a connection, for the balancer
@@ -335,11 +343,18 @@ class Backend:
                     raise
         finally:
             self.outstanding -= 1
+        proved = not conn.proven
+        if proved:
+            conn.proven = True
+            if conn.counted:  # else ``connection_gone`` already let it go as unproven
+                self.connecting -= 1
         if conn.keep_alive and not conn.closed and not self.retired:
             conn.waiter = None
             self._hand_over(conn)
         else:
             conn.close()
+        if proved:
+            self._wake()  # one more new connection may be opened now
         return response
 
     # the pool
@@ -355,8 +370,9 @@ class Backend:
                     return conn
             if fresh and idle and self.open >= self.max_connections:
                 idle[0].close()  # make room for the new connection (its place is handed on first)
-            if self.open < self.max_connections and (self.open == 0 or self.loop.time() >= self.backoff_until):
+            if self._may_open():
                 self.open += 1
+                self.connecting += 1
             else:
                 got = await self._wait()
                 if got is not None:
@@ -365,7 +381,7 @@ class Backend:
                         continue
                     got.reused = True
                     return got
-                # None: a place came free and was reserved for this request
+                # None: a place came free and was reserved for this request (``open``, ``connecting``)
             try:
                 return await self._connect()
             except ConnectTimeout:
@@ -389,7 +405,7 @@ class Backend:
                 # handed a connection or a place as the wait ended (client gone): pass it on, never drop it
                 got = waiter.result()
                 if got is None:
-                    self._place_freed()
+                    self._place_freed(proven=False)
                 elif not got.closed:
                     self._hand_over(got)
             else:
@@ -411,17 +427,17 @@ class Backend:
                 )
         except TimeoutError as exc:
             self.backoff_until = self.loop.time() + CONNECT_BACKOFF
-            self._place_freed()
+            self._place_freed(proven=False)
             self.event("connect_timeout")
             raise ConnectTimeout(f"connecting to {self.url} timed out") from exc
         except OSError as exc:
-            self._place_freed()
+            self._place_freed(proven=False)
             raise ConnectRefused(f"cannot connect to {self.url}: {exc.strerror or exc}") from exc
         except BaseException:
-            self._place_freed()
+            self._place_freed(proven=False)
             raise
         if conn.closed:  # the peer hung up before it was ever used
-            self._place_freed()
+            self._place_freed(proven=False)
             raise StaleConnection(f"{self.url} closed a new connection at once")
         conn.counted = True
         return conn
@@ -435,15 +451,25 @@ class Backend:
                 return
         self.idle.append(conn)
 
-    def _place_freed(self) -> None:
-        self.open -= 1
+    def _may_open(self) -> bool:
+        return (self.open < self.max_connections and self.connecting < MAX_CONNECTING
+                and (self.open == 0 or self.loop.time() >= self.backoff_until))
+
+    def _wake(self) -> None:
+        """Reserve a place for the first waiter, if a new connection may be opened now."""
         waiters = self.waiters
-        while waiters and (self.open == 0 or self.loop.time() >= self.backoff_until):
+        while waiters and self._may_open():
             waiter = waiters.popleft()
             if not waiter.done():
                 self.open += 1
+                self.connecting += 1
                 waiter.set_result(None)
-                return
+
+    def _place_freed(self, proven: bool = True) -> None:
+        self.open -= 1
+        if not proven:
+            self.connecting -= 1
+        self._wake()
 
     def connection_gone(self, conn: _Connection) -> None:
         """A pooled connection closed (either side): its place is free."""
@@ -451,7 +477,7 @@ class Backend:
             self.idle.remove(conn)
         except ValueError:
             pass
-        self._place_freed()
+        self._place_freed(proven=conn.proven)
 
     # health
     def succeeded(self) -> None:

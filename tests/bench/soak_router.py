@@ -17,7 +17,8 @@ and Redis for the middle 10 s of that (both down: stats reports must spool),
 each restarted on its port.
 
 Printed at the end: requests sent, answers by status and cause, the router's RSS
-and open file descriptors at start (after a 10 s warm-up) and at the end, its
+and open file descriptors at start (after a 10 s warm-up) and at the end (1 s
+before the load stops; the clients hold up to 64 connections), its
 retry / shed / health counters, and whether the control plane's merged stats
 count every request the router answered (none lost while both were down).
 """
@@ -35,7 +36,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -165,13 +168,14 @@ def total(samples: dict[str, float], prefix: str, *, without: str | None = None)
 
 
 async def load(router_url: str, rate: float, duration: float, outcomes: Counter[str],
-               events: list[tuple[float, str]], actions: list[tuple[float, str, object]]) -> int:
+               events: list[tuple[float, str]], actions: list[tuple[float, str, Callable[[], object]]]) -> int:
     """Open loop at ``rate``; runs ``actions`` (at, name, callable) on the side; returns requests sent."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     sent = 0
-    pending: set[asyncio.Task[object]] = set()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512),
+    pending: set[asyncio.Task[Any]] = set()
+    # 64 connections, like a bounded client fleet: the router's descriptors then measure the router
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64),
                                      timeout=aiohttp.ClientTimeout(total=30)) as session:
         async def one(user: int) -> None:
             try:
@@ -193,9 +197,9 @@ async def load(router_url: str, rate: float, duration: float, outcomes: Counter[
                 events.append((now, name))
                 print(f"  {now:6.1f} s  {name}", file=sys.stderr)
                 # on the side: a restart takes seconds, and the load must stay steady meanwhile
-                side = loop.create_task(asyncio.to_thread(action))  # type: ignore[arg-type]
-                pending.add(side)  # type: ignore[arg-type]
-                side.add_done_callback(pending.discard)  # type: ignore[arg-type]
+                side: asyncio.Task[object] = loop.create_task(asyncio.to_thread(action))
+                pending.add(side)
+                side.add_done_callback(pending.discard)
             due = int(now * rate)
             while sent < due:
                 task = loop.create_task(one(sent))
@@ -251,8 +255,9 @@ def main() -> int:
         duration = args.duration
         figures: dict[str, tuple[float, int]] = {}
         spooled: list[float] = []
-        actions: list[tuple[float, str, object]] = [
+        actions: list[tuple[float, str, Callable[[], object]]] = [
             (min(10.0, duration), "start figures", lambda: figures.__setitem__("start", usage(router.pid))),
+            (duration - 1.0, "end figures", lambda: figures.__setitem__("end", usage(router.pid))),
         ]
         for i, at in enumerate(range(30, int(duration) - 10, 60)):
             backend = backends[i % len(backends)]
@@ -276,7 +281,7 @@ def main() -> int:
         events: list[tuple[float, str]] = []
         print(f"soak: {duration:.0f} s at {args.rate:.0f} req/s…", file=sys.stderr)
         sent = asyncio.run(load(router_url, args.rate, duration, outcomes, events, actions))
-        end = usage(router.pid)
+        after = usage(router.pid)
         time.sleep(args.stats_interval + 2)  # the last window reaches Redis
         samples = scrape(router_url)
         answered = total(samples, "grayroute_requests_total{", without='version=""')
@@ -293,7 +298,8 @@ def main() -> int:
         for backend in backends:
             backend.kill()
 
-    start = figures.get("start", (0.0, 0))
+    start: tuple[float, int] = figures.get("start", (0.0, 0))
+    end = figures.get("end", after)
     errors = {k: v for k, v in outcomes.items() if k != "200"}
     print()
     print(f"machine: {os.cpu_count()} cores, {platform.machine()}, load average {load_average[0]:.1f} at start; "
@@ -302,13 +308,14 @@ def main() -> int:
     for cause, count in sorted(errors.items(), key=lambda kv: -kv[1]):
         print(f"  {cause}: {count}")
     print(f"router RSS: {start[0]:.1f} MiB at start, {end[0]:.1f} MiB at end ({end[0] - start[0]:+.1f} MiB)")
-    print(f"router open fds: {start[1]} at start, {end[1]} at end ({end[1] - start[1]:+d})")
+    print(f"router open fds: {start[1]} at start, {end[1]} at end ({end[1] - start[1]:+d}); "
+          f"{after[1]} once the clients closed their connections")
     print(f"retries: {total(samples, 'grayroute_retries_total'):.0f}, "
           f"denied by the budget: {total(samples, 'grayroute_retries_denied_total'):.0f}, "
           f"shed: {total(samples, 'grayroute_shed_total'):.0f}")
     for event in ("down", "readmitted", "ejected", "ejection_capped", "connect_timeout"):
-        count = samples.get('grayroute_backend_events_total{event="%s"}' % event, 0.0)
-        print(f"  backend {event}: {count:.0f}")
+        occurred = samples.get('grayroute_backend_events_total{event="%s"}' % event, 0.0)
+        print(f"  backend {event}: {occurred:.0f}")
     print(f"stats reports spooled while both were down: {spooled[0] if spooled else 0:.0f}, "
           f"dropped: {samples.get('grayroute_stats_reports_dropped_total', 0):.0f}")
     print(f"requests the router answered from a version: {answered:.0f}; "

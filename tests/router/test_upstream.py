@@ -11,7 +11,7 @@ import pytest
 
 from router.errors import ConnectRefused, ConnectTimeout, Overloaded, UpstreamError, UpstreamTimeout
 from router.table import VersionGroup
-from router.upstream import Backend, Health
+from router.upstream import MAX_CONNECTING, Backend, Health
 from tests.services import free_port
 
 
@@ -132,6 +132,8 @@ class _Counting:
         self.delay = delay
         self.connections = 0
         self.peak = 0
+        self.unanswered = 0  # connections accepted that have had no answer yet
+        self.peak_unanswered = 0
         self.answered = 0
         self.port = free_port()
         self.server: asyncio.Server | None = None
@@ -139,6 +141,9 @@ class _Counting:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self.peak = max(self.peak, self.connections)
+        self.unanswered += 1
+        self.peak_unanswered = max(self.peak_unanswered, self.unanswered)
+        first = True
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -148,11 +153,15 @@ class _Counting:
                 await asyncio.sleep(self.delay)
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                 self.answered += 1
+                if first:
+                    first = False
+                    self.unanswered -= 1
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             self.connections -= 1
+            self.unanswered -= first
             writer.close()
 
     async def __aenter__(self) -> _Counting:
@@ -179,11 +188,14 @@ async def _timed(backend: Backend) -> tuple[float, object]:
 
 async def test_a_burst_shares_a_bounded_pool() -> None:
     async with _Counting(0.01) as server:
-        backend = Backend(server.url, max_connections=4, max_pending=200)
+        backend = Backend(server.url, max_connections=12, max_pending=200)
         outcomes = await asyncio.gather(*(_timed(backend) for _ in range(120)))
         assert [o for _, o in outcomes if o != 200] == []
-        # 120 concurrent requests, never more than 4 sockets: the rest waited for one of them
-        assert server.peak == 4 and backend.open == 4 and len(backend.idle) == 4
+        # 120 concurrent requests, never more than 12 sockets: the rest waited for one of them
+        assert server.peak == 12 and backend.open == 12 and len(backend.idle) == 12
+        # and never more than a few new ones at once, whatever the burst (slow start)
+        assert server.peak_unanswered == MAX_CONNECTING
+        assert backend.connecting == 0
         backend.close()
 
 
