@@ -1,5 +1,6 @@
 """Bursts against slow-accepting backends: no 5xx while a backend lives, fallback when one dies,
-fast 503s when all are gone and recovery within a second, and retries within their budget.
+fast 503s when all are gone and recovery within a second, retries within their budget, and
+load shed (503, Retry-After) only past the connection queue's bound or deadline.
 
 The backends are ``tests.router.slow_backend`` processes (listen backlog 5, 2 ms per
 answer); killing one is a SIGKILL, as when an engine crashes.
@@ -20,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.router.conftest import RouterProcess, model_spec, router_env, snapshot
+from tests.router.conftest import RouterProcess, model_spec, router_env, snapshot, start_backend
 from tests.router.slow_backend import SlowBackend
 from tests.services import free_port
 
@@ -218,3 +219,23 @@ def test_slow_backend_is_slow_to_accept(slow: dict) -> None:
         os.kill(backend.process.pid, signal.SIGCONT)
     # backlog 5: five or six handshakes (by kernel version) wait in the accept queue, then SYNs are dropped
     assert queued[:5] == [True] * 5 and queued[6:] == [False] * 4
+
+
+async def test_load_is_shed_only_past_the_queue_bound_or_deadline(backends: dict, routers: list, tmp_path: Path,
+                                                                  session: aiohttp.ClientSession) -> None:
+    backend = await start_backend(backends, "3", "3", delay=0.4)
+    router = await _router(routers, tmp_path, model_spec({"3": [backend.url]}, [("3", 100)]),
+                           "--max-connections", "2", "--max-pending", "4", "--queue-timeout", "0.6")
+    answers = await _burst(session, router, 16, clients=16)
+    assert len(backend.connections) <= 2
+    # 2 sent at once; of the 4 waiting, 2 get a connection after 0.4 s and 2 would only after 0.8 s,
+    # past the 0.6 s deadline; the other 10 found the queue full and were shed at once
+    ok = [a for a in answers if a.status == 200]
+    full = [a for a in answers if a.status == 503 and a.seconds < 0.3]
+    late = [a for a in answers if a.status == 503 and a.seconds >= 0.55]
+    assert (len(ok), len(full), len(late)) == (4, 10, 2)
+    assert all(a.retry_after == "1" and a.version == "3" for a in full + late)
+    samples = await _metrics(session, router)
+    assert _total(samples, "grayroute_shed_total", reason="queue_full") == 10
+    assert _total(samples, "grayroute_shed_total", reason="queue_timeout") == 2
+    assert _total(samples, "grayroute_requests_total", status="503", version="3") == 12
