@@ -30,7 +30,6 @@ import asyncio
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
