@@ -12,9 +12,9 @@ Clients are bounded before they cost anything: the request line and header
 lines are counted on the raw bytes *before* httptools sees them (it keeps an
 unfinished header line in memory however long it grows), a head over its limits
 is answered 414/431 at once, a head or body that arrives too slowly 408, a body
-over ``max_body`` 413 as soon as it crosses the limit, and connections beyond
-``max_connections`` 503. Each refusal half-closes and drains briefly, so a
-client still sending reads its answer instead of a reset.
+over ``max_body`` 413 as soon as it crosses the limit, and client connections
+beyond ``max_connections`` 503. Each refusal half-closes and drains briefly, so
+a client still sending reads its answer instead of a reset.
 """
 
 from __future__ import annotations

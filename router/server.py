@@ -56,7 +56,7 @@ def run_worker(settings: RouterSettings) -> None:
                 max_headers=settings.max_headers,
                 header_timeout=settings.header_timeout,
                 body_timeout=settings.body_timeout,
-                max_connections=settings.max_connections,
+                max_connections=settings.max_client_connections,
             ).serve(sock)
 
         uvloop.run(main())
@@ -72,7 +72,7 @@ def run_worker(settings: RouterSettings) -> None:
         log_level=settings.log_level,
         backlog=2048,
         timeout_keep_alive=75,  # longer than typical load-balancer idle timeouts
-        limit_concurrency=settings.max_connections,  # the only client limit uvicorn shares with the lean server
+        limit_concurrency=settings.max_client_connections,  # the only client limit uvicorn shares with the lean server
     )
     uvicorn.Server(config).run(sockets=[sock])
 

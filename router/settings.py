@@ -45,11 +45,17 @@ class RouterSettings(BaseModel):
     max_headers: Annotated[int, Field(ge=1)] = 100  # header count (431)
     header_timeout: Annotated[float, Field(gt=0)] = 10.0  # a request's head must arrive within it (408)
     body_timeout: Annotated[float, Field(gt=0)] = 60.0  # its body within this, once the head is in (408)
-    max_connections: Annotated[int, Field(ge=1)] = 4096  # client connections per worker; beyond: 503
+    max_client_connections: Annotated[int, Field(ge=1)] = 4096  # per worker; beyond: 503
     forward_headers: tuple[str, ...] = ()  # credential headers passed to backends anyway
     upstream_timeout: Annotated[float, Field(gt=0)] = 60.0
     connect_timeout: Annotated[float, Field(gt=0)] = 1.0
     eject_after: Annotated[int, Field(ge=1)] = 3  # consecutive failures (a refused connection ejects at once)
+    max_ejected_share: Annotated[float, Field(ge=0, le=1)] = 0.5  # of a version's backends; never the last one
+    max_connections: Annotated[int, Field(ge=1)] = 64  # per backend (and worker)
+    max_pending: Annotated[int, Field(ge=0)] = 256  # requests waiting for a connection, per backend
+    queue_timeout: Annotated[float, Field(gt=0)] = 1.0  # longest wait for a connection before a 503
+    retry_budget: Annotated[float, Field(ge=0, le=1)] = 0.2  # retries as a share of requests
+    stats_spool: Annotated[int, Field(ge=0)] = 720  # reports kept while Redis and the control plane are down
     poll_interval: Annotated[float, Field(gt=0)] = 1.0  # HTTP polling while Redis is unreachable
     stats_interval: Annotated[float, Field(gt=0)] = 5.0
     router_id: str = ""  # names this router in stats reports; default host:pid

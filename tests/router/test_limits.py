@@ -316,7 +316,7 @@ async def test_chunked_body_over_the_limit_gets_413_as_it_crosses(backends: dict
 
 async def test_connections_over_the_cap_get_503_at_once_under_a_burst(backends: dict, routers: list,
                                                                        tmp_path: Path) -> None:
-    router = await _router(backends, routers, tmp_path, "--max-connections", "5", delay=1.5)
+    router = await _router(backends, routers, tmp_path, "--max-client-connections", "5", delay=1.5)
 
     async def client() -> tuple[bytes, float]:
         started = time.perf_counter()
