@@ -321,14 +321,18 @@ async def test_connections_over_the_cap_get_503_at_once_under_a_burst(backends: 
     async def client() -> tuple[bytes, float]:
         started = time.perf_counter()
         answer = await _request(router.port, INFER % b"connection: close\r\n")
-        return answer[:12], time.perf_counter() - started
+        return answer, time.perf_counter() - started
 
     results = await asyncio.gather(*(client() for _ in range(40)))
-    served = [taken for status, taken in results if status == b"HTTP/1.1 200"]
-    refused = [taken for status, taken in results if status == b"HTTP/1.1 503"]
-    assert 1 <= len(served) <= 5, results
-    assert len(served) + len(refused) == 40, results  # no resets, no hangs: every client got an answer
-    assert max(refused) < 1.0, results  # answered at once, not after the backend's 1.5 s
+    # every client got an answer: no resets, no hangs
+    assert all(answer.startswith(b"HTTP/1.1 ") for answer, _ in results), results
+    refused = [taken for answer, taken in results if b"too_many_connections" in answer]
+    admitted = [answer[:12] for answer, _ in results if b"too_many_connections" not in answer]  # the app answered
+    summary = [(answer[:12], round(taken, 3)) for answer, taken in results]
+    assert 1 <= len(admitted) <= 5, summary
+    assert all(answer.startswith(b"HTTP/1.1 503") for answer, _ in results
+               if b"too_many_connections" in answer), summary
+    assert max(refused) < 1.0, summary  # answered at once, not after the backend's 1.5 s
     # capacity returns once the burst is over
     assert (await _request(router.port, INFER % b"connection: close\r\n")).startswith(b"HTTP/1.1 200")
 
