@@ -7,13 +7,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
+from control_plane.auth import service as auth_service
+from control_plane.auth.service import Permission
 from control_plane.deps import (
+    CurrentActor,
     EndpointWriter,
     ModelWriter,
     PoolWriter,
     PublisherDep,
     Reader,
     SessionDep,
+    SettingsDep,
     VersionOperator,
     VersionWriter,
 )
@@ -45,6 +49,7 @@ CONFLICT = error_responses(409)
 ModelPath = Annotated[str, Path(pattern=MODEL_NAME, max_length=63)]
 VersionPath = Annotated[str, Path(pattern=VERSION_LABEL, max_length=63)]
 PoolPath = Annotated[str, Path(pattern=MODEL_NAME, max_length=63)]
+ROUTING_FIELDS = frozenset({"salt", "key_header", "anonymous"})
 
 
 def _model_read(model: Model, versions: Sequence[Version], current: TrafficRevision | None) -> ModelRead:
@@ -81,8 +86,15 @@ async def get_model(model: ModelPath, session: SessionDep, _actor: Reader) -> Mo
 
 
 @router.patch("/models/{model}", response_model=ModelRead, tags=["models"])
-async def update_model(model: ModelPath, body: ModelUpdate, session: SessionDep, actor: ModelWriter,
+async def update_model(model: ModelPath, body: ModelUpdate, session: SessionDep, actor: CurrentActor,
                        publisher: PublisherDep) -> ModelRead:
+    # Salt, key header and anonymous policy decide which version each user gets: changing them moves
+    # users like a traffic change does, so they are the release managers' (and admins') call.
+    routing = sorted(f for f in ROUTING_FIELDS if getattr(body, f) is not None)
+    if routing:
+        auth_service.authorize(actor, Permission.TRAFFIC_WRITE, fields=routing)
+    if any(getattr(body, f) is not None for f in body.model_fields_set - ROUTING_FIELDS - {"reason"}) or not routing:
+        auth_service.authorize(actor, Permission.MODELS_WRITE)
     updated = await registry_service.update_model(session, name=model, body=body, actor=actor, publisher=publisher)
     return await _one_model_read(session, updated)
 
@@ -90,9 +102,10 @@ async def update_model(model: ModelPath, body: ModelUpdate, session: SessionDep,
 @router.post("/models/{model}/versions", status_code=201, response_model=VersionRead, tags=["versions"],
              responses=CONFLICT)
 async def create_version(model: ModelPath, body: VersionCreate, session: SessionDep, actor: VersionWriter,
-                         publisher: PublisherDep) -> VersionRead:
+                         publisher: PublisherDep, settings: SettingsDep) -> VersionRead:
     version = await registry_service.create_version(session, model_name=model, body=body, actor=actor,
-                                                    publisher=publisher)
+                                                    publisher=publisher,
+                                                    allow_http_engines=settings.allow_http_engine_uris)
     return VersionRead.model_validate(version)
 
 
@@ -130,9 +143,9 @@ async def retire_version(model: ModelPath, version: VersionPath, session: Sessio
 @router.post("/models/{model}/versions/{version}/engines", status_code=201, response_model=EngineRead,
              tags=["versions"], responses=CONFLICT)
 async def add_engine(model: ModelPath, version: VersionPath, body: EngineCreate, session: SessionDep,
-                     actor: VersionWriter, publisher: PublisherDep) -> EngineRead:
+                     actor: VersionWriter, publisher: PublisherDep, settings: SettingsDep) -> EngineRead:
     engine = await registry_service.add_engine(session, model_name=model, version=version, body=body, actor=actor,
-                                               publisher=publisher)
+                                               publisher=publisher, allow_http_engines=settings.allow_http_engine_uris)
     return EngineRead.model_validate(engine)
 
 

@@ -12,10 +12,11 @@ from sqlalchemy.orm import selectinload
 from control_plane.audit import service as audit_service
 from control_plane.auth.service import Actor
 from control_plane.db import flush_or_raise, utcnow
-from control_plane.errors import Conflict, InvalidInput, NotFound
+from control_plane.errors import Conflict, Forbidden, InvalidInput, NotFound
 from control_plane.notifications import SnapshotPublisher
 from control_plane.reconciler.desired import trt_compatible
 from control_plane.reconciler.models import Deployment, Phase
+from control_plane.registry.endpoints import url_problem
 from control_plane.registry.models import Engine, Model, Pool, PoolKind, Version, VersionStatus
 from control_plane.registry.schemas import (
     EndpointsPut,
@@ -48,7 +49,7 @@ def engine_state(engine: Engine) -> dict[str, Any]:
 def pool_state(pool: Pool) -> dict[str, Any]:
     return {"name": pool.name, "gpu_arch": pool.gpu_arch, "kind": pool.kind, "namespace": pool.namespace,
             "node_selector": dict(pool.node_selector), "runtime_image": pool.runtime_image,
-            "trt_version": pool.trt_version}
+            "trt_version": pool.trt_version, "allowed_endpoints": list(pool.allowed_endpoints or [])}
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -156,6 +157,14 @@ async def list_versions(session: AsyncSession, *, model: Model) -> Sequence[Vers
     )).all()
 
 
+def _check_engine_uris(engines: Sequence[EngineCreate], *, allow_http: bool, field: str) -> None:
+    problems = [{"field": field.format(i=i), "reason": "http:// engine URIs are refused here (a plain-HTTP fetch can "
+                                                      "be tampered with on the way); use s3://, gs:// or https://"}
+                for i, e in enumerate(engines) if e.uri.startswith("http://") and not allow_http]
+    if problems:
+        raise InvalidInput(f"{problems[0]['field']}: {problems[0]['reason']}", problems)
+
+
 def _engine(body: EngineCreate, default_trt: str) -> Engine:
     return Engine(gpu_arch=body.gpu_arch, uri=body.uri, sha256=body.sha256, size_bytes=body.size_bytes,
                   trt_version=body.trt_version or default_trt,
@@ -163,8 +172,9 @@ def _engine(body: EngineCreate, default_trt: str) -> Engine:
 
 
 async def create_version(session: AsyncSession, *, model_name: str, body: VersionCreate, actor: Actor,
-                         publisher: SnapshotPublisher) -> Version:
+                         publisher: SnapshotPublisher, allow_http_engines: bool = False) -> Version:
     """Register a version with its engines; 409 when the label is taken."""
+    _check_engine_uris(body.engines, allow_http=allow_http_engines, field="engines[{i}].uri")
     model = await get_model_or_raise(session, name=model_name, for_update=True)
     if await get_version(session, model=model, version=body.version) is not None:
         raise Conflict(f"version {body.version!r} of model {model.name!r} already exists",
@@ -241,8 +251,9 @@ async def retire_version(session: AsyncSession, *, model_name: str, version: str
 
 
 async def add_engine(session: AsyncSession, *, model_name: str, version: str, body: EngineCreate, actor: Actor,
-                     publisher: SnapshotPublisher) -> Engine:
+                     publisher: SnapshotPublisher, allow_http_engines: bool = False) -> Engine:
     """Add the engine for another GPU architecture; 409 when that architecture has one."""
+    _check_engine_uris([body], allow_http=allow_http_engines, field="uri")
     model = await get_model_or_raise(session, name=model_name)
     found = await get_version_or_raise(session, model=model, version=version)
     if found.status == VersionStatus.RETIRED:
@@ -293,6 +304,9 @@ async def _upsert_pool(session: AsyncSession, *, name: str, body: PoolPut,
     pool = (await session.scalars(select(Pool).where(Pool.name == name).with_for_update())).first()
     if body.kind == PoolKind.KUBERNETES and not body.runtime_image:
         raise InvalidInput.field("runtime_image", "required for kubernetes pools (the Triton image to run)")
+    if body.allowed_endpoints and body.kind != PoolKind.EXTERNAL:
+        raise InvalidInput.field("allowed_endpoints", "only external pools take endpoints "
+                                                      "(the reconciler manages the others)")
     values = body.model_dump()
     values["kind"] = body.kind.value
     if pool is None:
@@ -365,6 +379,11 @@ async def put_external_endpoints(session: AsyncSession, *, model_name: str, vers
     if pool not in await runnable_pools(session, version=found):
         raise InvalidInput.field("pool", f"version {version!r} has no engine for {pool.gpu_arch} with TensorRT "
                                          f"{pool.trt_version}, so it cannot run on pool {pool.name!r}")
+    refused = [{"field": f"urls[{i}]", "reason": reason} for i, url in enumerate(body.urls)
+               if (reason := url_problem(url, list(pool.allowed_endpoints or []))) is not None]
+    if refused:
+        # Forbidden, not invalid: the URL is well-formed, but only an admin can widen where traffic may go.
+        raise Forbidden("; ".join(f"{r['field']}: {r['reason']}" for r in refused), refused)
     urls = list(dict.fromkeys(u.rstrip("/") for u in body.urls))
     deployment = (await session.scalars(
         select(Deployment).where(Deployment.version_id == found.id, Deployment.pool_id == pool.id)
