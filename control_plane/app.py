@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from control_plane import migrate
+from control_plane.admission import Admission
 from control_plane.audit.router import router as audit_router
 from control_plane.auth import service as auth_service
 from control_plane.auth.router import router as auth_router
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = sessions
     app.state.publisher = publisher
     install_handlers(app)
+    app.add_middleware(Admission, max_body_bytes=settings.max_request_bytes, sessions=sessions)
     for router in (registry_router, traffic_router, audit_router, auth_router):
         app.include_router(router)
     stats_routes.install(app)

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from control_plane.admission import ADMITTED_ACTOR
 from control_plane.auth import service as auth_service
 from control_plane.auth.service import Actor, Permission
 from control_plane.errors import Unauthenticated
@@ -37,8 +38,12 @@ _bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization
 
 
 async def current_actor(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request, session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Actor:
+    admitted = getattr(request.state, ADMITTED_ACTOR, None)
+    if isinstance(admitted, Actor):  # authenticated before the body was read
+        return admitted
     if credentials is None or not credentials.credentials:
         raise Unauthenticated("missing bearer token (Authorization: Bearer <token>)",
                               headers={"WWW-Authenticate": "Bearer"})

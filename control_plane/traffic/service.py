@@ -46,6 +46,26 @@ def revision_state(revision: TrafficRevision | None) -> dict[str, Any] | None:
             "splits": revision.splits, "rules": revision.rules}
 
 
+def audit_states(previous: TrafficRevision | None,
+                 revision: TrafficRevision) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(before, after) for the audit log: weights and revision numbers, and only which rules changed.
+
+    The revisions themselves are immutable and kept, so the event refers to them rather than holding two
+    copies of allow-lists that may run to thousands of values.
+    """
+    def summary(r: TrafficRevision) -> dict[str, Any]:
+        return {"revision": r.revision, "default_version": r.default_version, "splits": r.splits,
+                "rule_count": len(r.rules)}
+
+    old_rules = {r["name"]: r for r in previous.rules} if previous else {}
+    new_rules = {r["name"]: r for r in revision.rules}
+    changes = {"added": sorted(new_rules.keys() - old_rules.keys()),
+               "removed": sorted(old_rules.keys() - new_rules.keys()),
+               "changed": sorted(n for n in new_rules.keys() & old_rules.keys() if new_rules[n] != old_rules[n])}
+    after = {**summary(revision), "rules": {k: v for k, v in changes.items() if v}}
+    return (summary(previous) if previous else None), after
+
+
 async def get_current(session: AsyncSession, *, model: Model) -> TrafficRevision | None:
     """The live revision of ``model``'s policy, or None before the first."""
     return (await session.scalars(
@@ -184,10 +204,10 @@ async def put(session: AsyncSession, *, model_name: str, body: TrafficPut, if_ma
                               Version.status == VersionStatus.REGISTERED.value)
     )).all():
         version.status = VersionStatus.ACTIVE.value
+    before, after = audit_states(current, revision)
     await audit_service.record(
         session, actor=actor, action="traffic.reapply" if body.reapplied_from else "traffic.update",
-        target_type="traffic", target=model.name, model=model.name, before=revision_state(current),
-        after=revision_state(revision), reason=body.reason,
+        target_type="traffic", target=model.name, model=model.name, before=before, after=after, reason=body.reason,
     )
     await snapshot_service.bump(session, model_id=model.id)
     await publisher.commit(session)
@@ -207,9 +227,9 @@ async def rebucket(session: AsyncSession, *, model: Model, actor: Actor, reason:
     )
     session.add(revision)
     await session.flush()
+    before, after = audit_states(current, revision)
     await audit_service.record(session, actor=actor, action="traffic.rebucket", target_type="traffic",
-                               target=model.name, model=model.name, before=revision_state(current),
-                               after=revision_state(revision), reason=reason)
+                               target=model.name, model=model.name, before=before, after=after, reason=reason)
     return revision
 
 
