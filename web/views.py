@@ -50,6 +50,7 @@ from web import figures as live_figures
 from web import forms
 from web import session as ui_session
 from web.forms import Errors, FormInvalid, RuleRow, SplitRow
+from web.headers import UI_HEADERS, SecurityHeaders
 from web.session import CsrfRejected, LoginRequired, UISession
 
 log = logging.getLogger(__name__)
@@ -59,13 +60,7 @@ STATIC = HERE / "static"
 PALETTE = ("#2f6fde", "#e8590c", "#8250df", "#0f8b8d", "#bf3989", "#7d8b00", "#8c5a2b", "#57606a")
 HISTORY_PAGE = 25
 PHASE_TONE = {"Ready": "ok", "Progressing": "warn", "Pending": "warn", "Draining": "muted", "Failed": "bad"}
-_SECURITY_HEADERS = {
-    "Content-Security-Policy": ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-                                "script-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
+_SECURITY_HEADERS = UI_HEADERS
 
 
 # --- plumbing: who is visiting, how pages and errors are answered ------------------------------
@@ -80,11 +75,12 @@ class Visitor:
 async def _visitor(request: Request, db: SessionDep, settings: SettingsDep) -> Visitor:
     ui = ui_session.load(request, settings)
     actor = None
-    if ui.token_hash is not None:
-        actor = await auth_service.authenticate_hash(db, token_hash=ui.token_hash)
+    if ui.session_id is not None:
+        actor = await auth_service.authenticate_browser_session(db, session_id=ui.session_id,
+                                                                max_age_seconds=settings.session_max_age_seconds)
         if actor is None:
             ui.sign_out()
-            ui.flash("info", "Your token is no longer valid (revoked?). Sign in with a current one.")
+            ui.flash("info", "Your session ended (signed out, expired, or the token was revoked). Sign in again.")
     visitor = Visitor(ui, actor, settings)
     request.state.ui_visitor = visitor
     return visitor
@@ -102,9 +98,9 @@ def _reader(visitor: Visitor) -> Actor:
 
 async def _posted(request: Request, visitor: Visitor, *, signed_in: bool = True) -> FormData:
     """The form of a state-changing request, after its CSRF token was checked."""
-    form = await request.form()
     if signed_in and visitor.actor is None:
-        raise LoginRequired
+        raise LoginRequired  # before reading the body: nobody signed in gets it read
+    form = await request.form()
     visitor.ui.check_csrf(form.get(ui_session.CSRF_FIELD))
     return form
 
@@ -211,6 +207,7 @@ def install(app: FastAPI) -> None:
     # The files first: the pages end with a catch-all that answers unknown /ui paths with a page.
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
     app.include_router(router)
+    app.add_middleware(SecurityHeaders)  # static files and /docs too, not only pages
 
 
 # --- sign in and out --------------------------------------------------------------------------
@@ -251,14 +248,17 @@ async def login(request: Request, visitor: VisitorDep, db: SessionDep) -> Respon
             if not actor.can(Permission.READ):
                 error = f"Tokens with the role {actor.role.value!r} cannot use the UI."
             else:
-                visitor.ui.sign_in(auth_service.hash_token(token))
+                visitor.ui.sign_in(await auth_service.start_browser_session(
+                    db, actor=actor, max_age_seconds=visitor.settings.session_max_age_seconds))
                 return _redirect(target)
     return _render(request, visitor, "login.html", {"next": target, "error": error}, 401)
 
 
 @router.post("/logout")
-async def logout(request: Request, visitor: VisitorDep) -> Response:
+async def logout(request: Request, visitor: VisitorDep, db: SessionDep) -> Response:
     await _posted(request, visitor, signed_in=False)
+    if visitor.ui.session_id is not None:
+        await auth_service.end_browser_session(db, session_id=visitor.ui.session_id)
     visitor.ui.sign_out()
     visitor.ui.flash("info", "Signed out.")
     return _redirect("/ui/login")

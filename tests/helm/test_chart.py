@@ -307,7 +307,7 @@ SECRET_STAND_INS = {
     "GRAYROUTE_DATABASE_URL": "postgresql+asyncpg://grayroute:pw@postgres/grayroute",
     "GRAYROUTE_REDIS_URL": "redis://redis:6379/0",
     "GRAYROUTE_SECRET_KEY": "0123456789abcdef0123456789abcdef",
-    "GRAYROUTE_BOOTSTRAP_ADMIN_TOKEN": "bootstrap-admin-token",
+    "GRAYROUTE_BOOTSTRAP_ADMIN_TOKEN": "gr_bootstrap-admin-token-from-a-secret",
     "GRAYROUTE_ROUTER_TOKEN": "gr_router-token-from-a-secret",
 }
 
