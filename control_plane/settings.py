@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     state_dir: Path = Path(".grayroute")
     # Largest request body accepted (413 above), checked from Content-Length and while a chunked body
     # streams. 1 MiB holds the largest traffic policy the schema admits (about 0.55 MB) twice over.
-    max_request_bytes: int = Field(1 << 20, ge=4096)
+    max_request_bytes: Annotated[int, Field(ge=4096)] = 1 << 20
     # Engines are fetched over TLS or from object stores; plain http:// only where a deployment says
     # its artifact store sits on a private network (see README, Security).
     allow_http_engine_uris: bool = False
