@@ -318,6 +318,8 @@ async def _upsert_pool(session: AsyncSession, *, name: str, body: PoolPut,
                                    after=pool_state(pool))
         return pool, True, True
     before = pool_state(pool)
+    if body.allowed_endpoints != before["allowed_endpoints"]:
+        await _check_registered_endpoints_stay_allowed(session, pool=pool, allowed=body.allowed_endpoints)
     for field, value in values.items():
         setattr(pool, field, value)
     after = pool_state(pool)
@@ -325,6 +327,20 @@ async def _upsert_pool(session: AsyncSession, *, name: str, body: PoolPut,
         await audit_service.record(session, actor=actor, action="pool.update", target_type="pool", target=name,
                                    before=before, after=after)
     return pool, False, before != after
+
+
+async def _check_registered_endpoints_stay_allowed(session: AsyncSession, *, pool: Pool, allowed: list[str]) -> None:
+    # Every registered endpoint stays within its pool's list, so the list always says where traffic goes.
+    rows = (await session.execute(
+        select(Model.name, Version.version, Deployment.endpoints).join(Version, Version.id == Deployment.version_id)
+        .join(Model, Model.id == Version.model_id).where(Deployment.pool_id == pool.id)
+    )).all()
+    outside = sorted(f"{model}/{version}: {e['url']}" for model, version, endpoints in rows for e in endpoints or ()
+                     if url_problem(e["url"], allowed) is not None)
+    if outside:
+        raise Conflict(f"allowed_endpoints would exclude endpoints registered on pool {pool.name!r}: "
+                       f"{', '.join(outside[:5])}{' …' if len(outside) > 5 else ''}; replace those first",
+                       {"field": "allowed_endpoints", "outside": outside})
 
 
 async def put_pool(session: AsyncSession, *, name: str, body: PoolPut, actor: Actor,

@@ -99,6 +99,21 @@ def test_allow_lists_are_for_external_pools_and_only_admins_set_them(api: Api) -
     assert event["after"]["allowed_endpoints"] == ["10.0.0.0/8", "[fd00::/8]"]
 
 
+def test_an_allow_list_cannot_be_narrowed_past_registered_endpoints(api: Api) -> None:
+    api.canary()
+    pool = api.pool(allowed_endpoints=PRIVATE)
+    assert _endpoints(api, ["http://10.0.0.1:8000"]).status_code == 200
+    body = {k: pool[k] for k in ("gpu_arch", "kind", "trt_version")}
+    narrowed = api.put("/pools/a100", json={**body, "allowed_endpoints": ["triton.internal:8000"]})
+    assert narrowed.status_code == 409, narrowed.text
+    assert narrowed.json()["error"]["details"] == {"field": "allowed_endpoints",
+                                                   "outside": ["resnet50/3: http://10.0.0.1:8000"]}
+    assert api.get("/pools/a100").json()["allowed_endpoints"] == PRIVATE
+    # Once the endpoint is moved, the list can shrink.
+    assert _endpoints(api, ["http://triton.internal:8000"]).status_code == 200
+    assert api.put("/pools/a100", json={**body, "allowed_endpoints": ["triton.internal:8000"]}).status_code == 200
+
+
 def test_concurrent_disallowed_registrations_are_all_refused_and_none_applied(api: Api) -> None:
     api.canary()
     api.pool(allowed_endpoints=PRIVATE)
