@@ -70,7 +70,8 @@ def test_external_pools_start_allowing_exactly_the_endpoints_registered_on_them(
                     f"VALUES ({pool_id}, '{name}', 'sm_80', '{kind}', '{{}}', '10.3', '{now}', '{now}')"))
             await connection.execute(text(
                 "INSERT INTO models (id, name, description, key_header, salt, anonymous, replicas, created_by, "
-                f"created_at, updated_at) VALUES (1, 'm', '', 'x-user-id', 'm', 'weighted', '{{}}', 't', '{now}', '{now}')"))
+                "created_at, updated_at) "
+                f"VALUES (1, 'm', '', 'x-user-id', 'm', 'weighted', '{{}}', 't', '{now}', '{now}')"))
             await connection.execute(text(
                 "INSERT INTO versions (id, model_id, version, precision, trt_version, source_uri, status, notes, warm, "
                 f"registered_by, created_at, updated_at) VALUES (1, 1, '1', 'fp16', '10.3', '', 'active', '', 0, 't', "

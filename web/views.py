@@ -80,7 +80,8 @@ async def _visitor(request: Request, db: SessionDep, settings: SettingsDep) -> V
                                                                 max_age_seconds=settings.session_max_age_seconds)
         if actor is None:
             ui.sign_out()
-            ui.flash("info", "Your session is no longer valid (signed out, expired, or its token revoked). Sign in again.")
+            ui.flash("info", "Your session is no longer valid (signed out, expired, or its token revoked). "
+                             "Sign in again.")
     visitor = Visitor(ui, actor, settings)
     request.state.ui_visitor = visitor
     return visitor
