@@ -7,9 +7,9 @@ middleware (nothing buffers the body ahead of it) answers 413 from the declared
 ``Content-Length`` at once, or as soon as a chunked body streams past the
 limit, and authenticates API requests that carry a body before the route reads
 a byte. The actor it found is handed to ``deps.current_actor`` so the token is
-looked up once. (Starlette's own body limit acts only once a route reads, which
-is after nothing here would help, and answers in plain text rather than the
-API's error shape.)
+looked up once. (Starlette's own body limit acts only when a route reads the
+body, so it cannot put the token first, and it answers in plain text rather
+than in the API's error shape.)
 """
 
 from __future__ import annotations
