@@ -22,10 +22,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from control_plane.auth import service as auth_service
+from control_plane.deps import ADMITTED_ACTOR
 from control_plane.errors import Unauthenticated, error_body
-
-# Where the admitted actor travels in the request scope's state (request.state).
-ADMITTED_ACTOR = "grayroute_admitted_actor"
 
 
 async def _answer(send: Send, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:

@@ -9,7 +9,6 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.admission import ADMITTED_ACTOR
 from control_plane.auth import service as auth_service
 from control_plane.auth.service import Actor, Permission
 from control_plane.errors import Unauthenticated
@@ -33,6 +32,9 @@ def get_publisher(request: Request) -> SnapshotPublisher:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PublisherDep = Annotated[SnapshotPublisher, Depends(get_publisher)]
+
+# Where ``admission`` leaves the actor it authenticated before the body was read (request.state).
+ADMITTED_ACTOR = "grayroute_admitted_actor"
 
 _bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer gr_…`")
 
