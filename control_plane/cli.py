@@ -8,11 +8,18 @@ import ipaddress
 import json
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
 from control_plane.settings import Settings, SettingsError, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+_T = TypeVar("_T")
 
 
 def _settings() -> Settings:
@@ -67,7 +74,7 @@ def _db(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_session(work):  # type: ignore[no-untyped-def]
+async def _with_session(work: Callable[[Settings, AsyncSession], Awaitable[_T]]) -> _T:
     from control_plane.db import create_engine, session_factory
 
     settings = _settings()
@@ -80,11 +87,11 @@ async def _with_session(work):  # type: ignore[no-untyped-def]
 
 
 def _token(args: argparse.Namespace) -> int:
-    from control_plane.auth import service as auth_service
+    from control_plane.tokens import service as tokens_service
     from control_plane.auth.service import Actor, Role
 
     async def work(_settings: Settings, session):  # type: ignore[no-untyped-def]
-        _, plaintext = await auth_service.create(session, name=args.name, role=args.role,
+        _, plaintext = await tokens_service.create(session, name=args.name, role=args.role,
                                                  actor=Actor("cli", Role.ADMIN))
         return plaintext
 
@@ -94,7 +101,8 @@ def _token(args: argparse.Namespace) -> int:
 
 def _pools(args: argparse.Namespace) -> int:
     from control_plane.auth.service import Actor, Role
-    from control_plane.notifications import SnapshotPublisher, notifier_for
+    from control_plane.deployments import service as deployments_service
+    from control_plane.traffic.publisher import SnapshotPublisher, notifier_for
     from control_plane.registry import service as registry_service
     from control_plane.registry.schemas import PoolPut
 
@@ -112,7 +120,8 @@ def _pools(args: argparse.Namespace) -> int:
         publisher = SnapshotPublisher(session_factory(session.bind), notifier)
         try:
             changed = await registry_service.import_pools(session, pools=pools, actor=Actor("helm", Role.ADMIN),
-                                                          publisher=publisher)
+                                                          publisher=publisher,
+                                                          registered=deployments_service.REGISTERED_ENDPOINTS)
             await publisher.drain()
             return changed
         finally:

@@ -236,7 +236,7 @@ def test_a_policy_at_the_limits_applies_in_under_a_second(api: Api, served: Serv
     assert event["after"]["revision"] == response.json()["revision"]
     assert event["after"]["rule_count"] == MAX_RULES
     first = api.get("/audit", params={"action": "traffic.update"}).json()[-2]  # the PUT that added the rules
-    assert first["after"]["rules"] == {"added": sorted(r["name"] for r in _largest_policy()["rules"])}
+    assert first["after"]["rule_changes"] == {"added": sorted(r["name"] for r in _largest_policy()["rules"])}
 
 
 def test_policies_at_the_limits_applied_at_once_all_apply(api: Api, served: Served,
