@@ -13,9 +13,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from control_plane import migrate
+from control_plane.admission import Admission
 from control_plane.audit.router import router as audit_router
 from control_plane.auth import service as auth_service
 from control_plane.db import create_engine, session_factory
+from control_plane.deployments import service as deployments_service
 from control_plane.deployments.router import router as deployments_router
 from control_plane.errors import error_body, install_handlers, is_database_unreachable
 from control_plane.traffic.publisher import SnapshotPublisher, notifier_for
@@ -75,7 +77,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = sessions
     app.state.publisher = publisher
     app.state.live_policies = traffic_service.LIVE_POLICIES  # registry routes ask traffic through it
+    app.state.registered_endpoints = deployments_service.REGISTERED_ENDPOINTS  # and deployments, the same way
     install_handlers(app)
+    app.add_middleware(Admission, max_body_bytes=settings.max_request_bytes, sessions=sessions)
     for router in (registry_router, deployments_router, traffic_router, audit_router, tokens_router):
         app.include_router(router)
     stats_routes.install(app)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import sys
@@ -24,8 +25,24 @@ _T = TypeVar("_T")
 def _settings() -> Settings:
     try:
         return get_settings()
-    except (SettingsError, ValidationError) as exc:
+    except ValidationError as exc:
+        # One line naming each variable: pydantic's own text spans several lines and links to its docs.
+        problems = "; ".join(
+            (f"GRAYROUTE_{'.'.join(str(p) for p in e['loc']).upper()}: " if e["loc"] else "")
+            + str(e["msg"]).removeprefix("Value error, ")
+            for e in exc.errors())
+        raise SystemExit(f"grayroute: configuration error: {problems}") from None
+    except SettingsError as exc:
         raise SystemExit(f"grayroute: configuration error: {exc}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -34,6 +51,10 @@ def _serve(args: argparse.Namespace) -> int:
     from control_plane.app import create_app
 
     settings = _settings()
+    if settings.uses_demo_secret and not _is_loopback(args.host):
+        # Anyone who knows the built-in key (it is in the source) can forge a UI session cookie.
+        raise SystemExit(f"grayroute: refusing to listen on {args.host} with the built-in demo secret key; "
+                         "set GRAYROUTE_SECRET_KEY (e.g. `openssl rand -base64 32`) or use --host 127.0.0.1")
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level.lower(),
                 proxy_headers=True, access_log=args.access_log)
@@ -80,6 +101,7 @@ def _token(args: argparse.Namespace) -> int:
 
 def _pools(args: argparse.Namespace) -> int:
     from control_plane.auth.service import Actor, Role
+    from control_plane.deployments import service as deployments_service
     from control_plane.traffic.publisher import SnapshotPublisher, notifier_for
     from control_plane.registry import service as registry_service
     from control_plane.registry.schemas import PoolPut
@@ -98,7 +120,8 @@ def _pools(args: argparse.Namespace) -> int:
         publisher = SnapshotPublisher(session_factory(session.bind), notifier)
         try:
             changed = await registry_service.import_pools(session, pools=pools, actor=Actor("helm", Role.ADMIN),
-                                                          publisher=publisher)
+                                                          publisher=publisher,
+                                                          registered=deployments_service.REGISTERED_ENDPOINTS)
             await publisher.drain()
             return changed
         finally:

@@ -176,7 +176,8 @@ class Demo:
             steps.append(("POST", f"/models/{MODEL}/versions", {
                 "version": version, "precision": precision, "trt_version": "10.3",
                 "notes": "stable" if version == STABLE else "candidate: half precision",
-                "engines": [{"gpu_arch": "sm_80", "uri": f"file://engines/{MODEL}/{version}/sm_80.plan",
+                # Never fetched: the local target serves a generated ONNX model in the engine's place.
+                "engines": [{"gpu_arch": "sm_80", "uri": f"s3://demo-engines/{MODEL}/{version}/sm_80.plan",
                              "sha256": f"{int(version):064x}", "size_bytes": 24_000_000,
                              "benchmark": {"p50_ms": p50, "p99_ms": p50 * 1.8, "throughput": 1000 / p50,
                                            "gpu_mem_mb": 410 if precision == "fp32" else 230}}]}))

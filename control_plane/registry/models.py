@@ -112,5 +112,7 @@ class Pool(Base):
     node_selector: Mapped[dict[str, Any]] = mapped_column(default=dict)
     runtime_image: Mapped[str | None] = mapped_column(Text, default=None)
     trt_version: Mapped[str] = mapped_column(String(32))
+    # External pools: host[:port] patterns backend URLs must match (registry/endpoints.py); empty admits none.
+    allowed_endpoints: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

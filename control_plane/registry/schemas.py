@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from control_plane.registry.endpoints import parse_pattern
 from control_plane.registry.models import AnonymousPolicy, PoolKind, Precision, VersionStatus
 from router.snapshot import DEFAULT_KEY_HEADER
 
@@ -17,13 +19,37 @@ SHA256 = r"^[0-9a-f]{64}$"
 TRT_VERSION = r"^[0-9]+\.[0-9]+(\.[0-9]+){0,2}$"
 HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 URI = r"^[a-z][a-z0-9+.-]*://\S+$"
+ENGINE_SCHEMES = ("s3", "gs", "https", "http")  # http: only with GRAYROUTE_ALLOW_HTTP_ENGINE_URIS
 
+
+def _endpoint_pattern(text: str) -> str:
+    parse_pattern(text)  # ValueError names the problem
+    return text.strip().lower()
+
+
+def _engine_uri(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.scheme not in ENGINE_SCHEMES:
+        raise ValueError("must be an s3://, gs:// or https:// URI (http:// only where the deployment allows it)")
+    if "@" in parts.netloc:
+        raise ValueError("must not carry user:password (every reader of the registry sees engine URIs)")
+    return uri
+
+
+def _no_userinfo(url: str) -> str:
+    if "@" in urlsplit(url).netloc:
+        raise ValueError("must not carry user:password (the router would send it on, and readers would see it)")
+    return url
+
+
+EndpointPatternText = Annotated[str, Field(min_length=1, max_length=260), AfterValidator(_endpoint_pattern)]
 ModelName = Annotated[str, Field(pattern=MODEL_NAME, description="DNS-safe slug", examples=["resnet50"])]
 VersionLabel = Annotated[str, Field(pattern=VERSION_LABEL, examples=["4"])]
 GpuArch = Annotated[str, Field(pattern=GPU_ARCH, examples=["sm_80"])]
 Sha256 = Annotated[str, Field(pattern=SHA256)]
 TrtVersion = Annotated[str, Field(pattern=TRT_VERSION, max_length=32, examples=["10.3.0"])]  # a VARCHAR(32)
 Uri = Annotated[str, Field(pattern=URI, max_length=2048, examples=["s3://engines/resnet50/4/sm_80.plan"])]
+EngineUri = Annotated[Uri, AfterValidator(_engine_uri)]
 Replicas = dict[Annotated[str, Field(pattern=MODEL_NAME)], Annotated[int, Field(ge=1, le=1000)]]
 
 
@@ -92,7 +118,7 @@ class Benchmark(_Input):
 
 class EngineCreate(_Input):
     gpu_arch: GpuArch
-    uri: Uri
+    uri: EngineUri
     sha256: Sha256
     size_bytes: Annotated[int | None, Field(ge=0, le=2**63 - 1)] = None  # a BIGINT column
     trt_version: TrtVersion | None = Field(None, description="defaults to the version's")
@@ -166,6 +192,9 @@ class PoolPut(_Input):
     node_selector: dict[Annotated[str, Field(max_length=253)], Annotated[str, Field(max_length=63)]] = {}
     runtime_image: Annotated[str | None, Field(max_length=512, examples=["nvcr.io/nvidia/tritonserver:24.08-py3"])] = None
     trt_version: TrtVersion
+    allowed_endpoints: Annotated[list[EndpointPatternText], Field(
+        max_length=64, description="external pools: host, host:port, *.domain, IP or CIDR patterns that backend "
+                                   "URLs must match; empty admits none")] = []
 
 
 class PoolRead(BaseModel):
@@ -178,13 +207,15 @@ class PoolRead(BaseModel):
     node_selector: dict[str, str]
     runtime_image: str | None
     trt_version: str
+    allowed_endpoints: list[str]
     created_at: datetime
     updated_at: datetime
 
 
 class EndpointsPut(_Input):
     pool: Annotated[str, Field(pattern=MODEL_NAME)]
-    urls: Annotated[list[Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=512)]],
+    urls: Annotated[list[Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=512),
+                                   AfterValidator(_no_userinfo)]],
                     Field(max_length=256)]
 
 

@@ -14,6 +14,15 @@ from router.policy import Policy, PolicyRule, Split
 
 MAX_REVISION = 2**31 - 1  # revisions are INTEGER columns
 
+# Policy size, sized to use: rules are allow-lists of QA users and tenants (hundreds of values, not
+# millions) and a policy travels in every routing snapshot to every router. At these limits the largest
+# policy is about 0.55 MB of JSON, within the request limit (GRAYROUTE_MAX_REQUEST_BYTES, 1 MiB), and
+# applies in well under a second (tests/control_plane/test_limits.py measures it).
+MAX_RULES = 32
+MAX_VALUES_PER_RULE = 1000
+MAX_VALUES_PER_POLICY = 2000
+MAX_VALUE_LENGTH = 256  # a user id, tenant or header value; UUIDs are 36
+
 # Spelled out: pydantic's own schema for it admits any string and any number of decimals.
 Weight = Annotated[Decimal, Field(ge=0, le=100, decimal_places=2), WithJsonSchema({
     "anyOf": [{"type": "number", "minimum": 0, "maximum": 100, "multipleOf": 0.01},
@@ -39,12 +48,13 @@ class HeaderMatchIn(_Input):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     header: Annotated[str, Field(pattern=HEADER_NAME, max_length=128)]
-    in_: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]],
-                   Field(alias="in", min_length=1, max_length=1000)]
+    in_: Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_VALUE_LENGTH)]],
+                   Field(alias="in", min_length=1, max_length=MAX_VALUES_PER_RULE)]
 
 
 class KeyMatchIn(_Input):
-    key_in: Annotated[list[Annotated[str, Field(min_length=1, max_length=4096)]], Field(min_length=1, max_length=10000)]
+    key_in: Annotated[list[Annotated[str, Field(min_length=1, max_length=MAX_VALUE_LENGTH)]],
+                      Field(min_length=1, max_length=MAX_VALUES_PER_RULE)]
 
 
 class RuleIn(_Input):
@@ -56,10 +66,19 @@ class RuleIn(_Input):
 class TrafficPut(_Input):
     default_version: VersionLabel
     splits: Annotated[list[SplitIn], Field(min_length=1, max_length=64)]
-    rules: Annotated[list[RuleIn], Field(max_length=64)] = []
+    rules: Annotated[list[RuleIn], Field(max_length=MAX_RULES)] = []
     reason: Annotated[str, Field(max_length=2000)] = ""
     reapplied_from: Annotated[int | None, Field(ge=1, le=MAX_REVISION,
                                                 description="the revision whose weights this re-applies")] = None
+
+    @field_validator("rules")
+    @classmethod
+    def _values_in_all(cls, rules: list[RuleIn]) -> list[RuleIn]:
+        total = sum(len(r.match.in_ if isinstance(r.match, HeaderMatchIn) else r.match.key_in) for r in rules)
+        if total > MAX_VALUES_PER_POLICY:
+            raise ValueError(f"{total} match values in all rules; a policy holds at most {MAX_VALUES_PER_POLICY} "
+                             "(rules are for QA users and tenants; route larger populations with splits)")
+        return rules
 
     def policy(self) -> Policy:
         return Policy(self.default_version, tuple(Split(s.version, float(s.weight)) for s in self.splits),

@@ -50,6 +50,28 @@ def revision_state(revision: TrafficRevision | None) -> dict[str, Any] | None:
     return {"revision": revision.revision, **revision.policy.to_json()}
 
 
+def audit_states(previous: TrafficRevision | None,
+                 revision: TrafficRevision) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(before, after) for the audit log: weights and revision numbers, and only which rules changed.
+
+    The revisions themselves are immutable and kept, so the event refers to them rather than holding two
+    copies of allow-lists that may run to thousands of values.
+    """
+    def summary(r: TrafficRevision) -> dict[str, Any]:
+        policy = r.policy
+        return {"revision": r.revision, "default_version": policy.default_version,
+                "splits": [split.to_json() for split in policy.splits], "rule_count": len(policy.rules)}
+
+    old_rules = {rule.name: rule for rule in previous.policy.rules} if previous else {}
+    new_rules = {rule.name: rule for rule in revision.policy.rules}
+    rule_changes = {"added": sorted(new_rules.keys() - old_rules.keys()),
+                    "removed": sorted(old_rules.keys() - new_rules.keys()),
+                    "changed": sorted(n for n in new_rules.keys() & old_rules.keys() if new_rules[n] != old_rules[n])}
+    # Not "rules": readers take before/after as a policy, and a policy's rules are a list.
+    after = {**summary(revision), "rule_changes": {k: v for k, v in rule_changes.items() if v}}
+    return (summary(previous) if previous else None), after
+
+
 async def get_current(session: AsyncSession, *, model: Model) -> TrafficRevision | None:
     """The live revision of ``model``'s policy, or None before the first."""
     return (await session.scalars(
@@ -176,10 +198,10 @@ async def put(session: AsyncSession, *, model_name: str, body: TrafficPut, if_ma
                               Version.status == VersionStatus.REGISTERED)
     )).all():
         version.status = VersionStatus.ACTIVE
+    before, after = audit_states(current, revision)
     await audit_service.record(
         session, actor=actor, action="traffic.reapply" if body.reapplied_from else "traffic.update",
-        target_type="traffic", target=model.name, model=model.name, before=revision_state(current),
-        after=revision_state(revision), reason=body.reason,
+        target_type="traffic", target=model.name, model=model.name, before=before, after=after, reason=body.reason,
     )
     await changes.bump(session, model_id=model.id)
     await publisher.commit(session)
@@ -199,9 +221,9 @@ async def rebucket(session: AsyncSession, *, model: Model, actor: Actor, reason:
     )
     session.add(revision)
     await session.flush()
+    before, after = audit_states(current, revision)
     await audit_service.record(session, actor=actor, action="traffic.rebucket", target_type="traffic",
-                               target=model.name, model=model.name, before=revision_state(current),
-                               after=revision_state(revision), reason=reason)
+                               target=model.name, model=model.name, before=before, after=after, reason=reason)
     return revision
 
 

@@ -69,7 +69,7 @@ def test_changing_the_salt_rebuckets_with_a_fresh_layout(api: Api) -> None:
     before = api.get("/models/resnet50/traffic").json()
     assert before["allocation"] == [[0, 8000, "3"], [8000, 10000, "4"]]
 
-    response = api.as_("publisher").patch("/models/resnet50", json={"salt": "resnet50-v2", "reason": "reshuffle"})
+    response = api.as_("release-manager").patch("/models/resnet50", json={"salt": "resnet50-v2", "reason": "reshuffle"})
     assert response.status_code == 200, response.text
     after = api.get("/models/resnet50/traffic").json()
     assert after["revision"] == before["revision"] + 1

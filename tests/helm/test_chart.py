@@ -307,7 +307,7 @@ SECRET_STAND_INS = {
     "GRAYROUTE_DATABASE_URL": "postgresql+asyncpg://grayroute:pw@postgres/grayroute",
     "GRAYROUTE_REDIS_URL": "redis://redis:6379/0",
     "GRAYROUTE_SECRET_KEY": "0123456789abcdef0123456789abcdef",
-    "GRAYROUTE_BOOTSTRAP_ADMIN_TOKEN": "bootstrap-admin-token",
+    "GRAYROUTE_BOOTSTRAP_ADMIN_TOKEN": "gr_bootstrap-admin-token-from-a-secret",
     "GRAYROUTE_ROUTER_TOKEN": "gr_router-token-from-a-secret",
 }
 
@@ -426,6 +426,7 @@ def test_pools_are_rendered_and_imported(full: Rendered) -> None:
             "node_selector": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
             "runtime_image": "nvcr.io/nvidia/tritonserver:24.08-py3",
             "trt_version": "10.3.0",
+            "allowed_endpoints": [],
         },
         {
             "name": "h100",
@@ -435,6 +436,7 @@ def test_pools_are_rendered_and_imported(full: Rendered) -> None:
             "node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
             "runtime_image": "nvcr.io/nvidia/tritonserver:24.08-py3",
             "trt_version": "10.3.0",
+            "allowed_endpoints": [],
         },
         {
             # A kubernetes pool without a namespace runs in the release's.
@@ -445,6 +447,7 @@ def test_pools_are_rendered_and_imported(full: Rendered) -> None:
             "node_selector": {},
             "runtime_image": "nvcr.io/nvidia/tritonserver:24.08-py3",
             "trt_version": "10.3.0",
+            "allowed_endpoints": [],
         },
         {
             "name": "partner-cloud",
@@ -454,6 +457,7 @@ def test_pools_are_rendered_and_imported(full: Rendered) -> None:
             "node_selector": {},
             "runtime_image": None,
             "trt_version": "10.0",
+            "allowed_endpoints": ["10.20.0.0/16:8000", "*.triton.partner.example"],
         },
     ]
     job = full.one("Job", "pools-import")

@@ -193,8 +193,8 @@ async def test_real_control_plane_snapshot_and_stats(
     for v in body["versions"]:  # the router's clock starts later than the client's: within one bucket
         theirs = _client_percentile(timings[v["version"]], 0.5)
         assert abs(_bucket_of_ms(v["p50_ms"]) - _bucket_of_ms(theirs)) <= 1, (v, theirs)
-    # a router token may report and read; a viewer may not report
-    assert api.as_("router").get("/models/ranker/stats").status_code == 200
+    # a router token may report but not read; a viewer may read but not report
+    assert api.as_("router").get("/models/ranker/stats").status_code == 403
     report = {"router": "x", "window_start": 1.0, "window_end": 2.0, "models": {}}
     assert api.as_("viewer").post("/stats/report", json=report).status_code == 403
     assert api.as_(None).get("/models/ranker/stats").status_code == 401

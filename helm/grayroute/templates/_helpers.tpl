@@ -111,7 +111,8 @@ fromJsonArray.
       "namespace" ($namespace | default nil)
       "node_selector" (.nodeSelector | default dict)
       "runtime_image" (.runtimeImage | default nil)
-      "trt_version" (.trtVersion | default nil)) -}}
+      "trt_version" (.trtVersion | default nil)
+      "allowed_endpoints" (.allowedEndpoints | default list)) -}}
 {{- end -}}
 {{- toPrettyJson $pools -}}
 {{- end -}}
