@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from control_plane.registry.models import AnonymousPolicy, PoolKind, Precision, VersionStatus
 
@@ -23,6 +24,10 @@ GpuArch = Annotated[str, Field(pattern=GPU_ARCH, examples=["sm_80"])]
 Sha256 = Annotated[str, Field(pattern=SHA256)]
 TrtVersion = Annotated[str, Field(pattern=TRT_VERSION, max_length=32, examples=["10.3.0"])]  # a VARCHAR(32)
 Uri = Annotated[str, Field(pattern=URI, max_length=2048, examples=["s3://engines/resnet50/4/sm_80.plan"])]
+# A Kubernetes object name (DNS-1123 subdomain), for Secrets and service accounts.
+K8S_NAME = r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$"
+# Tensor names as ONNX exporters write them ("input_ids", "images:0", "output/logits").
+TENSOR_NAME = r"^[A-Za-z0-9_.:/\[\]-]{1,128}$"
 Replicas = dict[Annotated[str, Field(pattern=MODEL_NAME)], Annotated[int, Field(ge=1, le=1000)]]
 
 
@@ -110,6 +115,54 @@ class EngineRead(BaseModel):
     created_at: datetime
 
 
+class Datatype(enum.StrEnum):
+    """Tensor element types as KServe v2 and Triton's metadata name them."""
+
+    BOOL = "BOOL"
+    UINT8 = "UINT8"
+    UINT16 = "UINT16"
+    UINT32 = "UINT32"
+    UINT64 = "UINT64"
+    INT8 = "INT8"
+    INT16 = "INT16"
+    INT32 = "INT32"
+    INT64 = "INT64"
+    FP16 = "FP16"
+    FP32 = "FP32"
+    FP64 = "FP64"
+    BF16 = "BF16"
+    BYTES = "BYTES"
+
+
+class TensorSpec(_Input):
+    name: Annotated[str, Field(pattern=TENSOR_NAME, examples=["input"])]
+    datatype: Datatype
+    shape: Annotated[list[Annotated[int, Field(ge=-1, le=2**31 - 1)]],
+                     Field(max_length=16, description="the full shape as the v2 metadata shows it: the batch "
+                                                      "dimension first when max_batch_size > 0; -1 is dynamic",
+                           examples=[[-1, 3, 224, 224]])]
+
+    @field_validator("shape")
+    @classmethod
+    def _no_zero(cls, value: list[int]) -> list[int]:
+        if any(d == 0 for d in value):
+            raise ValueError("dimensions are -1 (dynamic) or at least 1")
+        return value
+
+
+class Signature(_Input):
+    """The inputs and outputs of a version's network; Triton's config and warm-up are made from it."""
+
+    inputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=64)]
+    outputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=64)]
+    max_batch_size: Annotated[int, Field(ge=0, le=65536, description="0: the engine does not batch")] = 0
+
+
+class DynamicBatching(_Input):
+    max_queue_delay_microseconds: Annotated[int, Field(ge=0, le=10_000_000)] = 0
+    preferred_batch_size: Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(max_length=16)] = []
+
+
 class VersionCreate(_Input):
     version: VersionLabel
     precision: Precision
@@ -118,6 +171,9 @@ class VersionCreate(_Input):
     source_sha256: Sha256 | None = None
     notes: Annotated[str, Field(max_length=10000)] = ""
     warm: bool = False
+    signature: Signature | None = None
+    dynamic_batching: Annotated[DynamicBatching | None,
+                                Field(description="Triton's dynamic batcher; needs max_batch_size > 0")] = None
     engines: Annotated[list[EngineCreate], Field(max_length=32)] = []
 
 
@@ -137,6 +193,8 @@ class VersionRead(BaseModel):
     status: VersionStatus
     notes: str
     warm: bool
+    signature: dict[str, Any] | None
+    dynamic_batching: dict[str, Any] | None
     registered_by: str
     created_at: datetime
     retired_at: datetime | None
@@ -158,6 +216,22 @@ class ModelRead(BaseModel):
     traffic_revision: int = 0
 
 
+class EngineCredentials(_Input):
+    """Where a pool's engine fetches take credentials from: a name, never the credentials."""
+
+    service_account: Annotated[str | None, Field(pattern=K8S_NAME, max_length=253, description=(
+        "a Kubernetes service account bound to a cloud identity (IRSA, GKE Workload Identity)"))] = None
+    secret: Annotated[str | None, Field(pattern=K8S_NAME, max_length=253, description=(
+        "a Secret whose keys become the fetch's environment (e.g. AWS_ACCESS_KEY_ID) and files "
+        "under /var/run/grayroute/credentials"))] = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EngineCredentials:
+        if (self.service_account is None) == (self.secret is None):
+            raise ValueError("give exactly one of service_account or secret")
+        return self
+
+
 class PoolPut(_Input):
     gpu_arch: GpuArch
     kind: PoolKind
@@ -165,6 +239,7 @@ class PoolPut(_Input):
     node_selector: dict[Annotated[str, Field(max_length=253)], Annotated[str, Field(max_length=63)]] = {}
     runtime_image: Annotated[str | None, Field(max_length=512, examples=["nvcr.io/nvidia/tritonserver:24.08-py3"])] = None
     trt_version: TrtVersion
+    engine_credentials: EngineCredentials | None = None
 
 
 class PoolRead(BaseModel):
@@ -177,6 +252,7 @@ class PoolRead(BaseModel):
     node_selector: dict[str, str]
     runtime_image: str | None
     trt_version: str
+    engine_credentials: dict[str, str] | None
     created_at: datetime
     updated_at: datetime
 
