@@ -148,23 +148,26 @@ def _filesystem(uri: str, *, endpoint_url: str | None, ca_file: str | None) -> t
 
 def _classify(exc: BaseException, uri: str) -> FetchError | None:
     """The permanent failure ``exc`` stands for, or None when a retry may help."""
-    # fsspec's http turns every failed HEAD/GET into FileNotFoundError; the answer is in its cause.
-    status, cause = None, exc
-    while cause is not None and status is None:
-        status = _status_of(cause)
-        cause = cause.__cause__
-    name = type(exc).__name__
-    if status == 404 or (status is None and isinstance(exc, FileNotFoundError)):
-        return ObjectMissing(f"{uri}: no such object (missing bucket, key or URL)")
-    if isinstance(exc, PermissionError) or status in (401, 403):
-        return CredentialRefused(f"{uri}: access refused ({_short(exc)}); check the pool's service account "
+    # fsspec's http turns a failed HEAD/GET into FileNotFoundError; the real answer is in its causes.
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    status = next((s for s in map(_status_of, chain) if s is not None), None)
+    names = {type(e).__name__ for e in chain}
+    if any(isinstance(e, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(e) for e in chain):
+        return CredentialRefused(f"{uri}: the server's TLS certificate is not trusted; pass --ca-file or set "
+                                 "SSL_CERT_FILE to the CA that signed it")
+    if status in (401, 403) or any(isinstance(e, PermissionError) for e in chain):
+        detail = f"HTTP {status}" if status else _short(exc)
+        return CredentialRefused(f"{uri}: access refused ({detail}); check the pool's service account "
                                  "or credentials Secret")
-    if name in ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError", "RefreshError"):
+    if names & {"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError", "RefreshError"}:
         return CredentialRefused(f"{uri}: no usable credentials ({_short(exc)}); give the pool a service "
                                  "account or a credentials Secret")
-    if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
-        return CredentialRefused(f"{uri}: the server's TLS certificate is not trusted ({_short(exc)}); "
-                                 "pass --ca-file")
+    if status == 404 or (status is None and isinstance(exc, FileNotFoundError)):
+        return ObjectMissing(f"{uri}: no such object (missing bucket, key or URL)")
     if status is not None and 400 <= status < 500 and status not in (408, 429):
         return FetchError(f"{uri}: the store answered {status} ({_short(exc)})")
     return None

@@ -43,12 +43,12 @@ def test_signature_and_batching_are_stored_shown_and_audited(api: Api) -> None:
 
 
 @pytest.mark.parametrize(("change", "field"), [
-    ({"inputs": [{"name": "x", "datatype": "FP33", "shape": [-1]}]}, "signature.inputs.0.datatype"),
-    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 0]}]}, "signature.inputs.0.shape"),
-    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-2]}]}, "signature.inputs.0.shape.0"),
-    ({"inputs": [{"name": "bad name", "datatype": "FP32", "shape": [-1]}]}, "signature.inputs.0.name"),
+    ({"inputs": [{"name": "x", "datatype": "FP33", "shape": [-1]}]}, "signature.inputs[0].datatype"),
+    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 0]}]}, "signature.inputs[0].shape"),
+    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-2]}]}, "signature.inputs[0].shape[0]"),
+    ({"inputs": [{"name": "bad name", "datatype": "FP32", "shape": [-1]}]}, "signature.inputs[0].name"),
     ({"inputs": []}, "signature.inputs"),
-    ({"outputs": [{"name": "y", "datatype": "FP32", "shape": [-1], "unit": "ms"}]}, "signature.outputs.0.unit"),
+    ({"outputs": [{"name": "y", "datatype": "FP32", "shape": [-1], "unit": "ms"}]}, "signature.outputs[0].unit"),
     ({"max_batch_size": -1}, "signature.max_batch_size"),
     # Rules across fields, checked by the service with the same field paths.
     ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]},
