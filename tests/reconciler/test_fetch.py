@@ -98,6 +98,23 @@ def test_transient_errors_are_retried(https: Https, tmp_path: Path) -> None:
     assert dest.read_bytes() == ENGINE
 
 
+def test_a_burst_of_pods_fetching_through_a_flaky_store_all_verify(https: Https, tmp_path: Path) -> None:
+    # Eight replicas start at once while the store sheds load: each retries on its own and ends verified.
+    from concurrent.futures import ThreadPoolExecutor
+
+    https.requests.clear()
+    https.fail_next[:] = [503, 502, 503, 504, 503, 502]
+    uri = f"{https.url}/engines/resnet50/4/sm_80.plan"
+    env = {"GRAYROUTE_FETCH_BEARER_TOKEN": https.token}
+    dests = [tmp_path / f"pod-{i}" / "model.plan" for i in range(8)]
+    with ThreadPoolExecutor(len(dests)) as pool:
+        results = list(pool.map(lambda d: fetch(uri, d, env, "--sha256", SHA, "--ca-file", str(https.ca_file)),
+                                dests))
+    assert [r.returncode for r in results] == [0] * len(dests), [r.stderr for r in results]
+    assert all(d.read_bytes() == ENGINE for d in dests)
+    assert https.fail_next == [] and sum(r.stdout.count("retrying in") for r in results) >= 1
+
+
 def test_wrong_checksum_is_one_line_and_the_termination_message(s3: S3, tmp_path: Path) -> None:
     dest, message = tmp_path / "models" / "model.plan", tmp_path / "termination-log"
     result = fetch("s3://engines/resnet50/4/sm_80.plan", dest, s3.env(), "--sha256", "0" * 64,
