@@ -31,7 +31,6 @@ import argparse
 import hashlib
 import os
 import ssl
-import sys
 import tempfile
 import time
 from collections.abc import Callable

@@ -150,8 +150,8 @@ def https_store(tmp: Path, token: str = "artifact-token") -> Iterator[Https]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+        def log_message(self, *args: Any) -> None:
+            pass  # quiet tests
 
         def _answer(self, body: bool) -> None:
             store.requests.append(f"{self.command} {self.path}")
