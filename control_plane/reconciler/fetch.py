@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import os
 import ssl
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -84,6 +86,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The stores' clients log their own retries with tracebacks; the progress lines and the one
+    # failure line already say what happened, so their records (and warnings) are dropped.
+    logging.getLogger().addHandler(logging.NullHandler())
+    warnings.simplefilter("ignore")
     try:
         _check_args(args)
         fetch(args.uri, sha256=args.sha256.lower(), dest=args.dest, size=args.size, retries=args.retries,
