@@ -15,7 +15,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from control_plane.reconciler import desired as D
 from control_plane.reconciler.loop import Reconciler
-from control_plane.reconciler.models import Phase
+from control_plane.deployments.models import Phase
 from control_plane.reconciler.targets.kubernetes import KubernetesTarget, pod_problem
 from control_plane.reconciler.targets.manifests import MODEL_REPOSITORY, TERMINATION_LOG
 from control_plane.reconciler.triton_config import TRITON_TYPE
