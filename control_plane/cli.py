@@ -173,6 +173,7 @@ def _add_component_commands(commands: argparse._SubParsersAction) -> None:  # ty
         ("router", "router.cli", "run the edge router (data plane)"),
         ("reconcile", "control_plane.reconciler.cli", "run the deployment reconciler"),
         ("register", "control_plane.registry.cli", "register a version and its engines (from CI)"),
+        ("engine", "control_plane.reconciler.fetch", "fetch and verify an engine (the pods' init container)"),
         ("demo", "control_plane.demo", "run everything on this machine with a live canary"),
     ):
         try:

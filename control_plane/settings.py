@@ -124,3 +124,12 @@ class ClientSettings(BaseSettings):
 
     control_plane_url: str = "http://127.0.0.1:8080"
     token: SecretStr | None = None
+
+
+class FetchSettings(BaseSettings):
+    """What ``grayroute engine fetch`` reads besides the cloud SDKs' own variables (AWS_*, GOOGLE_*)."""
+
+    model_config = SettingsConfigDict(env_prefix="GRAYROUTE_FETCH_", extra="ignore")
+
+    # Sent as "Authorization: Bearer …" to https:// artifact stores (from a pool's credentials Secret).
+    bearer_token: SecretStr | None = None

@@ -51,6 +51,10 @@ def rows(plan: Plan, report: SyncReport, *, drain: timedelta) -> list[StatusRow]
             phase, message = Phase.DRAINING, f"left the active set; kept warm for rollback until {until}"
         elif ready >= d.replicas and endpoints:
             phase, message = Phase.READY, f"{ready}/{d.replicas} ready"
+        elif seen.problem:
+            # No pod of this engine can start (a bad artifact, refused credentials): say so until fixed.
+            phase = Phase.FAILED if ready == 0 else Phase.PROGRESSING
+            message = f"{ready}/{d.replicas} ready; {seen.problem}"
         elif seen.applied:
             phase, message = Phase.PROGRESSING, f"{ready}/{d.replicas} ready"
         else:

@@ -19,10 +19,12 @@ from control_plane.registry.compatibility import trt_compatible
 from control_plane.registry.endpoints import url_problem
 from control_plane.registry.models import Engine, Model, Pool, PoolKind, Version, VersionStatus
 from control_plane.registry.schemas import (
+    DynamicBatching,
     EngineCreate,
     ModelCreate,
     ModelUpdate,
     PoolPut,
+    Signature,
     VersionCreate,
     VersionUpdate,
 )
@@ -68,6 +70,7 @@ def model_state(model: Model) -> dict[str, Any]:
 def version_state(version: Version) -> dict[str, Any]:
     return {"version": version.version, "precision": version.precision, "trt_version": version.trt_version,
             "status": version.status, "notes": version.notes, "warm": version.warm,
+            "signature": version.signature, "dynamic_batching": version.dynamic_batching,
             "engines": [engine_state(e) for e in version.engines]}
 
 
@@ -79,7 +82,8 @@ def engine_state(engine: Engine) -> dict[str, Any]:
 def pool_state(pool: Pool) -> dict[str, Any]:
     return {"name": pool.name, "gpu_arch": pool.gpu_arch, "kind": pool.kind, "namespace": pool.namespace,
             "node_selector": dict(pool.node_selector), "runtime_image": pool.runtime_image,
-            "trt_version": pool.trt_version, "allowed_endpoints": list(pool.allowed_endpoints or [])}
+            "trt_version": pool.trt_version, "allowed_endpoints": list(pool.allowed_endpoints or []),
+            "engine_credentials": pool.engine_credentials}
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -199,10 +203,42 @@ def _engine(body: EngineCreate, default_trt: str) -> Engine:
                   benchmark=body.benchmark.model_dump(exclude_none=True) if body.benchmark else None)
 
 
+def _check_signature(signature: Signature | None, batching: DynamicBatching | None) -> None:
+    """Rules across fields that Triton would otherwise refuse at load time, inside a pod."""
+    problems: list[dict[str, str]] = []
+    if signature is not None:
+        for side in ("inputs", "outputs"):
+            tensors = getattr(signature, side)
+            names = [t.name for t in tensors]
+            for i, tensor in enumerate(tensors):
+                if names.index(tensor.name) != i:
+                    problems.append({"field": f"signature.{side}[{i}].name",
+                                     "reason": f"{tensor.name!r} is named twice"})
+                if signature.max_batch_size > 0 and (not tensor.shape or tensor.shape[0] != -1):
+                    problems.append({"field": f"signature.{side}[{i}].shape",
+                                     "reason": "with max_batch_size > 0 the first dimension is the batch and "
+                                               "must be -1"})
+                elif not tensor.shape and side == "inputs":
+                    problems.append({"field": f"signature.{side}[{i}].shape", "reason": "needs a dimension"})
+    if batching is not None:
+        limit = signature.max_batch_size if signature is not None else 0
+        if limit == 0:
+            problems.append({"field": "dynamic_batching",
+                             "reason": "needs a signature with max_batch_size > 0 (there is nothing to batch)"})
+        else:
+            for i, size in enumerate(batching.preferred_batch_size):
+                if size > limit:
+                    problems.append({"field": f"dynamic_batching.preferred_batch_size[{i}]",
+                                     "reason": f"{size} exceeds max_batch_size {limit}"})
+    if problems:
+        raise InvalidInput("; ".join(f"{p['field']}: {p['reason']}" for p in problems), problems)
+
+
 async def create_version(session: AsyncSession, *, model_name: str, body: VersionCreate, actor: Actor,
                          publisher: Committer, allow_http_engines: bool = False) -> Version:
     """Register a version with its engines; 409 when the label is taken."""
     _check_engine_uris(body.engines, allow_http=allow_http_engines, field="engines[{i}].uri")
+    _check_signature(body.signature, body.dynamic_batching)
     model = await get_model_or_raise(session, name=model_name, for_update=True)
     if await get_version(session, model=model, version=body.version) is not None:
         raise Conflict(f"version {body.version!r} of model {model.name!r} already exists",
@@ -216,6 +252,9 @@ async def create_version(session: AsyncSession, *, model_name: str, body: Versio
     version = Version(model_id=model.id, version=body.version, precision=body.precision,
                       trt_version=body.trt_version, source_uri=body.source_uri, source_sha256=body.source_sha256,
                       notes=body.notes, warm=body.warm, registered_by=actor.name,
+                      signature=body.signature.model_dump(mode="json") if body.signature else None,
+                      dynamic_batching=(body.dynamic_batching.model_dump(mode="json")
+                                        if body.dynamic_batching else None),
                       engines=[_engine(e, body.trt_version) for e in body.engines])
     session.add(version)
     await flush_or_raise(session, Conflict(f"version {body.version!r} of model {model.name!r} already exists"))
@@ -333,7 +372,12 @@ async def _upsert_pool(session: AsyncSession, *, name: str, body: PoolPut, actor
     if body.allowed_endpoints and body.kind != PoolKind.EXTERNAL:
         raise InvalidInput.field("allowed_endpoints", "only external pools take endpoints "
                                                       "(the reconciler manages the others)")
+    if body.engine_credentials is not None and body.kind != PoolKind.KUBERNETES:
+        raise InvalidInput.field("engine_credentials", f"only kubernetes pools fetch engines; a {body.kind.value} "
+                                                       "pool has nothing to give them to")
     values = body.model_dump()
+    values["engine_credentials"] = (body.engine_credentials.model_dump(exclude_none=True)
+                                    if body.engine_credentials else None)
     if pool is None:
         pool = Pool(name=name, **values)
         session.add(pool)

@@ -49,6 +49,7 @@ RECONCILER_WORKLOAD_GRANTS = {
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
+    ("", "pods"): {"list"},
 }
 RECONCILER_LEASE_GRANTS = {("coordination.k8s.io", "leases"): {"get", "create", "update", "patch"}}
 
@@ -366,9 +367,11 @@ def test_reconciler_contract(rendered: Rendered, values_case: tuple[str, dict[st
         "reconcile", "--target", "kubernetes", "--namespace", NAMESPACE,
         "--health-port", "8081", "--drain-seconds", "600", "--resync-seconds", "30",
     ]  # fmt: skip
+    # Without a mirror the engine fetch runs the release's own image.
+    expected += ["--fetch-image", _container(rendered, "Deployment", "control-plane")["image"]]
     if values_case[0] == "full":
-        expected[-3:] = ["900", "--resync-seconds", "20"]
-        expected += ["--fetch-image", "registry.example.com/mirror/curl:8.10.1"]
+        expected[-5:-2] = ["900", "--resync-seconds", "20"]
+        expected[-1] = "registry.example.com/mirror/grayroute:0.1.0"
     assert container["args"] == expected
     assert container["ports"] == [{"name": "health", "containerPort": 8081, "protocol": "TCP"}]
     assert _probe(container, "livenessProbe") == ("/healthz", "health")
@@ -427,6 +430,7 @@ def test_pools_are_rendered_and_imported(full: Rendered) -> None:
             "runtime_image": "nvcr.io/nvidia/tritonserver:24.08-py3",
             "trt_version": "10.3.0",
             "allowed_endpoints": [],
+            "engine_credentials": {"service_account": "engine-reader"},
         },
         {
             "name": "h100",
@@ -437,6 +441,7 @@ def test_pools_are_rendered_and_imported(full: Rendered) -> None:
             "runtime_image": "nvcr.io/nvidia/tritonserver:24.08-py3",
             "trt_version": "10.3.0",
             "allowed_endpoints": [],
+            "engine_credentials": {"secret": "engine-store-credentials"},
         },
         {
             # A kubernetes pool without a namespace runs in the release's.

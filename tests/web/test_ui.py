@@ -402,3 +402,20 @@ def test_history_pages_back_through_older_revisions(api: Api, model: str, sign_i
     expect(page.locator("#history tr[data-revision='26']")).to_be_visible()
     page.click("[data-older-events]")
     expect(page.locator("#audit")).to_contain_text("model.create")
+
+
+def test_a_versions_io_signature_is_shown(api: Api, model: str, sign_in: Any) -> None:
+    response = api.admin.post(f"/models/{model}/versions", json={
+        "version": "5", "precision": "fp16", "trt_version": "10.3",
+        "signature": {"inputs": [{"name": "images", "datatype": "FP16", "shape": [-1, 3, 224, 224]}],
+                      "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 1000]}],
+                      "max_batch_size": 16},
+        "dynamic_batching": {"max_queue_delay_microseconds": 100}})
+    assert response.status_code == 201, response.text
+    page = sign_in("vera", "viewer")
+    page.goto(f"/ui/models/{model}")
+    signature = page.locator("[data-signature='5']")
+    expect(signature).to_contain_text("in: images FP16[-1, 3, 224, 224]")
+    expect(signature).to_contain_text("out: probabilities FP32[-1, 1000]")
+    expect(signature).to_contain_text("batch ≤ 16 · dynamic batching")
+    expect(page.locator("[data-signature='3']")).to_have_count(0)  # registered without one

@@ -104,7 +104,7 @@ fromJsonArray.
 {{- if and (not $namespace) (eq .kind "kubernetes") -}}
 {{- $namespace = $.Release.Namespace -}}
 {{- end -}}
-{{- $pools = append $pools (dict
+{{- $pool := dict
       "name" .name
       "gpu_arch" .gpuArch
       "kind" .kind
@@ -112,7 +112,14 @@ fromJsonArray.
       "node_selector" (.nodeSelector | default dict)
       "runtime_image" (.runtimeImage | default nil)
       "trt_version" (.trtVersion | default nil)
-      "allowed_endpoints" (.allowedEndpoints | default list)) -}}
+      "allowed_endpoints" (.allowedEndpoints | default list) -}}
+{{- with .engineCredentials -}}
+{{- $credentials := dict -}}
+{{- with .serviceAccount }}{{ $_ := set $credentials "service_account" . }}{{ end -}}
+{{- with .secret }}{{ $_ := set $credentials "secret" . }}{{ end -}}
+{{- $_ := set $pool "engine_credentials" $credentials -}}
+{{- end -}}
+{{- $pools = append $pools $pool -}}
 {{- end -}}
 {{- toPrettyJson $pools -}}
 {{- end -}}
