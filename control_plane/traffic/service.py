@@ -146,9 +146,36 @@ def _rules_json(body: TrafficPut) -> list[dict[str, Any]]:
     return [r.model_dump(by_alias=True, mode="json") for r in body.rules]
 
 
+def default_note(revision: TrafficRevision, *, anonymous: str) -> str | None:
+    """What the default version does when the split gives it 0% (None when it has a share).
+
+    The rule, the same in the API and the UI: the default version must be
+    deployable, and it is the fallback. With 0% of the split it serves no user
+    by choice, only requests whose version has no ready backend (and, under the
+    'default' anonymous policy, requests without a routing key).
+    """
+    default = revision.default_version
+    if default is None or any(s["version"] == default and s["weight"] > 0 for s in revision.splits):
+        return None
+    also = " and requests without a routing key" if anonymous == "default" else ""
+    return (f"default version {default} has 0% of the split: it is the fallback only, serving requests whose "
+            f"version has no ready backend{also}")
+
+
+def same_policy(revision: TrafficRevision, body: TrafficPut) -> bool:
+    """Whether ``body`` routes exactly as ``revision`` does (the reason alone changes nothing)."""
+    return (revision.default_version == body.default_version
+            and [(s["version"], Decimal(str(s["weight"]))) for s in revision.splits]
+            == [(s.version, s.weight) for s in body.splits]
+            and revision.rules == _rules_json(body))
+
+
 async def put(session: AsyncSession, *, model_name: str, body: TrafficPut, if_match: str | None, actor: Actor,
               publisher: SnapshotPublisher) -> TrafficRevision:
-    """Write a new revision if ``if_match`` names the live one (optimistic concurrency)."""
+    """Write a new revision if ``if_match`` names the live one (optimistic concurrency).
+
+    A policy identical to the live one writes nothing and returns the live revision.
+    """
     if if_match is None:
         raise PreconditionRequired("PUT traffic needs If-Match with the ETag from GET "
                                    "(so two release managers never overwrite each other)")
@@ -163,6 +190,8 @@ async def put(session: AsyncSession, *, model_name: str, body: TrafficPut, if_ma
              "changed_by": current.created_by if current else None},
         )
     counts = await _validate(session, model=model, body=body)
+    if current is not None and same_policy(current, body):
+        return current  # a revision identical to the live one would only be noise in the history
     previous: list[Range] | None = None
     if current is not None and current.salt == model.salt:
         previous = [(s, e, v) for s, e, v in current.allocation]

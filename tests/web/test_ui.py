@@ -215,7 +215,7 @@ def test_rules_and_warm_versions(api: Api, model: str, sign_in: Any) -> None:
     page.locator("#rules-form input[name='rule-1-header']").fill("x-debug")
     page.locator("#rules-form input[name='rule-1-name']").fill("Not A Slug")
     page.click("#rules-form button[type=submit]")
-    expect(page.locator("#rules-form tr").nth(2)).to_contain_text("should match pattern")
+    expect(page.locator("#rules-form tr").nth(2)).to_contain_text("use lowercase letters, digits and '-'")
     assert len(api.traffic(model)["rules"]) == 1
 
     page.goto(f"/ui/models/{model}")
