@@ -46,8 +46,10 @@ from control_plane.traffic.models import TrafficRevision
 from control_plane.traffic.preview import preview
 from control_plane.traffic.schemas import TrafficPut
 from router.routing import AllocationError, Range, bucket_counts
+from web import coverage as version_coverage
 from web import figures as live_figures
 from web import forms
+from web import history
 from web import session as ui_session
 from web.forms import Errors, FormInvalid, RuleRow, SplitRow
 from web.session import CsrfRejected, LoginRequired, UISession
@@ -56,7 +58,8 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
-PALETTE = ("#2f6fde", "#e8590c", "#8250df", "#0f8b8d", "#bf3989", "#7d8b00", "#8c5a2b", "#57606a")
+# Each at least 4.5:1 against the white labels drawn on it (WCAG AA, checked by axe-core in the tests).
+PALETTE = ("#2f6fde", "#c2410c", "#8250df", "#0e7a7c", "#bf3989", "#667300", "#8c5a2b", "#57606a")
 HISTORY_PAGE = 25
 PHASE_TONE = {"Ready": "ok", "Progressing": "warn", "Pending": "warn", "Draining": "muted", "Failed": "bad"}
 _SECURITY_HEADERS = {
@@ -142,7 +145,8 @@ def _splits_text(splits: Sequence[Mapping[str, Any]] | None) -> str:
 
 
 templates = Jinja2Templates(directory=HERE / "templates")
-templates.env.filters.update(ago=_ago, utc=_utc, weight=fmt_weight, splits=_splits_text)
+templates.env.filters.update(ago=_ago, utc=_utc, weight=fmt_weight, splits=_splits_text, rules=history.rules_text,
+                             drain_left=version_coverage.drain_left)
 templates.env.globals.update(P=Permission, PHASE_TONE=PHASE_TONE, static_version=_static_version())
 
 
@@ -271,15 +275,16 @@ def _colors(labels: Sequence[str]) -> dict[str, str]:
 
 
 def _pool_health(deployments: Sequence[tuple[Any, Any, Any]]) -> list[dict[str, Any]]:
-    """Per pool: how many of the model's deployments there are ready, and the worst phase."""
+    """Per pool: how many of the model's replicas there are ready, and the worst phase."""
     rank = {"bad": 3, "warn": 2, "muted": 1, "ok": 0}
     pools: dict[str, dict[str, Any]] = {}
     for deployment, version, pool in deployments:
         entry = pools.setdefault(pool.name, {"pool": pool.name, "gpu_arch": pool.gpu_arch, "ready": 0, "total": 0,
                                              "tone": "ok", "versions": []})
         tone = PHASE_TONE.get(deployment.phase, "warn")
-        entry["total"] += 1
-        entry["ready"] += deployment.phase == "Ready" and deployment.ready_replicas > 0
+        # Replicas, not deployments: "3/4 ready" should mean one replica is missing.
+        entry["total"] += deployment.desired_replicas
+        entry["ready"] += deployment.ready_replicas
         entry["versions"].append(f"{version.version}: {deployment.phase} "
                                  f"{deployment.ready_replicas}/{deployment.desired_replicas}")
         if rank[tone] > rank[entry["tone"]]:
@@ -337,19 +342,6 @@ def _target_label(event: Any, model: str) -> str:
     if event.target == model:
         return str(event.target_type)
     return str(event.target).removeprefix(model + "/")
-
-
-def _change_summary(event: Any) -> str:
-    before, after = event.before or {}, event.after or {}
-    if event.target_type == "traffic":
-        text = _splits_text(after.get("splits"))
-        if after.get("default_version") != before.get("default_version") and after.get("default_version"):
-            text += f"; default {after.get('default_version')}"
-        return text
-    changed = [k for k in after if k in before and after[k] != before[k] and k != "engines"]
-    if changed:
-        return "; ".join(f"{k}: {before[k]} → {after[k]}" for k in changed[:3])
-    return ""
 
 
 @dataclass
@@ -413,9 +405,11 @@ async def _model_page(request: Request, visitor: Visitor, db: Any, name: str, *,
                                                           before=revisions_before),
         "revisions_paged": revisions_before is not None, "events_paged": events_before is not None,
         "page_size": HISTORY_PAGE,
-        "events": [(e, _target_label(e, model.name), _change_summary(e))
+        "events": [(e, _target_label(e, model.name), history.changes(e.before, e.after))
                    for e in await audit_service.list(db, model=model.name, limit=HISTORY_PAGE,
                                                      before_id=events_before)],
+        "coverage": await version_coverage.load(db, model=model, versions=versions),
+        "default_note": traffic_service.default_note(current, anonymous=model.anonymous) if current else None,
         "figures": figures,
         "edit": edit, "errors": edit.errors if edit else {},
         "edit_default": edit.default_version if edit and edit.default_version else default,
@@ -481,7 +475,10 @@ async def traffic_preview(name: str, request: Request, visitor: VisitorDep, db: 
     except AllocationError as exc:
         return JSONResponse({"ok": False, "errors": {"splits": [str(exc)]}, "live_revision": live})
     page_revision = forms.revision_of(params)
-    return JSONResponse({"ok": True, **result.as_dict(), "live_revision": live,
+    covered = await version_coverage.load(db, model=model)
+    warnings = covered.warnings(splits=version_coverage.weights_of(put), default=default if default != "-" else None,
+                                rule_versions=version_coverage.rule_targets(current.rules if current else []))
+    return JSONResponse({"ok": True, **result.as_dict(), "live_revision": live, "warnings": warnings,
                          "stale": page_revision is not None and page_revision != live})
 
 
@@ -511,6 +508,9 @@ async def _apply(request: Request, visitor: Visitor, db: Any, publisher: Any, *,
         else:
             errors = {"": [exc.message]}
         return await on_invalid(errors)
+    if written.revision == revision:  # identical to the live policy: nothing was written
+        visitor.ui.flash("info", f"Nothing changed: revision {written.revision} already is this policy.")
+        return _redirect(f"/ui/models/{quote(name)}#traffic")
     visitor.ui.flash("ok", f"{done} Revision {written.revision} is live: {_splits_text(written.splits)}, "
                            f"default {written.default_version}.")
     return _redirect(f"/ui/models/{quote(name)}#traffic")
@@ -558,8 +558,10 @@ async def _action_put(db: Any, model: Model, current: TrafficRevision | None, ac
             splits.append({"version": version, "weight": "0"})
         for split in splits:
             split["weight"] = "100" if split["version"] == version else "0"
+        already = any(s["version"] == version and Decimal(s["weight"]) == 100 for s in current.splits)
         body.update(default_version=version, splits=splits)
-        what = f"{version} gets 100% of traffic and becomes the default version."
+        what = (f"{version} already has 100% of traffic; it becomes the default version (the fallback)." if already
+                else f"{version} gets 100% of traffic and becomes the default version.")
     elif action == "rollback":
         default = current.default_version
         if version == default:
@@ -603,7 +605,11 @@ async def _confirm_page(request: Request, visitor: Visitor, db: Any, *, name: st
     except AllocationError as exc:
         error = error or str(exc)
     versions = await registry_service.list_versions(db, model=model)
+    covered = await version_coverage.load(db, model=model, versions=versions)
+    warnings = covered.warnings(splits=version_coverage.weights_of(put), default=put.default_version,
+                                rule_versions=version_coverage.rule_targets(put.rules))
     return _render(request, visitor, "confirm.html", {
+        "warnings": warnings, "reason_required": action == "rollback",
         "model": model, "current": current, "action": action, "label": ACTIONS[action], "version": version,
         "source": source, "revision": revision if revision is not None else (current.revision if current else 0),
         "put": put, "after": [{"version": s.version, "weight": float(s.weight)} for s in put.splits],
@@ -647,6 +653,8 @@ async def run_action(name: str, action: str, request: Request, visitor: VisitorD
 
     if len(reason) > 2000:
         return await refused({"reason": ["at most 2000 characters"]})
+    if action == "rollback" and not reason:  # the history must say why a canary was pulled
+        return await refused({"reason": ["say why you roll back; it is kept in the history"]})
     put, _ = await _action_put(db, model, current, action, version=version, source=source, reason=reason)
     done = {"promote": f"Promoted {version}.", "rollback": f"Rolled back {version}.",
             "reapply": f"Re-applied revision {source}."}[action]
@@ -698,7 +706,25 @@ async def set_warm(name: str, version: str, request: Request, visitor: VisitorDe
         await db.rollback()
         visitor.ui.flash("error", exc.message)
     else:
-        visitor.ui.flash("ok", f"Version {version} is {'kept warm' if warm else 'no longer kept warm'}.")
+        message = await version_coverage.warm_message(db, model_name=name, version=version, warm=warm)
+        visitor.ui.flash("warn" if message.startswith("Marked") else "ok", message)
+    return _redirect(f"/ui/models/{quote(name)}#versions")
+
+
+@router.post("/models/{name}/versions/{version}/retire")
+async def retire_version(name: str, version: str, request: Request, visitor: VisitorDep, db: SessionDep,
+                         publisher: PublisherDep) -> Response:
+    await _posted(request, visitor)
+    actor = _reader(visitor)
+    auth_service.authorize(actor, Permission.VERSIONS_OPERATE)
+    try:
+        await registry_service.retire_version(db, model_name=name, version=version, actor=actor,
+                                              publisher=publisher)
+    except Conflict as exc:
+        await db.rollback()
+        visitor.ui.flash("error", f"Not retired: {exc.message}.")
+    else:
+        visitor.ui.flash("ok", f"Version {version} is retired: it gets no traffic and its deployments are removed.")
     return _redirect(f"/ui/models/{quote(name)}#versions")
 
 
