@@ -76,9 +76,9 @@ def test_a_default_version_with_no_share_is_accepted_as_the_fallback_and_said_so
     response = _put(api, {"default_version": "3", "splits": [{"version": "3", "weight": 0},
                                                              {"version": "4", "weight": 100}]}, '"1"')
     assert response.status_code == 200, response.text
-    assert response.json()["notes"] == [
+    assert response.json()["notes"] == [(
         "default version 3 has 0% of the split: it is the fallback only, serving requests whose version has no "
-        "ready backend"]
+        "ready backend")]
     # With a share there is nothing to say.
     response = _put(api, {"default_version": "4", "splits": [{"version": "4", "weight": 100}]}, '"2"')
     assert response.status_code == 200 and response.json()["notes"] == []

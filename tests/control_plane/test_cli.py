@@ -21,7 +21,7 @@ from tests.services import LiveServer, free_port
 def grayroute(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GRAYROUTE_")}
     return subprocess.run([sys.executable, "-m", "control_plane.cli", *args], cwd=cwd, env={**clean, **(env or {})},
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def one_line_failure(result: subprocess.CompletedProcess[str]) -> str:
