@@ -72,7 +72,8 @@ def test_a_viewer_sees_no_controls_and_a_forged_post_is_refused(api: Api, model:
     page = sign_in("victor", "viewer")
     page.goto(f"/ui/models/{model}")
     expect(page.locator("#traffic")).to_contain_text("can look but not change traffic")
-    for control in ("#traffic-form", "#rules-form", "[data-action]", "[data-warm]", "input[type=range]"):
+    for control in ("#traffic-form", "#rules-form", "[data-action]", "[data-warm]", "input[type=range]",
+                    "[data-retire-open]"):
         expect(page.locator(control)).to_have_count(0)
     screenshot(page, "model-page-viewer")
 
@@ -81,7 +82,8 @@ def test_a_viewer_sees_no_controls_and_a_forged_post_is_refused(api: Api, model:
     for path, form in ((f"/ui/models/{model}/traffic", forged),
                        (f"/ui/models/{model}/actions/promote", {"csrf": token, "revision": "1", "version": "4"}),
                        (f"/ui/models/{model}/rules", {"csrf": token, "revision": "1", "rule-count": "0"}),
-                       (f"/ui/models/{model}/versions/4/warm", {"csrf": token, "warm": "1"})):
+                       (f"/ui/models/{model}/versions/4/warm", {"csrf": token, "warm": "1"}),
+                       (f"/ui/models/{model}/versions/4/retire", {"csrf": token})):
         response = page.request.post(path, form=form, max_redirects=0)
         assert response.status == 403, (path, response.status)
         assert "may not do this" in response.text()
