@@ -13,6 +13,7 @@ from control_plane.reconciler.status import drain_deadline
 from control_plane.registry import service as registry_service
 from control_plane.registry.models import Model, VersionStatus
 
+# Chip colour of each deployment phase (the model page and the coverage table).
 PHASE_TONE = {"Ready": "ok", "Progressing": "warn", "Pending": "warn", "Draining": "muted", "Failed": "bad"}
 
 
@@ -118,13 +119,13 @@ def rule_targets(rules: Iterable[Mapping[str, Any] | Any]) -> list[str]:
     return [r["version"] if isinstance(r, Mapping) else r.version for r in rules]
 
 
-async def warm_message(db: Any, *, model_name: str, version: str, warm: bool) -> str:
-    """What "Keep warm" did: nothing runs a version no pool can run, and the person is told so."""
+async def warm_message(db: Any, *, model_name: str, version: str, warm: bool) -> tuple[str, str]:
+    """(flash kind, text) for what "Keep warm" did: a version no pool can run starts nothing, and is told so."""
     if not warm:
-        return f"Version {version} is no longer kept warm."
+        return "ok", f"Version {version} is no longer kept warm."
     model = await registry_service.get_model_or_raise(db, name=model_name)
     found = await registry_service.get_version_or_raise(db, model=model, version=version)
     if not await registry_service.runnable_pools(db, version=found):
-        return (f"Marked {version} warm, but no pool can run it (none matches its engines' GPU architecture and "
-                "TensorRT version), so nothing is started.")
-    return f"Version {version} is kept warm."
+        return "warn", (f"Marked {version} warm, but no pool can run it (none matches its engines' GPU architecture "
+                        "and TensorRT version), so nothing is started.")
+    return "ok", f"Version {version} is kept warm."

@@ -61,7 +61,7 @@ STATIC = HERE / "static"
 # Each at least 4.5:1 against the white labels drawn on it (WCAG AA, checked by axe-core in the tests).
 PALETTE = ("#2f6fde", "#c2410c", "#8250df", "#0e7a7c", "#bf3989", "#667300", "#8c5a2b", "#57606a")
 HISTORY_PAGE = 25
-PHASE_TONE = {"Ready": "ok", "Progressing": "warn", "Pending": "warn", "Draining": "muted", "Failed": "bad"}
+PHASE_TONE = version_coverage.PHASE_TONE
 _SECURITY_HEADERS = {
     "Content-Security-Policy": ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
                                 "script-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
@@ -706,8 +706,7 @@ async def set_warm(name: str, version: str, request: Request, visitor: VisitorDe
         await db.rollback()
         visitor.ui.flash("error", exc.message)
     else:
-        message = await version_coverage.warm_message(db, model_name=name, version=version, warm=warm)
-        visitor.ui.flash("warn" if message.startswith("Marked") else "ok", message)
+        visitor.ui.flash(*await version_coverage.warm_message(db, model_name=name, version=version, warm=warm))
     return _redirect(f"/ui/models/{quote(name)}#versions")
 
 
