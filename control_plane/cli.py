@@ -13,10 +13,14 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import TypeAdapter, ValidationError
 
 from control_plane.settings import Settings, SettingsError, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 # Where ``grayroute demo`` keeps its SQLite file unless told otherwise (``--data-dir``).
 DEMO_DATABASE = Path(".grayroute-demo") / "grayroute.db"
@@ -59,7 +63,7 @@ def _database_settings() -> Settings:
     return settings
 
 
-async def _open_database(settings: Settings):  # type: ignore[no-untyped-def]
+async def _open_database(settings: Settings) -> AsyncEngine:
     """An engine on a reachable, migrated database, or a one-line SystemExit saying what to do."""
     from control_plane import migrate
     from control_plane.db import create_engine
