@@ -12,15 +12,18 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
 from control_plane.settings import Settings, SettingsError, get_settings
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+_T = TypeVar("_T")
 
 # Where ``grayroute demo`` keeps its SQLite file unless told otherwise (``--data-dir``).
 DEMO_DATABASE = Path(".grayroute-demo") / "grayroute.db"
@@ -120,7 +123,7 @@ def _db(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_session(work):  # type: ignore[no-untyped-def]
+async def _with_session(work: Callable[[Settings, AsyncSession], Awaitable[_T]]) -> _T:
     from control_plane.db import session_factory
 
     settings = _database_settings()
@@ -133,11 +136,11 @@ async def _with_session(work):  # type: ignore[no-untyped-def]
 
 
 def _token(args: argparse.Namespace) -> int:
-    from control_plane.auth import service as auth_service
+    from control_plane.tokens import service as tokens_service
     from control_plane.auth.service import Actor, Role
 
     async def work(_settings: Settings, session):  # type: ignore[no-untyped-def]
-        _, plaintext = await auth_service.create(session, name=args.name, role=args.role,
+        _, plaintext = await tokens_service.create(session, name=args.name, role=args.role,
                                                  actor=Actor("cli", Role.ADMIN))
         return plaintext
 
@@ -146,10 +149,11 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _token_list(_args: argparse.Namespace) -> int:
-    from control_plane.auth import service as auth_service
+    from control_plane.tokens import service as tokens_service
+    from control_plane.auth.models import Token
 
-    async def work(_settings: Settings, session):  # type: ignore[no-untyped-def]
-        return await auth_service.list(session)
+    async def work(_settings: Settings, session: AsyncSession) -> list[Token]:
+        return list(await tokens_service.list(session))
 
     tokens = asyncio.run(_with_session(work))
     print(f"{'ID':>4}  {'NAME':<24} {'ROLE':<16} {'PREFIX':<12} {'CREATED':<20} REVOKED")
@@ -161,11 +165,12 @@ def _token_list(_args: argparse.Namespace) -> int:
 
 
 def _token_revoke(args: argparse.Namespace) -> int:
-    from control_plane.auth import service as auth_service
     from control_plane.auth.service import Actor, Role
+    from control_plane.tokens import service as tokens_service
+    from control_plane.auth.models import Token
 
-    async def work(_settings: Settings, session):  # type: ignore[no-untyped-def]
-        return await auth_service.revoke(session, token_id=args.id, actor=Actor("cli", Role.ADMIN))
+    async def work(_settings: Settings, session: AsyncSession) -> Token:
+        return await tokens_service.revoke(session, token_id=args.id, actor=Actor("cli", Role.ADMIN))
 
     token = asyncio.run(_with_session(work))
     print(f"revoked token {token.id} ({token.name}, {token.role}); its next request is refused")
@@ -174,7 +179,7 @@ def _token_revoke(args: argparse.Namespace) -> int:
 
 def _pools(args: argparse.Namespace) -> int:
     from control_plane.auth.service import Actor, Role
-    from control_plane.notifications import SnapshotPublisher, notifier_for
+    from control_plane.traffic.publisher import SnapshotPublisher, notifier_for
     from control_plane.registry import service as registry_service
     from control_plane.registry.schemas import PoolPut
 

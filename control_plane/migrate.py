@@ -15,11 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import migrations
 
 MODEL_MODULES = (
+    "control_plane.changes",
     "control_plane.registry.models",
     "control_plane.traffic.models",
     "control_plane.audit.models",
     "control_plane.auth.models",
-    "control_plane.reconciler.models",
+    "control_plane.deployments.models",
 )
 
 

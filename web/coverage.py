@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from control_plane.deployments import service as deployments_service
 from control_plane.reconciler.status import drain_deadline
 from control_plane.registry import service as registry_service
 from control_plane.registry.models import Model, VersionStatus
@@ -61,7 +62,7 @@ async def load(db: Any, *, model: Model, versions: Sequence[Any] | None = None) 
     if versions is None:
         versions = await registry_service.list_versions(db, model=model)
     pools = list(await registry_service.list_pools(db))
-    deployments = {(v.version, p.name): d for d, v, p in await registry_service.list_deployments(db, model=model)}
+    deployments = {(v.version, p.name): d for d, v, p in await deployments_service.list_deployments(db, model=model)}
     coverage = Coverage(pools=pools)
     for version in versions:
         if version.status == VersionStatus.RETIRED:

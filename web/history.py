@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+from router.policy import PolicyRule
+
 # Keys of a state that say nothing a person compares (ids, timestamps) or are too long to diff inline.
 _SKIPPED = {"id", "created_at", "updated_at", "engines", "allocation", "revision"}
 
@@ -14,10 +16,11 @@ def _weight(value: Any) -> str:
     return format(Decimal(str(value)).normalize(), "f")
 
 
-def rules_text(rules: Sequence[Mapping[str, Any]] | None) -> str:
-    """``qa → 4 (x-tenant in qa, staff); beta → 4 (2 keys)``, or "none"."""
+def rules_text(rules: Sequence[Mapping[str, Any] | PolicyRule] | None) -> str:
+    """``qa → 4 (x-tenant in qa, staff); beta → 4 (2 keys)``, or "none" (rules as stored, or of a Policy)."""
     told = []
-    for rule in rules or ():
+    for item in rules or ():
+        rule = item.to_json() if isinstance(item, PolicyRule) else item
         match = rule.get("match") or {}
         if "key_in" in match:
             keys = match["key_in"]

@@ -91,7 +91,6 @@ class Reconciler:
         self.debounce_seconds = debounce_seconds
         self.clock = clock
         self.passes = 0
-        self.last_result: PassResult | None = None
         self.last_success: float | None = None
         self.heartbeat = time.monotonic()
         self._wake = asyncio.Event()
@@ -129,7 +128,6 @@ class Reconciler:
         changed = await self.store.save(rows, plan.removed, kind=kind)
         result = PassResult(report, changed, time.monotonic() - started, list(report.transient_errors))
         self.passes += 1
-        self.last_result = result
         return result
 
     # ------------------------------------------------------------ the loop

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from control_plane.errors import explain_pattern
 from control_plane.registry.models import AnonymousPolicy, PoolKind, Precision, VersionStatus
+from router.snapshot import DEFAULT_KEY_HEADER
 
 MODEL_NAME = explain_pattern(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
                              "use lowercase letters, digits and '-' (not first or last); at most 63 characters")
@@ -58,7 +59,7 @@ class _Input(BaseModel):
 class ModelCreate(_Input):
     name: ModelName
     description: Annotated[str, Field(max_length=2000)] = ""
-    key_header: Annotated[str, Field(pattern=HEADER_NAME, max_length=128)] = "x-user-id"
+    key_header: Annotated[str, Field(pattern=HEADER_NAME, max_length=128)] = DEFAULT_KEY_HEADER
     salt: Annotated[str | None, Field(min_length=1, max_length=256, description="defaults to the name")] = None
     anonymous: AnonymousPolicy = AnonymousPolicy.WEIGHTED
     replicas: Annotated[Replicas, Field(description="per-pool replica budget")] = {}
