@@ -24,12 +24,13 @@ import orjson
 import redis.asyncio as aioredis
 
 from router import errors
+from router.budget import RetryBudget
 from router.config import SnapshotSource
 from router.metrics import Recorder, SharedDirectory, merge_dumps, render
 from router.reporter import StatsReporter
 from router.routing import Route, decide
 from router.settings import RouterSettings
-from router.table import Backends, ModelTable, RoutingTable
+from router.table import Backends, ModelTable, RoutingTable, VersionGroup
 from router.upstream import Backend, Response
 
 log = logging.getLogger("grayroute.router")
@@ -48,6 +49,7 @@ _RESPONSE_DROP = _HOP_BY_HOP | {b"date", b"server"}  # the ASGI server writes it
 _JSON = [(b"content-type", b"application/json")]
 _MODELS_PREFIX = "/v2/models/"
 _ACTIONS = {"": "GET", "ready": "GET", "infer": "POST", "config": "GET"}
+_MAX_RETRIES = 2  # per request: another backend of the version, then the fallback version
 
 
 def _error_body(exc: errors.RouterError) -> bytes:
@@ -69,6 +71,7 @@ class RouterApp:
         self.max_body = settings.max_body_bytes
         self.timeout = settings.upstream_timeout
         self.eject_after = settings.eject_after
+        self.budget = RetryBudget(settings.retry_budget)
 
     # lifecycle
     def _swap(self, table: RoutingTable) -> None:
@@ -83,7 +86,13 @@ class RouterApp:
                 settings.redis_url, socket_connect_timeout=1.0, health_check_interval=10
             )
         self.backends = Backends(connect_timeout=settings.connect_timeout,
-                                 max_response=settings.max_response_bytes)
+                                 max_response=settings.max_response_bytes,
+                                 max_connections=settings.max_connections,
+                                 max_pending=settings.max_pending,
+                                 queue_timeout=settings.queue_timeout,
+                                 max_ejected_share=settings.max_ejected_share,
+                                 on_event=self.recorder.backend_event)
+        self.recorder.census = self.backends.census
         self.source = SnapshotSource(
             backends=self.backends,
             on_swap=self._swap,
@@ -103,6 +112,7 @@ class RouterApp:
             redis=self.redis,
             control_plane=settings.control_plane,
             token=token,
+            spool=settings.stats_spool,
         )
         self.reporter.start()
         if self.shared is not None:
@@ -249,7 +259,10 @@ class RouterApp:
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
         tried: list[Backend] = []
-        stale_retries = 0
+        retries = 0
+        failure: errors.UpstreamError | None = None
+        budget = self.budget
+        budget.deposit()
         while True:
             version = decision.version
             if version is None:
@@ -258,6 +271,8 @@ class RouterApp:
                         f"no such version: model {model.name!r} has no version {explicit!r}",
                         {"model": model.name, "version": explicit},
                     )
+                if failure is not None:
+                    raise failure  # what went wrong says more than "no backend left"
                 if decision.route is Route.UNKNOWN_VERSION:
                     raise errors.UnknownVersion(
                         f"version {explicit!r} of model {model.name!r} has no ready backend",
@@ -267,32 +282,38 @@ class RouterApp:
                     f"no ready backend for model {model.name!r}",
                     {"model": model.name, "version": decision.chosen, "default_version": model.routing.default_version},
                 )
-            backend = model.groups[version].pick(tried)
+            group = model.groups[version]
+            backend = group.pick(tried)
             if backend is None:
-                # every live backend of this version refused: decide again without it
+                # every live backend of this version failed this request: decide again without it
                 ready = ready - {version}
                 decision = decide(model.routing, decision_headers, ready, explicit_version=explicit)
                 continue
+            if group.panic:
+                self.recorder.panicked(model.name, version)
             try:
                 response = await backend.request(scope["method"], target, forwarded, body, self.timeout)
-            except errors.StaleConnection:
-                stale_retries += 1
-                if stale_retries <= 2:
-                    continue  # a kept-alive connection the backend had closed; nothing was processed
-                self._upstream_failed(model, version, backend, errors.UpstreamError("connection closed"))
-                raise
             except errors.ConnectError as exc:
-                self._upstream_failed(model, version, backend, exc)
+                # nothing was sent: another backend or the fallback version may take it, within the budget
+                self._upstream_failed(model, group, version, backend, exc)
                 tried.append(backend)
-                continue
+                if retries < _MAX_RETRIES:
+                    if budget.withdraw():
+                        retries += 1
+                        failure = exc
+                        exc.details = {"model": model.name, "version": version}
+                        self.recorder.retried(model.name, version, exc.kind)
+                        continue
+                    self.recorder.retry_denied(model.name, version)
+                await self._failed(send, exc, model, version, decision.route_header, decision.chosen, started)
+                return
+            except errors.Overloaded as exc:
+                self.recorder.shed_load(model.name, version, exc.reason)
+                await self._failed(send, exc, model, version, decision.route_header, decision.chosen, started)
+                return
             except errors.UpstreamError as exc:
-                self._upstream_failed(model, version, backend, exc)
-                self.recorder.observe(
-                    model.name, version, decision.route_header, exc.status,
-                    time.perf_counter() - started, decision.chosen,
-                )
-                exc.details = {"model": model.name, "version": version}
-                await _send_error(send, exc, version, decision.route_header)
+                self._upstream_failed(model, group, version, backend, exc)
+                await self._failed(send, exc, model, version, decision.route_header, decision.chosen, started)
                 return
             backend.failures = 0
             break
@@ -303,9 +324,20 @@ class RouterApp:
             model.name, version, route, response.status, time.perf_counter() - started, decision.chosen
         )
 
-    def _upstream_failed(self, model: ModelTable, version: str, backend: Backend, exc: errors.UpstreamError) -> None:
+    def _upstream_failed(
+        self, model: ModelTable, group: VersionGroup, version: str, backend: Backend, exc: errors.UpstreamError
+    ) -> None:
         self.recorder.upstream_error(model.name, version, exc.kind)
-        backend.failed(exc, eject_after=self.eject_after)
+        group.failed(backend, exc, eject_after=self.eject_after)
+
+    async def _failed(
+        self, send: Send, exc: errors.RouterError, model: ModelTable, version: str, route: str,
+        chosen: str | None, started: float,
+    ) -> None:
+        """Answer a request the version it was routed to could not serve (it still counts there)."""
+        self.recorder.observe(model.name, version, route, exc.status, time.perf_counter() - started, chosen)
+        exc.details = {"model": model.name, "version": version}
+        await _send_error(send, exc, version, route)
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         message = await receive()
@@ -359,4 +391,6 @@ async def _send_error(
     headers = list(_JSON)
     if version is not None and route is not None:
         headers += [(b"x-grayroute-version", version.encode()), (b"x-grayroute-route", route.encode())]
+    if exc.retry_after is not None:  # nothing reached a backend: safe to send again
+        headers.append((b"retry-after", str(exc.retry_after).encode()))
     await _send(send, exc.status, headers, _error_body(exc))

@@ -27,6 +27,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time a backend has to answer (default 60)")
     parser.add_argument("--connect-timeout", type=float, default=None, metavar="SECONDS",
                         help="time to open a backend connection (default 1)")
+    parser.add_argument("--max-connections", type=int, default=None, metavar="N",
+                        help="open connections per backend (default 64); more requests wait for one")
+    parser.add_argument("--max-pending", type=int, default=None, metavar="N",
+                        help="requests waiting for a connection, per backend (default 256); more get a 503")
+    parser.add_argument("--queue-timeout", type=float, default=None, metavar="SECONDS",
+                        help="longest wait for a backend connection before a 503 with Retry-After (default 1)")
+    parser.add_argument("--retry-budget", type=float, default=None, metavar="SHARE",
+                        help="retries as a share of requests, for failures before anything was sent (default 0.2)")
+    parser.add_argument("--max-ejected-share", type=float, default=None, metavar="SHARE",
+                        help="most of a version's backends ejected at once for failing (default 0.5; never the last)")
+    parser.add_argument("--stats-spool", type=int, default=None, metavar="N",
+                        help="stats reports kept in memory while Redis and the control plane are down (default 720)")
     parser.add_argument("--poll-interval", type=float, default=None, metavar="SECONDS",
                         help="HTTP polling period while Redis is unreachable (default 1)")
     parser.add_argument("--stats-interval", type=float, default=None, metavar="SECONDS",
@@ -50,6 +62,12 @@ def run(args: argparse.Namespace) -> int:
             max_response_bytes=args.max_response_bytes,
             upstream_timeout=args.upstream_timeout,
             connect_timeout=args.connect_timeout,
+            max_connections=args.max_connections,
+            max_pending=args.max_pending,
+            queue_timeout=args.queue_timeout,
+            retry_budget=args.retry_budget,
+            max_ejected_share=args.max_ejected_share,
+            stats_spool=args.stats_spool,
             poll_interval=args.poll_interval,
             stats_interval=args.stats_interval,
             router_id=args.router_id,

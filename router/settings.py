@@ -37,6 +37,12 @@ class RouterSettings(BaseModel):
     upstream_timeout: Annotated[float, Field(gt=0)] = 60.0
     connect_timeout: Annotated[float, Field(gt=0)] = 1.0
     eject_after: Annotated[int, Field(ge=1)] = 3  # consecutive failures (a refused connection ejects at once)
+    max_ejected_share: Annotated[float, Field(ge=0, le=1)] = 0.5  # of a version's backends; never the last one
+    max_connections: Annotated[int, Field(ge=1)] = 64  # per backend (and worker)
+    max_pending: Annotated[int, Field(ge=0)] = 256  # requests waiting for a connection, per backend
+    queue_timeout: Annotated[float, Field(gt=0)] = 1.0  # longest wait for a connection before a 503
+    retry_budget: Annotated[float, Field(ge=0, le=1)] = 0.2  # retries as a share of requests
+    stats_spool: Annotated[int, Field(ge=0)] = 720  # reports kept while Redis and the control plane are down
     poll_interval: Annotated[float, Field(gt=0)] = 1.0  # HTTP polling while Redis is unreachable
     stats_interval: Annotated[float, Field(gt=0)] = 5.0
     router_id: str = ""  # names this router in stats reports; default host:pid

@@ -20,6 +20,7 @@ from control_plane.errors import (
 )
 from control_plane.registry import service as registry_service
 from control_plane.registry.models import VersionStatus
+from control_plane.registry.router import LivePoliciesDep
 from control_plane.registry.schemas import VersionUpdate
 from control_plane.traffic import service as traffic_service
 from control_plane.traffic.models import TrafficRevision
@@ -40,7 +41,6 @@ from web.views.pages import (
     _reader,
     _redirect,
     _render,
-    _splits_text,
     fmt_weight,
     templates,
 )
@@ -184,13 +184,13 @@ async def set_warm(name: str, version: str, request: Request, visitor: VisitorDe
 
 @router.post("/models/{name}/versions/{version}/retire")
 async def retire_version(name: str, version: str, request: Request, visitor: VisitorDep, db: SessionDep,
-                         publisher: PublisherDep) -> Response:
+                         publisher: PublisherDep, policies: LivePoliciesDep) -> Response:
     await _posted(request, visitor)
     actor = _reader(visitor)
     auth_service.authorize(actor, Permission.VERSIONS_OPERATE)
     try:
         await registry_service.retire_version(db, model_name=name, version=version, actor=actor,
-                                              publisher=publisher)
+                                              publisher=publisher, policies=policies)
     except Conflict as exc:
         await db.rollback()
         visitor.ui.flash("error", f"Not retired: {exc.message}.")
