@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
@@ -66,11 +67,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await publisher.notifier.close()
         await engine.dispose()
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from files in an installed package, never a CDN,
+    # so they work on a cluster without internet access.
+    app: FastAPI = FastAPIOffline(
         title="grayroute",
         summary="Gray-release control plane for TensorRT inference engines",
         version="0.1.0",
         lifespan=lifespan,
+        static_url="/docs-assets",
+        favicon_url="/ui/static/favicon.svg",
     )
     app.state.settings = settings
     app.state.engine = engine

@@ -235,6 +235,9 @@ grayroute demo is running
                  -d '{{"inputs":[{{"name":"input","shape":[1,16],"datatype":"FP32","data":[{",".join(["0.5"] * 16)}]}}]}}' \\
                  -i {self.router_url}/v2/models/{MODEL}/infer
   traffic      {self.args.rps:g} requests/s from {self.args.users} users through the router
+  CLI          export GRAYROUTE_DATABASE_URL={os.environ["GRAYROUTE_DATABASE_URL"]}
+               export GRAYROUTE_CONTROL_PLANE_URL={self.api_url} GRAYROUTE_TOKEN={admin_token}
+               then e.g. `grayroute token list`, `grayroute register …` use this demo
 Ctrl-C stops everything; run it again to continue where you left off.
 """, flush=True)
 

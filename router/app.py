@@ -59,7 +59,8 @@ _MAX_RETRIES = 2  # per request: another backend of the version, then the fallba
 
 
 def _error_body(exc: errors.RouterError) -> bytes:
-    return orjson.dumps({"error": {"code": exc.code, "message": exc.message, "details": exc.details}})
+    # KServe v2 says the error is a string; code and details ride along as extra fields.
+    return orjson.dumps({"error": exc.message, "code": exc.code, "details": exc.details})
 
 
 class RouterApp:
@@ -286,6 +287,11 @@ class RouterApp:
         while True:
             version = decision.version
             if version is None:
+                if decision.route is Route.UNKNOWN_VERSION and explicit not in model.groups:
+                    raise errors.NoSuchVersion(
+                        f"no such version: model {model.name!r} has no version {explicit!r}",
+                        {"model": model.name, "version": explicit},
+                    )
                 if failure is not None:
                     raise failure  # what went wrong says more than "no backend left"
                 if decision.route is Route.UNKNOWN_VERSION:

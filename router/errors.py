@@ -1,9 +1,14 @@
 """The router's exception tree; ``router.app`` turns each into one JSON answer.
 
+The body keeps the KServe v2 / Open Inference Protocol shape that clients
+such as tritonclient parse, ``{"error": "<message>"}``, with the machine-readable
+``code`` and ``details`` beside it as extra fields.
+
 Exceptions::
 
     RouterError                 status, code: the HTTP answer a client gets
      ├── UnknownModel           404 model not in the snapshot
+     ├── NoSuchVersion          404 explicit version the model does not have
      ├── UnknownVersion         404 explicit version without ready backends
      ├── NotFound               404 a path the router does not serve
      ├── MethodNotAllowed       405
@@ -41,6 +46,11 @@ class RouterError(Exception):
 class UnknownModel(RouterError):
     status = 404
     code = "model_not_found"
+
+
+class NoSuchVersion(RouterError):
+    status = 404
+    code = "version_not_found"
 
 
 class UnknownVersion(RouterError):

@@ -2,9 +2,9 @@
 
 Pages set their own (``UI_HEADERS``, with ``no-store``); this pure ASGI
 middleware adds what a response lacks, so static files and ``/docs`` are
-covered too. The docs page loads Swagger UI from its CDN and starts it with an
-inline script, so it gets a policy that admits exactly that, and still no
-framing, sniffing or foreign form targets.
+covered too. The docs pages load Swagger UI and ReDoc from the package's own
+assets and start them with an inline script, so they get a policy that admits
+exactly that, and still no framing, sniffing or foreign form targets.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 UI_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
           "script-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-DOCS_CSP = ("default-src 'self'; img-src 'self' data: https://fastapi.tiangolo.com; "
-            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            "script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; worker-src blob:; "
+DOCS_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+            "script-src 'self' 'unsafe-inline'; worker-src 'self' blob:; "
             "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 BASE_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
 UI_HEADERS = {"Content-Security-Policy": UI_CSP, **BASE_HEADERS, "Cache-Control": "no-store"}

@@ -2,8 +2,9 @@
 
 Idempotent, so a re-run of the same pipeline is harmless: an existing version
 is reused, an engine already registered with the same sha256 is skipped, and
-a different sha256 for a registered architecture is an error (engines are
-immutable; register a new version instead).
+a re-run that differs from what is registered (precision, TensorRT version, an
+architecture's sha256) is refused before anything is written, naming each
+difference (versions and engines are immutable; register a new version).
 """
 
 from __future__ import annotations
@@ -19,6 +20,17 @@ import httpx
 from control_plane.settings import ClientSettings
 
 _CHUNK = 8 << 20
+
+DESCRIPTION = "Register a model version and its engines through the API (idempotent: safe to re-run from CI)."
+EPILOG = """\
+environment:
+  GRAYROUTE_TOKEN              a token of role publisher (or admin); required
+  GRAYROUTE_CONTROL_PLANE_URL  the control plane's base URL (default http://127.0.0.1:8080)
+
+A re-run with the same precision, TensorRT version and engine sha256s changes
+nothing; one that differs from what is registered is refused, naming the
+difference (versions and engines are immutable: register a new version).
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preferred-batch-size", type=int, action="append", default=[], metavar="N",
                         help="a batch size the dynamic batcher aims for (repeatable)")
     parser.add_argument("--notes", default="")
-    parser.add_argument("--control-plane", help="base URL (default: $GRAYROUTE_CONTROL_PLANE_URL)")
+    parser.add_argument("--control-plane", help="base URL (default: $GRAYROUTE_CONTROL_PLANE_URL, else "
+                                                "http://127.0.0.1:8080)")
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -167,16 +180,39 @@ def version_extras(args: argparse.Namespace) -> dict[str, Any]:
 def _fail(response: httpx.Response) -> None:
     try:
         error = response.json()["error"]
-        detail = "".join(f"\n  {d['field']}: {d['reason']}" for d in error.get("details") or []
-                         if isinstance(d, dict) and "field" in d)
-        message = f"{error['message']}{detail}"
+        message = error["message"]
+        fields = [f"{d['field']}: {d['reason']}" for d in error.get("details") or []
+                  if isinstance(d, dict) and "field" in d]
+        if fields and not all(f in message for f in fields):
+            message = "; ".join(fields)
     except (ValueError, KeyError, TypeError):
-        message = response.text
-    raise SystemExit(f"grayroute register: {response.request.method} {response.request.url.path} → "
-                     f"{response.status_code}: {message}")
+        message = " ".join(response.text.split())[:300] or response.reason_phrase
+    raise SystemExit(f"grayroute register: {response.request.method} {response.request.url} → "
+                     f"{response.status_code} {response.reason_phrase}: {message}")
+
+
+def _differences(registered: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """What a re-run asks for that the registered version does not have."""
+    return [f"{name} {registered[key]!r} is registered, this run has {wanted!r}"
+            for name, key, wanted in (("precision", "precision", args.precision),
+                                      ("TensorRT version", "trt_version", args.trt_version))
+            if registered.get(key) != wanted]
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _register(args)
+    except httpx.HTTPError as exc:
+        # Network failures (refused, DNS, TLS, timeouts): one line naming the URL, never a traceback.
+        try:
+            url = str(exc.request.url)
+        except RuntimeError:  # raised before a request existed
+            url = args.control_plane or ClientSettings().control_plane_url
+        reason = str(exc) or type(exc).__name__
+        raise SystemExit(f"grayroute register: cannot reach the control plane at {url}: {reason}") from None
+
+
+def _register(args: argparse.Namespace) -> int:
     settings = ClientSettings()
     if settings.token is None:
         raise SystemExit("grayroute register: set GRAYROUTE_TOKEN to a publisher token")
@@ -211,14 +247,18 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if response.status_code != 200:
             _fail(response)
-        existing = {e["gpu_arch"]: e for e in response.json()["engines"]}
+        registered = response.json()
+        existing = {e["gpu_arch"]: e for e in registered["engines"]}
+        differences = _differences(registered, args) + [
+            f"the {e['gpu_arch']} engine's sha256 is {existing[e['gpu_arch']]['sha256'][:12]}…, this run has "
+            f"{e['sha256'][:12]}…" for e in engines
+            if e["gpu_arch"] in existing and existing[e["gpu_arch"]]["sha256"] != e["sha256"]]
+        if differences:
+            # Checked before adding anything, so a refused re-run changes nothing.
+            raise SystemExit(f"grayroute register: {args.model}/{args.version} differs from what is registered: "
+                             f"{'; '.join(differences)}; versions and engines are immutable, register a new version")
         for engine in engines:
-            known = existing.get(engine["gpu_arch"])
-            if known is not None:
-                if known["sha256"] != engine["sha256"]:
-                    raise SystemExit(f"grayroute register: {args.model}/{args.version} already has a different "
-                                     f"{engine['gpu_arch']} engine (sha256 {known['sha256'][:12]}…); engines are "
-                                     "immutable, register a new version")
+            if engine["gpu_arch"] in existing:
                 print(f"{engine['gpu_arch']}: already registered")
                 continue
             response = api.post(f"/models/{args.model}/versions/{args.version}/engines", json=engine)

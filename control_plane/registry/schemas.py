@@ -9,17 +9,21 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from control_plane.errors import explain_pattern
 from control_plane.registry.endpoints import parse_pattern
 from control_plane.registry.models import AnonymousPolicy, PoolKind, Precision, VersionStatus
 from router.snapshot import DEFAULT_KEY_HEADER
 
-MODEL_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-VERSION_LABEL = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"
-GPU_ARCH = r"^sm_[0-9]{2,3}[a-z]?$"
-SHA256 = r"^[0-9a-f]{64}$"
-TRT_VERSION = r"^[0-9]+\.[0-9]+(\.[0-9]+){0,2}$"
-HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
-URI = r"^[a-z][a-z0-9+.-]*://\S+$"
+MODEL_NAME = explain_pattern(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+                             "use lowercase letters, digits and '-' (not first or last); at most 63 characters")
+VERSION_LABEL = explain_pattern(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$",
+                                "use letters, digits, '.', '_' and '-' (not first or last); at most 63 characters")
+GPU_ARCH = explain_pattern(r"^sm_[0-9]{2,3}[a-z]?$", "a GPU architecture such as sm_80, sm_86, sm_90 or sm_90a")
+SHA256 = explain_pattern(r"^[0-9a-f]{64}$", "64 lowercase hexadecimal digits (a sha256)")
+TRT_VERSION = explain_pattern(r"^[0-9]+\.[0-9]+(\.[0-9]+){0,2}$", "a version such as 10.3 or 10.3.0")
+HEADER_NAME = explain_pattern(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
+                              "an HTTP header name: letters, digits and - (no spaces or ':')")
+URI = explain_pattern(r"^[a-z][a-z0-9+.-]*://\S+$", "a URI such as s3://bucket/path, without spaces")
 ENGINE_SCHEMES = ("s3", "gs", "https", "http")  # http: only with GRAYROUTE_ALLOW_HTTP_ENGINE_URIS
 
 

@@ -6,8 +6,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, WithJsonSchema, field_validator
 
+from control_plane.errors import UNION_TAG_PREFIX
 from control_plane.registry.schemas import HEADER_NAME, MODEL_NAME, VersionLabel, refuse_nul
 from control_plane.traffic.models import TrafficRevision
 from router.policy import Policy, PolicyRule, Split
@@ -57,14 +58,24 @@ class KeyMatchIn(_Input):
                       Field(min_length=1, max_length=MAX_VALUES_PER_RULE)]
 
 
+def _match_kind(value: Any) -> str:
+    # Picks the variant from the keys sent, so a refusal is about that variant only (never both).
+    keyed = isinstance(value, KeyMatchIn) or (isinstance(value, dict) and "key_in" in value)
+    return f"{UNION_TAG_PREFIX}key" if keyed else f"{UNION_TAG_PREFIX}header"
+
+
 class RuleIn(_Input):
     name: Annotated[str, Field(pattern=MODEL_NAME)]
-    match: HeaderMatchIn | KeyMatchIn
+    match: Annotated[Annotated[HeaderMatchIn, Tag(f"{UNION_TAG_PREFIX}header")]
+                     | Annotated[KeyMatchIn, Tag(f"{UNION_TAG_PREFIX}key")], Discriminator(_match_kind)]
     version: VersionLabel
 
 
 class TrafficPut(_Input):
-    default_version: VersionLabel
+    default_version: Annotated[VersionLabel, Field(description=(
+        "the fallback: serves requests whose version has no ready backend (and anonymous requests under the "
+        "'default' policy); must have an engine some pool can run. It may have 0% of the split, then it serves "
+        "only fallbacks"))]
     splits: Annotated[list[SplitIn], Field(min_length=1, max_length=64)]
     rules: Annotated[list[RuleIn], Field(max_length=MAX_RULES)] = []
     reason: Annotated[str, Field(max_length=2000)] = ""
@@ -113,6 +124,14 @@ class TrafficRead(BaseModel):
         return cls(model=model, revision=revision.revision, **revision.policy.to_json(),
                    allocation=revision.allocation, reason=revision.reason, reapplied_from=revision.reapplied_from,
                    created_by=revision.created_by, created_at=revision.created_at)
+
+
+class TrafficWritten(TrafficRead):
+    created: bool = Field(description="false: the policy was identical to the live one, so no revision was "
+                                      "written and this is the live revision")
+    message: str
+    notes: list[str] = Field(default=[], description="what the live policy implies, e.g. a 0% default version "
+                                                     "that serves only fallbacks")
 
 
 class RouteExplanation(BaseModel):

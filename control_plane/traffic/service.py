@@ -163,9 +163,28 @@ async def _validate(session: AsyncSession, *, model: Model, policy: Policy) -> l
     return policy.bucket_counts()
 
 
+def default_note(revision: TrafficRevision, *, anonymous: str) -> str | None:
+    """What the default version does when the split gives it 0% (None when it has a share).
+
+    The rule, the same in the API and the UI: the default version must be
+    deployable, and it is the fallback. With 0% of the split it serves no user
+    by choice, only requests whose version has no ready backend (and, under the
+    'default' anonymous policy, requests without a routing key).
+    """
+    default = revision.policy.default_version
+    if default is None or revision.policy.weights().get(default, 0) > 0:
+        return None
+    also = " and requests without a routing key" if anonymous == "default" else ""
+    return (f"default version {default} has 0% of the split: it is the fallback only, serving requests whose "
+            f"version has no ready backend{also}")
+
+
 async def put(session: AsyncSession, *, model_name: str, body: TrafficPut, if_match: str | None, actor: Actor,
               publisher: Committer) -> TrafficRevision:
-    """Write a new revision if ``if_match`` names the live one (optimistic concurrency)."""
+    """Write a new revision if ``if_match`` names the live one (optimistic concurrency).
+
+    A policy identical to the live one writes nothing and returns the live revision.
+    """
     if if_match is None:
         raise PreconditionRequired("PUT traffic needs If-Match with the ETag from GET "
                                    "(so two release managers never overwrite each other)")
@@ -181,6 +200,8 @@ async def put(session: AsyncSession, *, model_name: str, body: TrafficPut, if_ma
         )
     policy = body.policy()
     counts = await _validate(session, model=model, policy=policy)
+    if current is not None and current.policy == policy:
+        return current  # a revision identical to the live one would only be noise in the history
     previous: list[Range] | None = None
     if current is not None and current.salt == model.salt:
         previous = [(s, e, v) for s, e, v in current.allocation]
@@ -293,10 +314,12 @@ async def action_put(session: AsyncSession, *, model: Model, current: TrafficRev
     rules = live.rules
     reapplied_from = None
     if action is Action.PROMOTE:
+        already = weights.get(version) == 100
         weights.setdefault(version, Decimal(0))
         weights = {v: Decimal(100) if v == version else Decimal(0) for v in weights}
         default = version
-        what = f"{version} gets 100% of traffic and becomes the default version."
+        what = (f"{version} already has 100% of traffic; it becomes the default version (the fallback)." if already
+                else f"{version} gets 100% of traffic and becomes the default version.")
     elif action is Action.ROLLBACK:
         if version == default:
             raise InvalidInput.field("version", f"{version} is the default version; promote another version instead")

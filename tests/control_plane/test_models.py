@@ -23,7 +23,7 @@ def test_model_name_must_be_dns_safe_and_error_names_the_field(api: Api) -> None
     error = response.json()["error"]
     assert error["code"] == "invalid"
     assert error["details"][0]["field"] == "name"
-    assert "pattern" in error["details"][0]["reason"]
+    assert "lowercase letters, digits and '-'" in error["details"][0]["reason"]
 
 
 def test_unknown_fields_are_refused_not_ignored(api: Api) -> None:
