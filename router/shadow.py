@@ -78,6 +78,9 @@ class Mirror:
             except errors.UpstreamTimeout:
                 self.parity.count(key, "timeouts")
                 return
+            except errors.Overloaded:
+                self.parity.count(key, "errors")  # the shadow backend sheds load: a mirror never waits for room
+                return
             except errors.UpstreamError:
                 self.parity.count(key, "errors")
                 return

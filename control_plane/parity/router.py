@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 
-from control_plane.deps import CurrentActor, SessionDep, StatsReporter
+from control_plane.deps import Reader, SessionDep, StatsReporter
 from control_plane.errors import ERROR_RESPONSES
 from control_plane.parity import service as parity_service
 from control_plane.parity.schemas import ModelParity, ParityReport, ReportAccepted
@@ -31,7 +31,7 @@ async def post_report(report: ParityReport, store: ParityStoreDep, _actor: Stats
 
 @router.get("/models/{model}/parity", response_model=ModelParity)
 async def get_model_parity(
-    model: ModelPath, session: SessionDep, store: ParityStoreDep, _actor: CurrentActor,
+    model: ModelPath, session: SessionDep, store: ParityStoreDep, _actor: Reader,
     window: Annotated[int, Query(ge=1, le=3600, description="seconds to look back")] = 300,
 ) -> ModelParity:
     """Shadow-against-primary output parity per (shadow version, primary version, gpu_arch of each side)."""

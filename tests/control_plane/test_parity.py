@@ -80,6 +80,7 @@ def test_only_routers_report_and_bad_reports_name_the_field(api: Api) -> None:
     assert response.status_code == 422
     assert any(d["field"].endswith("windows[0].compared") for d in response.json()["error"]["details"])
     assert api.get("/models/resnet50/parity").json()["pairs"] == []  # nothing half-kept
+    assert api.as_("router").get("/models/resnet50/parity").status_code == 403  # routers report, never read
     assert api.get("/models/nope/parity").status_code == 404
     assert api.get("/models/resnet50/parity", params={"window": 0}).status_code == 422
 

@@ -65,9 +65,9 @@ def test_quick_actions_keep_the_shadow(api: Api) -> None:
     ({"version": "4", "percent": 0}, "shadow.percent", "greater than 0"),
     ({"version": "4", "percent": 100.01}, "shadow.percent", "less than or equal to 100"),
     ({"version": "4", "percent": "lots"}, "shadow.percent", "valid decimal"),
-    ({"version": "4"}, "shadow.percent", "Field required"),
-    ({"percent": 5}, "shadow.version", "Field required"),
-    ({"version": "4", "percent": 5, "mode": "x"}, "shadow.mode", "Extra inputs"),
+    ({"version": "4"}, "shadow.percent", "required"),
+    ({"percent": 5}, "shadow.version", "required"),
+    ({"version": "4", "percent": 5, "mode": "x"}, "shadow.mode", "not a field"),
     ("4", "shadow", ""),
 ])
 def test_bad_shadows_are_refused_naming_the_field(api: Api, shadow: Any, field: str, reason_part: str) -> None:

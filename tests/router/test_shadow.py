@@ -312,7 +312,10 @@ async def test_a_slow_or_dead_shadow_costs_the_client_nothing(
     assert outcome(windows, "mirrored") + outcome(windows, "dropped") == 900
     if shadow_state == "slow":
         # 16 mirrors sit on the slow backend for 10 s each; every other request is dropped at once
-        assert 16 <= outcome(windows, "mirrored") <= 16 * (1 + int(elapsed // 10)), elapsed
+        # (a mirror that failed early, e.g. refused under the machine's load, frees its place sooner)
+        held = outcome(windows, "mirrored") - outcome(windows, "errors")
+        assert outcome(windows, "mirrored") >= 16 and held <= 16 * (1 + int(elapsed // 10)), (elapsed, windows)
+        assert outcome(windows, "dropped") >= 900 - 16 * (1 + int(elapsed // 10)) - outcome(windows, "errors")
     else:
         # the dead backend is refused fast: each mirror is an error, none surfaces
         windows = await _parity_windows(
