@@ -24,12 +24,13 @@ import orjson
 import redis.asyncio as aioredis
 
 from router import errors
+from router.budget import RetryBudget
 from router.config import SnapshotSource
 from router.metrics import Recorder, SharedDirectory, merge_dumps, render
 from router.reporter import StatsReporter
 from router.routing import Route, decide
-from router.settings import RouterSettings
-from router.table import Backends, ModelTable, RoutingTable
+from router.settings import CREDENTIAL_HEADERS, RouterSettings
+from router.table import Backends, ModelTable, RoutingTable, VersionGroup
 from router.upstream import Backend, Response
 
 log = logging.getLogger("grayroute.router")
@@ -45,13 +46,21 @@ _HOP_BY_HOP = frozenset({
     b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length", b"expect",
 })
 _RESPONSE_DROP = _HOP_BY_HOP | {b"date", b"server"}  # the ASGI server writes its own
+# Headers the router writes itself. A client's copy is dropped (x-grayroute-* would let it
+# spoof routing and shadow markers; X-Forwarded-For is appended to, never passed as sent),
+# and a backend's x-grayroute-* answer headers are dropped so the router's own win.
+_OWN = b"x-grayroute-"
+_FORWARDED_FOR = b"x-forwarded-for"
+_REPLACED = frozenset({_FORWARDED_FOR, b"x-forwarded-proto"})
 _JSON = [(b"content-type", b"application/json")]
 _MODELS_PREFIX = "/v2/models/"
 _ACTIONS = {"": "GET", "ready": "GET", "infer": "POST", "config": "GET"}
+_MAX_RETRIES = 2  # per request: another backend of the version, then the fallback version
 
 
 def _error_body(exc: errors.RouterError) -> bytes:
-    return orjson.dumps({"error": {"code": exc.code, "message": exc.message, "details": exc.details}})
+    # KServe v2 says the error is a string; code and details ride along as extra fields.
+    return orjson.dumps({"error": exc.message, "code": exc.code, "details": exc.details})
 
 
 class RouterApp:
@@ -68,6 +77,11 @@ class RouterApp:
         self.max_body = settings.max_body_bytes
         self.timeout = settings.upstream_timeout
         self.eject_after = settings.eject_after
+        self.budget = RetryBudget(settings.retry_budget)
+        # credentials reach backends only where the operator says so (--forward-header)
+        self.not_forwarded = _HOP_BY_HOP | _REPLACED | {
+            name.encode() for name in CREDENTIAL_HEADERS - set(settings.forward_headers)
+        }
 
     # lifecycle
     def _swap(self, table: RoutingTable) -> None:
@@ -82,7 +96,13 @@ class RouterApp:
                 settings.redis_url, socket_connect_timeout=1.0, health_check_interval=10
             )
         self.backends = Backends(connect_timeout=settings.connect_timeout,
-                                 max_response=settings.max_response_bytes)
+                                 max_response=settings.max_response_bytes,
+                                 max_connections=settings.max_connections,
+                                 max_pending=settings.max_pending,
+                                 queue_timeout=settings.queue_timeout,
+                                 max_ejected_share=settings.max_ejected_share,
+                                 on_event=self.recorder.backend_event)
+        self.recorder.census = self.backends.census
         self.source = SnapshotSource(
             backends=self.backends,
             on_swap=self._swap,
@@ -102,6 +122,7 @@ class RouterApp:
             redis=self.redis,
             control_plane=settings.control_plane,
             token=token,
+            spool=settings.stats_spool,
         )
         self.reporter.start()
         if self.shared is not None:
@@ -223,16 +244,27 @@ class RouterApp:
         decision_headers: dict[str, str] = {}
         forwarded: list[tuple[bytes, bytes]] = []
         declared = 0
+        hops: list[bytes] = []
+        not_forwarded = self.not_forwarded
         for name, value in scope["headers"]:
             if name in wanted:
                 try:  # keys are hashed as UTF-8 (spec); clients send them as UTF-8 bytes
                     decision_headers[name.decode("latin-1")] = value.decode()
                 except UnicodeDecodeError:
                     decision_headers[name.decode("latin-1")] = value.decode("latin-1")
-            if name not in _HOP_BY_HOP:
-                forwarded.append((name, value))
+            if name not in not_forwarded:
+                if not name.startswith(_OWN):
+                    forwarded.append((name, value))
             elif name == b"content-length":
                 declared = int(value) if value.isdigit() else 0
+            elif name == _FORWARDED_FOR:
+                hops.append(value)
+        client = scope.get("client")
+        if client:
+            hops.append(client[0].encode())
+        if hops:
+            forwarded.append((_FORWARDED_FOR, b", ".join(hops)))
+        forwarded.append((b"x-forwarded-proto", b"https" if scope.get("scheme") == "https" else b"http"))
         if declared > self.max_body:
             raise errors.BodyTooLarge(
                 f"request body of {declared} bytes is over the {self.max_body}-byte limit",
@@ -248,10 +280,20 @@ class RouterApp:
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
         tried: list[Backend] = []
-        stale_retries = 0
+        retries = 0
+        failure: errors.UpstreamError | None = None
+        budget = self.budget
+        budget.deposit()
         while True:
             version = decision.version
             if version is None:
+                if decision.route is Route.UNKNOWN_VERSION and explicit not in model.groups:
+                    raise errors.NoSuchVersion(
+                        f"no such version: model {model.name!r} has no version {explicit!r}",
+                        {"model": model.name, "version": explicit},
+                    )
+                if failure is not None:
+                    raise failure  # what went wrong says more than "no backend left"
                 if decision.route is Route.UNKNOWN_VERSION:
                     raise errors.UnknownVersion(
                         f"version {explicit!r} of model {model.name!r} has no ready backend",
@@ -261,32 +303,38 @@ class RouterApp:
                     f"no ready backend for model {model.name!r}",
                     {"model": model.name, "version": decision.chosen, "default_version": model.routing.default_version},
                 )
-            backend = model.groups[version].pick(tried)
+            group = model.groups[version]
+            backend = group.pick(tried)
             if backend is None:
-                # every live backend of this version refused: decide again without it
+                # every live backend of this version failed this request: decide again without it
                 ready = ready - {version}
                 decision = decide(model.routing, decision_headers, ready, explicit_version=explicit)
                 continue
+            if group.panic:
+                self.recorder.panicked(model.name, version)
             try:
                 response = await backend.request(scope["method"], target, forwarded, body, self.timeout)
-            except errors.StaleConnection:
-                stale_retries += 1
-                if stale_retries <= 2:
-                    continue  # a kept-alive connection the backend had closed; nothing was processed
-                self._upstream_failed(model, version, backend, errors.UpstreamError("connection closed"))
-                raise
             except errors.ConnectError as exc:
-                self._upstream_failed(model, version, backend, exc)
+                # nothing was sent: another backend or the fallback version may take it, within the budget
+                self._upstream_failed(model, group, version, backend, exc)
                 tried.append(backend)
-                continue
+                if retries < _MAX_RETRIES:
+                    if budget.withdraw():
+                        retries += 1
+                        failure = exc
+                        exc.details = {"model": model.name, "version": version}
+                        self.recorder.retried(model.name, version, exc.kind)
+                        continue
+                    self.recorder.retry_denied(model.name, version)
+                await self._failed(send, exc, model, version, decision.route_header, decision.chosen, started)
+                return
+            except errors.Overloaded as exc:
+                self.recorder.shed_load(model.name, version, exc.reason)
+                await self._failed(send, exc, model, version, decision.route_header, decision.chosen, started)
+                return
             except errors.UpstreamError as exc:
-                self._upstream_failed(model, version, backend, exc)
-                self.recorder.observe(
-                    model.name, version, decision.route_header, exc.status,
-                    time.perf_counter() - started, decision.chosen,
-                )
-                exc.details = {"model": model.name, "version": version}
-                await _send_error(send, exc, version, decision.route_header)
+                self._upstream_failed(model, group, version, backend, exc)
+                await self._failed(send, exc, model, version, decision.route_header, decision.chosen, started)
                 return
             backend.failures = 0
             break
@@ -297,9 +345,20 @@ class RouterApp:
             model.name, version, route, response.status, time.perf_counter() - started, decision.chosen
         )
 
-    def _upstream_failed(self, model: ModelTable, version: str, backend: Backend, exc: errors.UpstreamError) -> None:
+    def _upstream_failed(
+        self, model: ModelTable, group: VersionGroup, version: str, backend: Backend, exc: errors.UpstreamError
+    ) -> None:
         self.recorder.upstream_error(model.name, version, exc.kind)
-        backend.failed(exc, eject_after=self.eject_after)
+        group.failed(backend, exc, eject_after=self.eject_after)
+
+    async def _failed(
+        self, send: Send, exc: errors.RouterError, model: ModelTable, version: str, route: str,
+        chosen: str | None, started: float,
+    ) -> None:
+        """Answer a request the version it was routed to could not serve (it still counts there)."""
+        self.recorder.observe(model.name, version, route, exc.status, time.perf_counter() - started, chosen)
+        exc.details = {"model": model.name, "version": version}
+        await _send_error(send, exc, version, route)
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         message = await receive()
@@ -332,7 +391,8 @@ class RouterApp:
             (b"x-grayroute-route", route.encode()),
         ]
         for pair in response.headers:
-            if pair[0].lower() not in _RESPONSE_DROP:
+            name = pair[0].lower()
+            if name not in _RESPONSE_DROP and not name.startswith(_OWN):
                 headers.append(pair)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -353,4 +413,6 @@ async def _send_error(
     headers = list(_JSON)
     if version is not None and route is not None:
         headers += [(b"x-grayroute-version", version.encode()), (b"x-grayroute-route", route.encode())]
+    if exc.retry_after is not None:  # nothing reached a backend: safe to send again
+        headers.append((b"retry-after", str(exc.retry_after).encode()))
     await _send(send, exc.status, headers, _error_body(exc))

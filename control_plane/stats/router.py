@@ -1,4 +1,4 @@
-"""Stats endpoints: routers push windows; any authenticated caller reads merged figures."""
+"""Stats endpoints: routers push windows (and only that); people read merged figures."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 
-from control_plane.deps import CurrentActor, SessionDep, StatsReporter
+from control_plane.deps import Reader, SessionDep, StatsReporter
 from control_plane.errors import ERROR_RESPONSES
 from control_plane.registry import service as registry_service
 from control_plane.registry.router import ModelPath
@@ -30,7 +30,7 @@ async def post_report(report: StatsReport, store: StatsStoreDep, _actor: StatsRe
 
 @router.get("/models/{model}/stats", response_model=ModelStats)
 async def get_model_stats(
-    model: ModelPath, session: SessionDep, store: StatsStoreDep, _actor: CurrentActor,
+    model: ModelPath, session: SessionDep, store: StatsStoreDep, _actor: Reader,
     window: Annotated[int, Query(ge=1, le=3600, description="seconds to look back")] = 60,
 ) -> ModelStats:
     found = await registry_service.get_model_or_raise(session, name=model)
