@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -492,7 +493,8 @@ def _inf_where(holds: Callable[[float], bool], low: float, high: float, toleranc
 
 
 def _finite(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    # numbers.Real admits numpy scalars, which counts summed with numpy are
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _finite_non_negative(name: str, value: object) -> None:
