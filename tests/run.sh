@@ -31,7 +31,12 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 echo "==> installing grayroute with its test extras"
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -e '.[test]'
+"$venv/bin/python" -m pip install -q -e .
+# moto needs boto3, whose releases move in lockstep with botocore; s3fs's aiobotocore pins botocore
+# tightly. Naming the boto3 that matches the installed botocore spares pip a long backtrack
+# through boto3 releases (minutes on a fresh machine).
+botocore_version=$("$venv/bin/python" -c 'import botocore; print(botocore.__version__)')
+"$venv/bin/python" -m pip install -q -e '.[test]' "boto3==$botocore_version"
 
 echo "==> running the tests"
 exec "$venv/bin/python" -m pytest -p no:cacheprovider "$@"

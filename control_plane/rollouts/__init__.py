@@ -1,0 +1,1 @@
+"""Staged rollouts: the judgement of a candidate against its baseline at each step."""
