@@ -1,6 +1,6 @@
 """Traffic revisions carry an optional shadow: the version that gets a mirrored share of requests.
 
-Revision ID: 0005
+Revision ID: 0004
 Revises: 0003
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0005'
+revision: str = '0004'
 down_revision: str | None = '0003'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
