@@ -191,7 +191,9 @@ def model(api: Api, request: pytest.FixtureRequest) -> str:
     return name
 
 
-@pytest.fixture(scope="session")
+# Package scope: Playwright's sync API keeps an event loop running in this thread while it
+# lives, which would break asyncio.run() in any test collected after tests/web.
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
