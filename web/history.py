@@ -46,9 +46,28 @@ def _show(key: str, value: Any) -> str:
     return str(value)
 
 
-def changes(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> list[dict[str, str]]:
-    """What an audit event changed, key by key: [{"key", "before", "after"}] (only keys that differ)."""
-    before, after = before or {}, after or {}
+def changes(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None,
+            rules_of: Mapping[int, Sequence[PolicyRule]] | None = None) -> list[dict[str, str]]:
+    """What an audit event changed, key by key: [{"key", "before", "after"}] (only keys that differ).
+
+    A traffic event names its revisions rather than copying their rules; ``rules_of`` (revision
+    number -> rules) puts the rules back, so the diff reads "rules none → qa → 4 (…)".
+    """
+    before, after = _with_rules(before or {}, rules_of), _with_rules(after or {}, rules_of)
     keys = [k for k in dict.fromkeys([*after, *before]) if k not in _SKIPPED]
     return [{"key": k, "before": _show(k, before.get(k)), "after": _show(k, after.get(k))}
             for k in keys if before.get(k) != after.get(k)]
+
+
+def _with_rules(state: Mapping[str, Any], rules_of: Mapping[int, Sequence[PolicyRule]] | None) -> Mapping[str, Any]:
+    number = state.get("revision")
+    if rules_of is None or not isinstance(number, int) or number not in rules_of:
+        return state
+    shown = {k: v for k, v in state.items() if k not in ("rule_count", "rule_changes")}
+    shown["rules"] = [rule.to_json() for rule in rules_of[number]]
+    return shown
+
+
+def revision_numbers(states: Sequence[Mapping[str, Any] | None]) -> set[int]:
+    """The revision numbers audit states refer to."""
+    return {s["revision"] for s in states if s and isinstance(s.get("revision"), int)}

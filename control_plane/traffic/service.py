@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -114,6 +114,17 @@ async def list_revisions(session: AsyncSession, *, model: Model, limit: int = 50
     if before is not None and before <= MAX_REVISION:  # beyond the column's range: no bound at all
         query = query.where(TrafficRevision.revision < before)
     return (await session.scalars(query)).all()
+
+
+async def revisions_by_number(session: AsyncSession, *, model: Model,
+                              numbers: Collection[int]) -> dict[int, TrafficRevision]:
+    """The named revisions of ``model`` in one query (the audit refers to revisions by number)."""
+    wanted = [n for n in numbers if 0 < n <= MAX_REVISION]
+    if not wanted:
+        return {}
+    found = await session.scalars(select(TrafficRevision).where(
+        TrafficRevision.model_id == model.id, TrafficRevision.revision.in_(wanted)))
+    return {revision.revision: revision for revision in found}
 
 
 async def get_revision_or_raise(session: AsyncSession, *, model: Model, revision: int) -> TrafficRevision:

@@ -23,7 +23,7 @@ from control_plane.errors import (
 from control_plane.parity import service as parity_service
 from control_plane.parity.schemas import ModelParity
 from control_plane.registry import service as registry_service
-from control_plane.registry.models import VersionStatus
+from control_plane.registry.models import Model, VersionStatus
 from control_plane.registry.router import LivePoliciesDep
 from control_plane.registry.schemas import VersionUpdate
 from control_plane.traffic import service as traffic_service
@@ -144,9 +144,7 @@ async def _model_page(request: Request, visitor: Visitor, db: Any, name: str, *,
                                                           before=revisions_before),
         "revisions_paged": revisions_before is not None, "events_paged": events_before is not None,
         "page_size": HISTORY_PAGE,
-        "events": [(e, _target_label(e, model.name), history.changes(e.before, e.after))
-                   for e in await audit_service.list(db, model=model.name, limit=HISTORY_PAGE,
-                                                     before_id=events_before)],
+        "events": await _events(db, model, events_before),
         "coverage": await version_coverage.load(db, model=model, versions=versions),
         "default_note": traffic_service.default_note(current, anonymous=model.anonymous) if current else None,
         "figures": figures,
@@ -159,6 +157,17 @@ async def _model_page(request: Request, visitor: Visitor, db: Any, name: str, *,
         "can_operate": actor.can(Permission.VERSIONS_OPERATE),
     }
     return _render(request, visitor, "model.html", context, status)
+
+
+async def _events(db: SessionDep, model: Model, events_before: int | None) -> list[tuple[Any, str, Any]]:
+    """Audit events with their changes; traffic events get their revisions' rules back for the diff."""
+    events = await audit_service.list(db, model=model.name, limit=HISTORY_PAGE, before_id=events_before)
+    numbers = history.revision_numbers([s for e in events for s in (e.before, e.after)])
+    revisions = await traffic_service.revisions_by_number(db, model=model, numbers=numbers)
+    rules_of = {n: r.policy.rules for n, r in revisions.items()}
+    return [(e, _target_label(e, model.name),
+             history.changes(e.before, e.after, rules_of if e.target_type == "traffic" else None))
+            for e in events]
 
 
 @router.get("/models/{name}")
