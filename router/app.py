@@ -25,10 +25,11 @@ import redis.asyncio as aioredis
 
 from router import errors
 from router.config import SnapshotSource
-from router.metrics import Recorder, SharedDirectory, merge_dumps, render
+from router.metrics import NOWHERE, Recorder, SharedDirectory, Where, merge_dumps, render
 from router.reporter import StatsReporter
-from router.routing import Route, decide
+from router.routing import Decision, Route, decide
 from router.settings import RouterSettings
+from router.stats import NO_BACKEND
 from router.table import Backends, ModelTable, RoutingTable
 from router.upstream import Backend, Response
 
@@ -252,6 +253,7 @@ class RouterApp:
         while True:
             version = decision.version
             if version is None:
+                self._unserved(model, decision, explicit, started)
                 if decision.route is Route.UNKNOWN_VERSION:
                     raise errors.UnknownVersion(
                         f"version {explicit!r} of model {model.name!r} has no ready backend",
@@ -261,44 +263,64 @@ class RouterApp:
                     f"no ready backend for model {model.name!r}",
                     {"model": model.name, "version": decision.chosen, "default_version": model.routing.default_version},
                 )
-            backend = model.groups[version].pick(tried)
+            group = model.groups[version]
+            backend = group.pick(tried)
             if backend is None:
                 # every live backend of this version refused: decide again without it
                 ready = ready - {version}
                 decision = decide(model.routing, decision_headers, ready, explicit_version=explicit)
                 continue
+            where = group.where.get(backend, NOWHERE)
             try:
                 response = await backend.request(scope["method"], target, forwarded, body, self.timeout)
-            except errors.StaleConnection:
+            except errors.StaleConnection as exc:
                 stale_retries += 1
                 if stale_retries <= 2:
                     continue  # a kept-alive connection the backend had closed; nothing was processed
-                self._upstream_failed(model, version, backend, errors.UpstreamError("connection closed"))
-                raise
+                await self._failed_answer(send, model, decision, version, where, backend, exc, started)
+                return
             except errors.ConnectError as exc:
-                self._upstream_failed(model, version, backend, exc)
+                self._upstream_failed(model, version, backend, exc, where)
                 tried.append(backend)
                 continue
             except errors.UpstreamError as exc:
-                self._upstream_failed(model, version, backend, exc)
-                self.recorder.observe(
-                    model.name, version, decision.route_header, exc.status,
-                    time.perf_counter() - started, decision.chosen,
-                )
-                exc.details = {"model": model.name, "version": version}
-                await _send_error(send, exc, version, decision.route_header)
+                await self._failed_answer(send, model, decision, version, where, backend, exc, started)
                 return
             backend.failures = 0
             break
 
         route = decision.route_header
         await self._respond(send, response, version, route)
+        # assigned: what the split, rule or explicit path chose, even when another version served
         self.recorder.observe(
-            model.name, version, route, response.status, time.perf_counter() - started, decision.chosen
+            model.name, decision.chosen or version, version, where, route, response.status,
+            time.perf_counter() - started,
         )
 
-    def _upstream_failed(self, model: ModelTable, version: str, backend: Backend, exc: errors.UpstreamError) -> None:
-        self.recorder.upstream_error(model.name, version, exc.kind)
+    async def _failed_answer(
+        self, send: Send, model: ModelTable, decision: Decision, version: str, where: Where, backend: Backend,
+        exc: errors.UpstreamError, started: float,
+    ) -> None:
+        """The backend broke the exchange: count it against the assigned version and answer the error."""
+        self._upstream_failed(model, version, backend, exc, where)
+        self.recorder.observe(
+            model.name, decision.chosen or version, version, where, decision.route_header, exc.status,
+            time.perf_counter() - started, exc.kind,
+        )
+        exc.details = {"model": model.name, "version": version}
+        await _send_error(send, exc, version, decision.route_header)
+
+    def _unserved(self, model: ModelTable, decision: Decision, explicit: str | None, started: float) -> None:
+        """No version could serve: the assigned one (if the snapshot knows it) counts the failure."""
+        assigned = explicit if decision.route is Route.UNKNOWN_VERSION else decision.chosen
+        if assigned is not None and assigned in model.groups:  # never a label a client made up
+            self.recorder.unserved(model.name, assigned, decision.route.value, time.perf_counter() - started,
+                                   NO_BACKEND)
+
+    def _upstream_failed(
+        self, model: ModelTable, version: str, backend: Backend, exc: errors.UpstreamError, where: Where
+    ) -> None:
+        self.recorder.upstream_error(model.name, version, where, exc.kind)
         backend.failed(exc, eject_after=self.eject_after)
 
     async def _read_body(self, receive: Receive) -> bytes | None:

@@ -19,12 +19,15 @@ from router.upstream import Backend
 class VersionGroup:
     """The backends of one version; picks the less loaded of two random live ones."""
 
-    __slots__ = ("backends", "live", "version")
+    __slots__ = ("backends", "live", "version", "where")
 
-    def __init__(self, version: str, backends: Sequence[Backend]) -> None:
+    def __init__(self, version: str, backends: Sequence[Backend],
+                 where: Sequence[tuple[str, str]] = ()) -> None:
         self.version = version
         self.backends = tuple(backends)
         self.live: list[Backend] = [b for b in backends if not b.ejected]
+        # each backend's (pool, gpu_arch) from the snapshot: the labels its requests are counted under
+        self.where: dict[Backend, tuple[str, str]] = dict(zip(self.backends, where or [("", "")] * len(backends)))
 
     def refresh(self) -> None:
         self.live = [b for b in self.backends if not b.ejected]
@@ -99,6 +102,7 @@ class Backends:
             groups: dict[str, VersionGroup] = {}
             for version, routes in spec.versions.items():
                 backends = []
+                where = []
                 for endpoint in routes.endpoints:
                     backend = self.by_url.get(endpoint.url)
                     if backend is None:
@@ -106,7 +110,8 @@ class Backends:
                                           max_response=self.max_response)
                         self.by_url[endpoint.url] = backend
                     backends.append(backend)
-                groups[version] = VersionGroup(version, backends)
+                    where.append((endpoint.pool, endpoint.gpu_arch))
+                groups[version] = VersionGroup(version, backends, where)
             models[name] = ModelTable(name, spec.routing(name), groups)
         return RoutingTable(snapshot.revision, models, raw)
 
