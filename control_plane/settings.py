@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     # Secure cookies need HTTPS; the embedded demo runs on plain loopback HTTP.
     cookie_secure: bool = False
     # Stats merged from routers are kept this long.
-    stats_retention_seconds: int = 3600
+    stats_retention_seconds: int = 6 * 3600
     state_dir: Path = Path(".grayroute")
 
     @field_validator("database_url")
