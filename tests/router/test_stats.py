@@ -121,7 +121,8 @@ def test_bad_reports_are_refused() -> None:
 @pytest.fixture
 def clean_stats(cp_settings: Any) -> Iterator[None]:  # noqa: F811
     client = redis.Redis.from_url(cp_settings.redis_url)
-    client.delete("grayroute:stats:ranker")
+    for key in client.scan_iter("grayroute:stats:ranker:*"):
+        client.delete(key)
     yield
     client.close()
 
