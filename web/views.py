@@ -403,7 +403,8 @@ async def _model_page(request: Request, visitor: Visitor, db: Any, name: str, *,
     candidates = [s["version"] for s in (current.splits if current else [])
                   if s["version"] != default and s["weight"] > 0]
     figures = await live_figures.load(request.app.state, model=model.name, default_version=default,
-                                      versions=[v.version for v in versions], colors=colors)
+                                      versions=[v.version for v in versions], colors=colors,
+                                      weights=live_figures.weights_of(current))
     context = {
         "model": model, "current": current, "default": default, "colors": colors,
         "versions": version_rows, "traffic_rows": traffic_rows, "rule_rows": rule_rows,
@@ -435,8 +436,9 @@ async def model_page(name: str, request: Request, visitor: VisitorDep, db: Sessi
 
 
 @router.get("/models/{name}/figures")
-async def figures_panel(name: str, request: Request, visitor: VisitorDep, db: SessionDep) -> Response:
-    """The live-figures panel alone, for the page to refresh in place."""
+async def figures_panel(name: str, request: Request, visitor: VisitorDep, db: SessionDep,
+                        window: str = "") -> Response:
+    """The live-figures panel alone (over ``window`` seconds), for the page to refresh in place."""
     _reader(visitor)
     model = await registry_service.get_model_or_raise(db, name=name)
     versions = [v.version for v in await registry_service.list_versions(db, model=model)]
@@ -444,7 +446,8 @@ async def figures_panel(name: str, request: Request, visitor: VisitorDep, db: Se
     colors = _colors(versions)
     figures = await live_figures.load(request.app.state, model=model.name,
                                       default_version=current.default_version if current else None,
-                                      versions=versions, colors=colors)
+                                      versions=versions, colors=colors, window=live_figures.window_of(window),
+                                      weights=live_figures.weights_of(current))
     return templates.TemplateResponse(request, "_figures.html", {"model": model, "figures": figures,
                                                                  "colors": colors})
 

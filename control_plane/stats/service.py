@@ -260,5 +260,40 @@ async def series(store: StatsStore, *, model: str, since: float, until: float, s
                        routers=[len(r) for r, _ in merged], versions=lines, deployments=deployment_lines)
 
 
+Z95 = 1.959964  # two-sided 95%
+
+
+def wilson(errors: int, requests: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of an error rate: honest at small counts and at rates near 0."""
+    if requests == 0:
+        return 0.0, 1.0
+    p = errors / requests
+    centre = (p + z * z / (2 * requests)) / (1 + z * z / requests)
+    half = z * math.sqrt(p * (1 - p) / requests + z * z / (4 * requests * requests)) / (1 + z * z / requests)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def rate_difference(errors: int, requests: int, base_errors: int, base_requests: int,
+                    z: float = Z95) -> tuple[float, float, float]:
+    """(difference, low, high) of two error rates (Newcombe's hybrid score interval, method 10)."""
+    p1, p2 = errors / requests, base_errors / base_requests
+    l1, u1 = wilson(errors, requests, z)
+    l2, u2 = wilson(base_errors, base_requests, z)
+    d = p1 - p2
+    return d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
+def quantile_interval(buckets: Sequence[int], q: float, z: float = Z95) -> tuple[float, float] | None:
+    """A distribution-free interval of the ``q`` quantile: the quantiles at the order-statistic ranks
+    ``q ± z·sqrt(q(1-q)/n)``, read off the histogram."""
+    n = sum(buckets)
+    if n == 0:
+        return None
+    spread = z * math.sqrt(q * (1 - q) / n)
+    low = percentile_ms(buckets, max(0.0, q - spread))
+    high = percentile_ms(buckets, min(1.0, q + spread))
+    return (low or 0.0, high or 0.0)
+
+
 def store_for(redis_url: str | None, retention_seconds: int) -> StatsStore:
     return RedisStatsStore(redis_url, retention_seconds) if redis_url else MemoryStatsStore(retention_seconds)
