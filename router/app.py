@@ -74,6 +74,8 @@ class RouterApp:
     def _swap(self, table: RoutingTable) -> None:
         self.table = table  # one assignment: requests see the old table or the new one
         self.recorder.revision = table.revision
+        self.recorder.defaults = {name: m.routing.default_version for name, m in table.models.items()
+                                  if m.routing.default_version is not None}
 
     async def startup(self) -> None:
         settings = self.settings

@@ -48,6 +48,7 @@ class Recorder:
         self.window: dict[Cell, VersionWindow] = {}
         self.window_start = time.time()
         self.revision = -1
+        self.defaults: dict[str, str] = {}  # model -> default version, from the snapshot being served
 
     def observe(
         self, model: str, assigned: str, version: str, where: Where, route: str, status: int, seconds: float,
@@ -129,6 +130,7 @@ class Recorder:
             "upstream_errors": [[*k, v] for k, v in self.upstream_errors.items()],
             "fallbacks": [[*k, v] for k, v in self.fallbacks.items()],
             "cells": [[*k, c.requests, c.latency_sum, c.buckets, c.kinds] for k, c in cells.items()],
+            "defaults": [[m, v] for m, v in self.defaults.items()],
         }
 
 
@@ -161,6 +163,7 @@ def merge_dumps(dumps: list[Dump]) -> Dump:
         "upstream_errors": summed("upstream_errors", 5),
         "fallbacks": summed("fallbacks", 3),
         "cells": list(cells.values()),
+        "defaults": next((d["defaults"] for d in dumps if d.get("defaults")), []),
     }
 
 
@@ -241,6 +244,13 @@ class _DumpCollector(Collector):
             cumulative.append(("+Inf", count))
             latency.add_metric(list(labels), cumulative, total)
         yield latency
+        defaults = GaugeMetricFamily(
+            "grayroute_default_version", "1 for each model's default version in the snapshot being served "
+            "(the baseline a canary is compared with)", labels=["model", "version"],
+        )
+        for model, version in data.get("defaults", []):
+            defaults.add_metric([model, version], 1)
+        yield defaults
         yield GaugeMetricFamily(
             "grayroute_config_revision", "Revision of the routing snapshot being served", value=data["revision"]
         )
