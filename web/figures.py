@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 WINDOWS: tuple[tuple[int, str, int], ...] = ((300, "5 min", 10), (3600, "1 h", 60), (6 * 3600, "6 h", 360))
 DEFAULT_WINDOW = 300
 ENOUGH = 200  # requests on each side before a comparison is drawn (the rollout analysis' default too)
-WINDOW_SECONDS = DEFAULT_WINDOW  # kept for callers that name the old constant
 
 
 @dataclass

@@ -245,8 +245,13 @@ def screenshot(page: Any, name: str, *, docs: str | None = None) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     if docs:
-        target = ROOT / "docs" / docs
-        if os.environ.get("GRAYROUTE_UPDATE_DOCS") == "1" or not target.exists():
-            target.parent.mkdir(exist_ok=True)
-            shutil.copyfile(path, target)
+        publish_doc(path, docs)
     return path
+
+
+def publish_doc(path: Path, docs: str) -> None:
+    """Copy a screenshot to docs/ when missing or when GRAYROUTE_UPDATE_DOCS=1."""
+    target = ROOT / "docs" / docs
+    if os.environ.get("GRAYROUTE_UPDATE_DOCS") == "1" or not target.exists():
+        target.parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, target)

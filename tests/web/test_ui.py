@@ -10,7 +10,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.web.conftest import ARTIFACTS, Api, run_async, screenshot
+from tests.web.conftest import ARTIFACTS, Api, publish_doc, run_async, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.postgres, pytest.mark.redis]
 
@@ -66,6 +66,7 @@ def test_release_manager_moves_the_canary_from_5_to_10_percent(api: Api, sign_in
     expect(page.locator("[data-movement]")).to_contain_text("+15% of users move from 3 to 4")
     screenshot(page, "model-page", docs="ui-model-page.png")
     page.locator("#figures").screenshot(path=str(ARTIFACTS / "live-figures.png"))
+    publish_doc(ARTIFACTS / "live-figures.png", "ui-live-figures.png")
 
 
 def test_a_viewer_sees_no_controls_and_a_forged_post_is_refused(api: Api, model: str, sign_in: Any) -> None:
