@@ -113,3 +113,21 @@ async def test_memory_store_keeps_and_drops_slots_like_redis() -> None:
     stats = await stats_service.get(store, model="resnet50", window=60, now=now)
     assert [(v.version, v.requests) for v in stats.versions] == [("3", 10), ("4", 2)]
     assert stats.versions[1].share_of_requests == pytest.approx(2 / 12)
+
+
+def test_intervals_match_the_published_examples() -> None:
+    # Newcombe (1998), "Interval estimation for the difference between independent proportions", method 10
+    d, low, high = stats_service.rate_difference(56, 70, 48, 80)
+    assert (round(d, 4), round(low, 4), round(high, 4)) == (0.2, 0.0524, 0.3339)
+    assert tuple(round(x, 4) for x in stats_service.rate_difference(9, 10, 3, 10)[1:]) == (0.1705, 0.809)
+    # Wilson score interval, 81 of 263
+    assert tuple(round(x, 4) for x in stats_service.wilson(81, 263)) == (0.2553, 0.3662)
+    assert stats_service.wilson(0, 0) == (0.0, 1.0)
+    # the p99 interval widens as the count shrinks, and always holds the p99
+    buckets = [0] * (len(LATENCY_BOUNDS_MS) + 1)
+    buckets[bucket_index(0.004)], buckets[bucket_index(0.012)], buckets[bucket_index(0.045)] = 900, 90, 10
+    narrow = stats_service.quantile_interval([n * 100 for n in buckets], 0.99)
+    wide = stats_service.quantile_interval(buckets, 0.99)
+    assert narrow is not None and wide is not None
+    assert wide[0] <= narrow[0] <= narrow[1] <= wide[1]
+    assert stats_service.quantile_interval([0] * len(buckets), 0.99) is None
