@@ -195,3 +195,20 @@ async def test_figures_per_pool_and_architecture_match_the_traffic_each_served(
     assert versions["4"]["requests"] == received[("4", "a100")] + received[("4", "h100")]
     assert versions["4"]["errors"] == received[("4", "h100")]
     assert abs(versions["4"]["share_of_requests"] - versions["4"]["requests"] / total) < 1e-9
+
+
+def test_a_rule_whose_version_is_down_still_names_its_users_version() -> None:
+    from router.routing import ModelRouting, Route, Rule, allocate, bucket_counts, decide
+
+    model = ModelRouting.build(
+        name="m", key_header="x-user-id", salt="m", anonymous="weighted", default_version="3",
+        rules=[Rule("qa", "4", "x-tenant", frozenset({"qa"}))],
+        allocation=allocate(None, bucket_counts([("3", 100)])))
+    up = decide(model, {"x-user-id": "u1", "x-tenant": "qa"}, {"3", "4"})
+    assert (up.version, up.route, up.chosen) == ("4", Route.RULE, None)
+    down = decide(model, {"x-user-id": "u1", "x-tenant": "qa"}, {"3"})
+    assert (down.version, down.chosen) == ("3", "4")  # served by the split, assigned by the rule
+    nobody = decide(model, {"x-user-id": "u1", "x-tenant": "qa"}, set())
+    assert (nobody.version, nobody.route, nobody.chosen) == (None, Route.UNAVAILABLE, "4")
+    plain = decide(model, {"x-user-id": "u1"}, {"3"})
+    assert (plain.version, plain.route, plain.chosen) == ("3", Route.SPLIT, None)
