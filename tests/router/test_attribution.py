@@ -186,11 +186,11 @@ async def test_figures_per_pool_and_architecture_match_the_traffic_each_served(
     assert deployments[("4", "h100", "sm_90")]["errors"] == received[("4", "h100")]
     assert deployments[("4", "h100", "sm_90")]["error_kinds"] == {"http_5xx": received[("4", "h100")]}
     assert deployments[("4", "a100", "sm_80")]["errors"] == 0
-    # and version 3 is slow on sm_80, fast on sm_90 (each within a bucket of the backend's delay)
+    # and version 3 is slow on sm_80, fast on sm_90: the backends' 21 ms difference shows (a loaded machine
+    # adds the same overhead to both, so compare them, not each with its delay)
     slow, fast = deployments[("3", "a100", "sm_80")]["p50_ms"], deployments[("3", "h100", "sm_90")]["p50_ms"]
     assert slow is not None and fast is not None
-    assert bucket_index(slow / 1000) - bucket_index(0.025) in (0, 1), slow
-    assert bucket_index(fast / 1000) - bucket_index(0.004) in (0, 1, 2), fast
+    assert bucket_index(slow / 1000) >= bucket_index(0.025) and fast < slow - 12, (slow, fast)
     versions = {v["version"]: v for v in body["versions"]}
     assert versions["4"]["requests"] == received[("4", "a100")] + received[("4", "h100")]
     assert versions["4"]["errors"] == received[("4", "h100")]
