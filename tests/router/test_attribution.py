@@ -79,8 +79,14 @@ async def test_a_killed_canary_counts_its_failures_and_fallbacks_as_its_own(
             outcomes[(version, version, "ok")] += 1
         assert 30 < sum(v == "4" for v in assigned.values()) < 90
 
+        done: list[int] = []
+        killer: list[asyncio.Task[None]] = []
+
         async def one(user: str) -> None:
             status, version, route = await infer(session, router, user, model=model)
+            done.append(status)
+            if len(done) == 300:  # mid-traffic, however fast this machine is: requests are in flight
+                killer.append(asyncio.create_task(canary.stop()))
             mine = assigned[user]
             if status >= 500:
                 outcome = "error"
@@ -93,15 +99,9 @@ async def test_a_killed_canary_counts_its_failures_and_fallbacks_as_its_own(
 
         # then a concurrent burst during which the canary's engine dies
         users = [f"user-{i % 200}" for i in range(1200)]
-
-        async def kill_midway() -> None:
-            await asyncio.sleep(0.3)
-            await canary.stop()
-
-        killer = asyncio.create_task(kill_midway())
         for start in range(0, len(users), 24):
             await asyncio.gather(*(one(u) for u in users[start:start + 24]))
-        await killer
+        await killer[0]
 
     sent = Counter()
     for (mine, _, _), n in outcomes.items():
