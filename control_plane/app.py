@@ -15,13 +15,16 @@ from sqlalchemy import text
 from control_plane import migrate
 from control_plane.audit.router import router as audit_router
 from control_plane.auth import service as auth_service
-from control_plane.auth.router import router as auth_router
 from control_plane.db import create_engine, session_factory
+from control_plane.deployments.router import router as deployments_router
 from control_plane.errors import error_body, install_handlers, is_database_unreachable
-from control_plane.notifications import SnapshotPublisher, notifier_for
+from control_plane.traffic.publisher import SnapshotPublisher, notifier_for
 from control_plane.registry.router import router as registry_router
 from control_plane.settings import Settings, get_settings
 from control_plane.stats import router as stats_routes
+from control_plane.tokens import service as tokens_service
+from control_plane.tokens.router import router as tokens_router
+from control_plane.traffic import service as traffic_service
 from control_plane.traffic.router import router as traffic_router
 from web import views as web_views
 
@@ -45,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                       (settings.router_token, auth_service.Role.ROUTER)):
                 if provisioned is not None:
                     async with sessions() as session:
-                        await auth_service.ensure_bootstrap(session, plaintext=provisioned.get_secret_value(),
+                        await tokens_service.ensure_bootstrap(session, plaintext=provisioned.get_secret_value(),
                                                             role=role)
             # Routers that start before any change still find a snapshot in Redis.
             await publisher.publish()
@@ -71,8 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessions = sessions
     app.state.publisher = publisher
+    app.state.live_policies = traffic_service.LIVE_POLICIES  # registry routes ask traffic through it
     install_handlers(app)
-    for router in (registry_router, traffic_router, audit_router, auth_router):
+    for router in (registry_router, deployments_router, traffic_router, audit_router, tokens_router):
         app.include_router(router)
     stats_routes.install(app)
     web_views.install(app)

@@ -7,11 +7,18 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
 from control_plane.settings import Settings, SettingsError, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+_T = TypeVar("_T")
 
 
 def _settings() -> Settings:
@@ -46,7 +53,7 @@ def _db(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_session(work):  # type: ignore[no-untyped-def]
+async def _with_session(work: Callable[[Settings, AsyncSession], Awaitable[_T]]) -> _T:
     from control_plane.db import create_engine, session_factory
 
     settings = _settings()
@@ -59,11 +66,11 @@ async def _with_session(work):  # type: ignore[no-untyped-def]
 
 
 def _token(args: argparse.Namespace) -> int:
-    from control_plane.auth import service as auth_service
+    from control_plane.tokens import service as tokens_service
     from control_plane.auth.service import Actor, Role
 
     async def work(_settings: Settings, session):  # type: ignore[no-untyped-def]
-        _, plaintext = await auth_service.create(session, name=args.name, role=args.role,
+        _, plaintext = await tokens_service.create(session, name=args.name, role=args.role,
                                                  actor=Actor("cli", Role.ADMIN))
         return plaintext
 
@@ -73,7 +80,7 @@ def _token(args: argparse.Namespace) -> int:
 
 def _pools(args: argparse.Namespace) -> int:
     from control_plane.auth.service import Actor, Role
-    from control_plane.notifications import SnapshotPublisher, notifier_for
+    from control_plane.traffic.publisher import SnapshotPublisher, notifier_for
     from control_plane.registry import service as registry_service
     from control_plane.registry.schemas import PoolPut
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, MetaData, event
+from sqlalchemy import JSON, DateTime, Enum, MetaData, event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -86,6 +86,11 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
-async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    async with factory() as session:
-        yield session
+def str_enum(enum_class: type[enum.StrEnum], length: int | None) -> Enum:
+    """A column type holding a StrEnum: rows read back as members, stored as their values in a VARCHAR.
+
+    Not a native enum and no CHECK constraint: the column stays the VARCHAR(``length``)
+    the migrations created, so adding a member needs no schema change.
+    """
+    return Enum(enum_class, native_enum=False, create_constraint=False, length=length, validate_strings=True,
+                values_callable=lambda members: [member.value for member in members])

@@ -32,7 +32,6 @@ log = logging.getLogger("grayroute.demo")
 MODEL = "demo-classifier"
 STABLE, CANDIDATE = "1", "2"
 POOL = "local-cpu"
-ROLES_NEEDED = ("admin", "router")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,10 +84,12 @@ class Demo:
 
     async def run(self) -> None:
         from control_plane.app import create_app
+        from pydantic import SecretStr
+
         from control_plane.settings import Settings
 
         tokens = self._tokens()
-        settings = Settings(bootstrap_admin_token=tokens["admin"])
+        settings = Settings(bootstrap_admin_token=SecretStr(tokens["admin"]))
         server = _QuietSignalsServer(uvicorn.Config(create_app(settings), host=self.args.host, port=self.args.port,
                                                     log_level="warning"))
         loop = asyncio.get_running_loop()
@@ -191,7 +192,7 @@ class Demo:
 
     async def _spawn(self, name: str, *command: str, env: dict[str, str] | None = None) -> None:
         log_path = self.data_dir / f"{name}.log"
-        log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+        log_file = open(log_path, "ab")  # noqa: ASYNC230, SIM115 - a local log file handed to the child, once
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "control_plane.cli", *command, stdout=log_file, stderr=log_file,
             stdin=asyncio.subprocess.DEVNULL, env={**os.environ, **(env or {})},

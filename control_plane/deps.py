@@ -1,4 +1,10 @@
-"""Dependencies injected into routes, each defined once as an ``Annotated`` alias."""
+"""Dependencies injected into routes, each defined once as an ``Annotated`` alias.
+
+It sits beside ``auth`` at the bottom of the layers (every domain's routes use
+it), so it names the publisher by its ``changes.Committer`` protocol; the one
+route that needs the snapshot publisher itself (``GET /snapshot``) asks for
+``traffic.publisher.SnapshotPublisherDep``.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.auth import service as auth_service
 from control_plane.auth.service import Actor, Permission
+from control_plane.changes import Committer
 from control_plane.errors import Unauthenticated
-from control_plane.notifications import SnapshotPublisher
 from control_plane.settings import Settings
 
 
@@ -25,13 +31,13 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_publisher(request: Request) -> SnapshotPublisher:
+def get_publisher(request: Request) -> Committer:
     return request.app.state.publisher  # type: ignore[no-any-return]
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-PublisherDep = Annotated[SnapshotPublisher, Depends(get_publisher)]
+PublisherDep = Annotated[Committer, Depends(get_publisher)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer gr_…`")
 

@@ -10,11 +10,11 @@
      ├── NotFound              404
      ├── Conflict              409  the request clashes with current state
      ├── PreconditionFailed    412  If-Match names a stale revision
-     ├── PreconditionRequired  428  a guarded write without If-Match
-     └── Unavailable           503  the database (or another dependency) is unreachable
+     └── PreconditionRequired  428  a guarded write without If-Match
 
 Services raise these; only ``install_handlers`` knows status codes. Foreign
-errors (pydantic, SQLAlchemy, asyncpg, OS) are mapped at this boundary.
+errors (pydantic, SQLAlchemy, asyncpg, OS) are mapped at this boundary; an
+unreachable database becomes 503 ``unavailable`` there.
 """
 
 from __future__ import annotations
@@ -78,10 +78,6 @@ class PreconditionFailed(GrayrouteError):
 
 class PreconditionRequired(GrayrouteError):
     status_code, code = 428, "if_match_required"
-
-
-class Unavailable(GrayrouteError):
-    status_code, code = 503, "unavailable"
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:

@@ -12,11 +12,12 @@ from alembic.config import Config
 import migrations
 
 MODEL_MODULES = (
+    "control_plane.changes",
     "control_plane.registry.models",
     "control_plane.traffic.models",
     "control_plane.audit.models",
     "control_plane.auth.models",
-    "control_plane.reconciler.models",
+    "control_plane.deployments.models",
 )
 
 

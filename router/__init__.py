@@ -1,18 +1,30 @@
 """grayroute data plane: routing decisions and the KServe v2 proxy.
 
-Never imports ``control_plane``: the hot process carries no ORM.
+Never imports ``control_plane``: the hot process carries no ORM (an
+import-linter contract in pyproject.toml keeps it so).
+
+The shared kernel: ``routing``, ``policy``, ``snapshot`` and ``stats`` are
+imported by the control plane on purpose, so routers, the control plane's
+allocation, preview and route explanations, and the reconciler run one
+implementation of the contract (``docs/routing.md``). What both sides agree
+on is defined there once: the policy value (``policy.Policy``), the snapshot
+schema, the Redis key names and the default key header (``snapshot``), the
+stats report shapes and histogram bounds (``stats``). Keep these modules free
+of router runtime concerns.
 
 Modules, from the request inwards::
 
     server    processes: one worker per process, SO_REUSEPORT when several share a port
     http      the lean HTTP/1.1 server under the app (uvloop + httptools); uvicorn on request
     app       the raw ASGI app: parse the path, decide, proxy, answer
-    routing   the routing spec (buckets, allocations, ``decide``)
+    routing   the routing spec (buckets, allocations, ``decide``)          [shared kernel]
+    policy    a model's traffic policy as one typed value                   [shared kernel]
+    snapshot  the snapshot schema, Redis key names, default key header       [shared kernel]
     table     the compiled snapshot: models, version groups, ready sets
     upstream  keep-alive HTTP/1.1 client for backends; ejection and probing
     config    where snapshots come from: file, control plane HTTP, Redis
     metrics   per-request accounting, rendered for Prometheus on scrape
-    stats     histogram bounds and report shapes shared with the control plane
+    stats     histogram bounds and report shapes shared with the control plane [shared kernel]
     reporter  ships per-version windows to Redis or the control plane
     settings  the only reader of the environment
 

@@ -2,7 +2,7 @@
 
 Served paths::
 
-    POST /v2/models/{m}[/versions/{v}]/infer     routed per spec/ROUTING.md, proxied
+    POST /v2/models/{m}[/versions/{v}]/infer     routed per docs/routing.md, proxied
     GET  /v2/models/{m}[/versions/{v}][/ready]   likewise (metadata and readiness)
     GET  /v2/health/live | /v2/health/ready      the router itself (ready = has a snapshot)
     GET  /metrics                                Prometheus text

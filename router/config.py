@@ -30,13 +30,11 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from router.snapshot import parse_snapshot
+from router.snapshot import SNAPSHOT_CHANNEL, SNAPSHOT_KEY, parse_snapshot
 from router.table import Backends, RoutingTable, jitter
 
 log = logging.getLogger("grayroute.router.config")
 
-REDIS_KEY = "grayroute:snapshot"
-REDIS_CHANNEL = "grayroute:snapshot"
 SNAPSHOT_PATH = "/api/v1/snapshot"
 RESYNC_SECONDS = 30.0  # conditional GET even while notifications flow
 
@@ -172,7 +170,7 @@ class SnapshotSource:
 
     async def _from_redis_key(self, announced: int | None) -> None:
         assert self.redis is not None
-        raw = await self.redis.get(REDIS_KEY)
+        raw = await self.redis.get(SNAPSHOT_KEY)
         if isinstance(raw, str):
             raw = raw.encode()
         if raw is not None and self.offer(raw, "redis"):
@@ -206,7 +204,7 @@ class SnapshotSource:
         assert self.redis is not None
         pubsub = self.redis.pubsub()
         try:
-            await pubsub.subscribe(REDIS_CHANNEL)
+            await pubsub.subscribe(SNAPSHOT_CHANNEL)
             self.mode = "notify"
             await self._from_redis_key(None)  # catch up on what was published while away
             loop = asyncio.get_running_loop()

@@ -1,4 +1,4 @@
-"""Routing spec v1 (``spec/ROUTING.md``): buckets, allocations and the decision.
+"""Routing spec v1 (``docs/routing.md``): buckets, allocations and the decision.
 
 This module is the one implementation of the contract. The router calls
 ``decide`` per request; the control plane calls ``allocate`` when a traffic

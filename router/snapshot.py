@@ -24,15 +24,22 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from router.policy import Policy, PolicyRule
+from router.policy import Split as PolicySplit
 from router.routing import (
     AllocationError,
     ModelRouting,
     Range,
-    Rule,
     bucket_counts,
     check_allocation,
     owned_counts,
 )
+
+
+# What the control plane and routers agree on besides the document itself.
+DEFAULT_KEY_HEADER = "x-user-id"  # the routing key's header when a model names none
+SNAPSHOT_KEY = "grayroute:snapshot"  # Redis: the newest snapshot (JSON); ``SNAPSHOT_KEY + ":revision"`` its revision
+SNAPSHOT_CHANNEL = "grayroute:snapshot"  # Redis pub/sub: each new revision, as a decimal string
 
 
 class _Frozen(BaseModel):
@@ -55,10 +62,10 @@ class SnapshotRule(_Frozen):
     match: HeaderMatch | KeyMatch
     version: str
 
-    def compiled(self) -> Rule:
+    def policy_rule(self) -> PolicyRule:
         if isinstance(self.match, HeaderMatch):
-            return Rule(self.name, self.version, self.match.header.lower(), frozenset(self.match.in_))
-        return Rule(self.name, self.version, None, frozenset(self.match.key_in))
+            return PolicyRule(self.name, self.version, self.match.header, tuple(self.match.in_))
+        return PolicyRule(self.name, self.version, None, tuple(self.match.key_in))
 
 
 class Split(_Frozen):
@@ -77,7 +84,7 @@ class VersionRoutes(_Frozen):
 
 
 class ModelSnapshot(_Frozen):
-    key_header: Annotated[str, Field(min_length=1, max_length=128)] = "x-user-id"
+    key_header: Annotated[str, Field(min_length=1, max_length=128)] = DEFAULT_KEY_HEADER
     salt: Annotated[str, Field(min_length=1)]
     anonymous: Literal["weighted", "default"] = "weighted"
     default_version: str | None = None
@@ -98,15 +105,19 @@ class ModelSnapshot(_Frozen):
         expected = {v: c for v, c in counts.items() if c}
         if owned != expected:
             raise ValueError(f"allocation owns {owned}, splits ask for {expected}")
-        named = set(owned) | {r.version for r in self.rules}
-        if self.default_version is not None:
-            named.add(self.default_version)
-        unknown = sorted(named - set(self.versions))
+        unknown = sorted(self.policy().referenced_versions() - set(self.versions))
         if unknown:
             raise ValueError(f"versions {unknown} are routed to but not listed in 'versions'")
         if self.anonymous == "default" and self.default_version is None:
             raise ValueError("anonymous policy 'default' needs a default_version")
         return self
+
+    def policy(self) -> Policy:
+        return Policy(
+            default_version=self.default_version,
+            splits=tuple(PolicySplit(s.version, s.weight) for s in self.splits),
+            rules=tuple(r.policy_rule() for r in self.rules),
+        )
 
     def routing(self, name: str) -> ModelRouting:
         allocation: list[Range] = [(s, e, v) for s, e, v in self.allocation]
@@ -116,7 +127,7 @@ class ModelSnapshot(_Frozen):
             salt=self.salt,
             anonymous=self.anonymous,
             default_version=self.default_version,
-            rules=[rule.compiled() for rule in self.rules],
+            rules=self.policy().compiled_rules(),
             allocation=allocation,
         )
 

@@ -77,12 +77,6 @@ def window_of(seconds: int | str | None) -> int:
     return wanted if wanted in {w for w, _, _ in WINDOWS} else DEFAULT_WINDOW
 
 
-def weights_of(policy: Any) -> dict[str, float]:
-    """The split's weight (share of users, in %) per version of a traffic revision (None: no policy)."""
-    splits = getattr(policy, "splits", None) or []
-    return {s["version"]: float(s["weight"]) for s in splits}
-
-
 def _error_comparison(stats_service: Any, v: Any, base: Any | None, default: str | None) -> Comparison:
     if base is None:
         return Comparison("no default version to compare with", "neutral")

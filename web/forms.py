@@ -33,6 +33,16 @@ def weight_field(version: str) -> str:
     return f"weight:{version}"
 
 
+def integer(text: str | None) -> int | None:
+    """A non-negative integer from a query or form value, or None: the one parser for them.
+
+    ``str.isdigit()`` alone admits "²" and other digits ``int()`` refuses, and
+    numbers of thousands of digits; ours are short ASCII numbers.
+    """
+    text = (text or "").strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
 def _text(form: Mapping[str, Any], name: str) -> str:
     value = form.get(name)
     return value.strip() if isinstance(value, str) else ""
@@ -40,8 +50,7 @@ def _text(form: Mapping[str, Any], name: str) -> str:
 
 def revision_of(form: Mapping[str, Any]) -> int | None:
     """The revision the page was rendered from (sent back as If-Match)."""
-    value = _text(form, "revision")
-    return int(value) if value.isdigit() else None
+    return integer(_text(form, "revision"))
 
 
 @dataclass
@@ -167,7 +176,7 @@ def split_values(text: str) -> list[str]:
 def read_rules(form: Mapping[str, Any]) -> list[RuleRow]:
     count = _text(form, "rule-count")
     rows = []
-    for i in range(min(int(count) if count.isdigit() else 0, 200)):
+    for i in range(min(integer(count) or 0, 200)):
         kind = _text(form, f"rule-{i}-kind")
         rows.append(RuleRow(
             i, _text(form, f"rule-{i}-name"), kind if kind in RULE_KINDS else "header",

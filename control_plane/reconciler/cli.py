@@ -14,7 +14,7 @@ from control_plane.reconciler.loop import Reconciler
 from control_plane.settings import Settings
 
 if TYPE_CHECKING:
-    from control_plane.notifications import Notifier
+    from control_plane.traffic.publisher import Notifier
     from control_plane.reconciler.targets import Target
     from control_plane.reconciler.targets.lease import LeaseElector
 
@@ -66,7 +66,7 @@ def _namespace(args: argparse.Namespace) -> str:
 
 async def main(args: argparse.Namespace, settings: Settings, stop: asyncio.Event | None = None) -> None:
     from control_plane.db import create_engine, session_factory
-    from control_plane.notifications import SnapshotPublisher, notifier_for
+    from control_plane.traffic.publisher import SnapshotPublisher, notifier_for
     from control_plane.reconciler import health
     from control_plane.reconciler.service import DatabaseStore
 

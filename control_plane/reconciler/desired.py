@@ -5,8 +5,9 @@ frozen dataclasses so the function is tested without a database;
 ``service.py`` maps ORM rows onto them.
 
 Rules (see the design's reconciler section):
-- A version is *active* when it has weight > 0 in the current traffic revision,
-  is a rule target, is the default version, or is marked warm (and not retired).
+- A version is *active* when the live policy references it
+  (``Policy.referenced_versions``: weight > 0, a rule target, the default
+  version, the shadow) or it is marked warm (and not retired).
 - An active version gets one deployment on every pool of the target's kind
   whose GPU architecture and TensorRT version match one of its engines.
 - Replicas follow the version's traffic share of the model's per-pool budget
@@ -27,6 +28,11 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+
+from control_plane.deployments.models import Phase
+from control_plane.registry.compatibility import trt_compatible
+from control_plane.registry.models import VersionStatus
+from router.policy import Policy, Split
 
 MANAGED_BY = "grayroute"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -64,26 +70,11 @@ class VersionSpec:
 
 
 @dataclass(frozen=True)
-class Split:
-    version: str
-    weight: float
-
-
-@dataclass(frozen=True)
-class TrafficSpec:
-    """The current traffic revision of a model."""
-
-    default_version: str | None = None
-    splits: tuple[Split, ...] = ()
-    rule_targets: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
 class ModelSpec:
     id: int
     name: str
     versions: tuple[VersionSpec, ...] = ()
-    traffic: TrafficSpec | None = None
+    traffic: Policy | None = None  # the live traffic revision's policy
     # Per-pool replica budget {pool_name: n}; a pool not named gets 1.
     replicas: Mapping[str, int] = field(default_factory=dict)
 
@@ -222,22 +213,6 @@ def labels_for(model: str, version: str, pool: PoolSpec, name: str) -> dict[str,
 # ---------------------------------------------------------------- matching
 
 
-def _trt_key(version: str) -> tuple[int | str, ...]:
-    """major.minor.patch; a TensorRT engine runs only on the release it was built with.
-
-    Build numbers (a fourth component, as in Triton's "10.3.0.26") do not
-    change the engine format, so they are ignored; "10.3" equals "10.3.0".
-    """
-    parts: list[int | str] = [int(p) if p.isdigit() else p for p in version.strip().split(".")[:3]]
-    while len(parts) < 3:
-        parts.append(0)
-    return tuple(parts)
-
-
-def trt_compatible(engine_trt: str, pool_trt: str) -> bool:
-    return _trt_key(engine_trt) == _trt_key(pool_trt)
-
-
 def engine_for(version: VersionSpec, pool: PoolSpec) -> EngineSpec | None:
     for engine in version.engines:
         if engine.gpu_arch == pool.gpu_arch and trt_compatible(engine.trt_version or version.trt_version, pool.trt_version):
@@ -249,12 +224,9 @@ def engine_for(version: VersionSpec, pool: PoolSpec) -> EngineSpec | None:
 
 
 def active_versions(model: ModelSpec) -> set[str]:
-    traffic = model.traffic or TrafficSpec()
-    active = {s.version for s in traffic.splits if s.weight > 0}
-    active |= set(traffic.rule_targets)
-    if traffic.default_version:
-        active.add(traffic.default_version)
-    active |= {v.label for v in model.versions if v.warm and v.status != "retired"}
+    traffic = model.traffic or Policy()
+    active = set(traffic.referenced_versions())
+    active |= {v.label for v in model.versions if v.warm and v.status != VersionStatus.RETIRED}
     return active
 
 
@@ -279,7 +251,7 @@ def apportion(budget: int, splits: Sequence[Split]) -> dict[str, int]:
 
 def replicas_for(model: ModelSpec, pool: PoolSpec, version: str) -> int:
     budget = int(model.replicas.get(pool.name, 1))
-    traffic = model.traffic or TrafficSpec()
+    traffic = model.traffic or Policy()
     return max(1, apportion(budget, traffic.splits).get(version, 0))
 
 
@@ -369,7 +341,7 @@ def plan(inputs: Inputs, *, kind: str, now: datetime, drain: timedelta) -> Plan:
         prev_pool = pool_by_id.get(prev.pool_id)
         found = located.get(prev.version_id)
         engine = engine_for(found[1], prev_pool) if (found and prev_pool) else None
-        if prev.phase == "Failed" or found is None or prev_pool is None or engine is None:
+        if prev.phase == Phase.FAILED or found is None or prev_pool is None or engine is None:
             removed.append(key)
             continue
         since = prev.draining_since or now

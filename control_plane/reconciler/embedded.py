@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from control_plane.notifications import SnapshotPublisher
+from control_plane.traffic.publisher import SnapshotPublisher
 from control_plane.reconciler.loop import Reconciler
 from control_plane.reconciler.service import DatabaseStore
 from control_plane.reconciler.targets.local import LocalTarget

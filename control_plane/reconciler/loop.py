@@ -92,7 +92,6 @@ class Reconciler:
         self.debounce_seconds = debounce_seconds
         self.clock = clock
         self.passes = 0
-        self.last_result: PassResult | None = None
         self.last_success: float | None = None
         self.heartbeat = time.monotonic()
         self._wake = asyncio.Event()
@@ -133,7 +132,6 @@ class Reconciler:
         self._log_events(plan, rows)
         result = PassResult(report, changed, time.monotonic() - started, list(report.transient_errors))
         self.passes += 1
-        self.last_result = result
         return result
 
     def _log_events(self, plan: desired.Plan, rows: list[status.StatusRow]) -> None:

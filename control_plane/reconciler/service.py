@@ -9,25 +9,13 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
-from control_plane.notifications import SnapshotPublisher
+from control_plane.traffic.publisher import SnapshotPublisher
+from control_plane import changes
 from control_plane.reconciler import desired
-from control_plane.reconciler.models import Deployment
+from control_plane.deployments.models import Deployment
 from control_plane.reconciler.status import StatusRow
 from control_plane.registry.models import Model, Pool, Version
-from control_plane.traffic import snapshot
 from control_plane.traffic.models import TrafficRevision
-
-
-def _traffic(revision: TrafficRevision | None) -> desired.TrafficSpec | None:
-    if revision is None:
-        return None
-    splits = tuple(
-        desired.Split(str(s["version"]), float(s.get("weight") or 0))
-        for s in revision.splits or ()
-        if isinstance(s, dict) and "version" in s
-    )
-    targets = frozenset(str(r["version"]) for r in revision.rules or () if isinstance(r, dict) and r.get("version"))
-    return desired.TrafficSpec(default_version=revision.default_version, splits=splits, rule_targets=targets)
 
 
 def _model(model: Model, revision: TrafficRevision | None) -> desired.ModelSpec:
@@ -47,7 +35,7 @@ def _model(model: Model, revision: TrafficRevision | None) -> desired.ModelSpec:
         for v in model.versions
     )
     replicas = {str(k): int(n) for k, n in (model.replicas or {}).items() if isinstance(n, int | float)}
-    return desired.ModelSpec(id=model.id, name=model.name, versions=versions, traffic=_traffic(revision),
+    return desired.ModelSpec(id=model.id, name=model.name, versions=versions, traffic=revision.policy if revision is not None else None,
                              replicas=replicas)
 
 
@@ -99,7 +87,7 @@ def _values(row: StatusRow) -> dict[str, Any]:
         "desired_replicas": row.desired_replicas,
         "ready_replicas": row.ready_replicas,
         "endpoints": [{"url": url} for url in row.endpoints],
-        "phase": row.phase.value,
+        "phase": row.phase,
         "message": row.message,
         "draining_since": row.draining_since,
     }
@@ -166,10 +154,10 @@ async def _bump_snapshot(session: AsyncSession, version_ids: set[int]) -> None:
     found = (await session.execute(select(Version.id, Version.model_id).where(Version.id.in_(version_ids)))).all()
     models = {model_id for _, model_id in found}
     if len(found) < len(version_ids) or len(models) > _PER_MODEL_BUMPS:
-        await snapshot.bump(session)  # a version is gone, or many models changed: rebuild everything
+        await changes.bump(session)  # a version is gone, or many models changed: rebuild everything
         return
     for model_id in sorted(models):
-        await snapshot.bump(session, model_id=model_id)
+        await changes.bump(session, model_id=model_id)
 
 
 class DatabaseStore:

@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import BigInteger, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from control_plane.db import Base, utcnow
+from control_plane.db import Base, str_enum, utcnow
+from router.snapshot import DEFAULT_KEY_HEADER
 
 
 class Precision(enum.StrEnum):
@@ -43,9 +44,9 @@ class Model(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
-    key_header: Mapped[str] = mapped_column(String(128), default="x-user-id")
+    key_header: Mapped[str] = mapped_column(String(128), default=DEFAULT_KEY_HEADER)
     salt: Mapped[str] = mapped_column(String(256))
-    anonymous: Mapped[str] = mapped_column(String(16), default=AnonymousPolicy.WEIGHTED.value)
+    anonymous: Mapped[AnonymousPolicy] = mapped_column(str_enum(AnonymousPolicy, 16), default=AnonymousPolicy.WEIGHTED)
     replicas: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -63,11 +64,11 @@ class Version(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
     version: Mapped[str] = mapped_column(String(63))
-    precision: Mapped[str] = mapped_column(String(8))
+    precision: Mapped[Precision] = mapped_column(str_enum(Precision, 8))
     trt_version: Mapped[str] = mapped_column(String(32))
     source_uri: Mapped[str] = mapped_column(Text, default="")
     source_sha256: Mapped[str | None] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default=VersionStatus.REGISTERED.value)
+    status: Mapped[VersionStatus] = mapped_column(str_enum(VersionStatus, 16), default=VersionStatus.REGISTERED)
     notes: Mapped[str] = mapped_column(Text, default="")
     # Deployed ahead of traffic so its engines are loaded and checked first.
     warm: Mapped[bool] = mapped_column(default=False)
@@ -106,7 +107,7 @@ class Pool(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
     gpu_arch: Mapped[str] = mapped_column(String(16))
-    kind: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[PoolKind] = mapped_column(str_enum(PoolKind, 16))
     namespace: Mapped[str | None] = mapped_column(String(63), default=None)
     node_selector: Mapped[dict[str, Any]] = mapped_column(default=dict)
     runtime_image: Mapped[str | None] = mapped_column(Text, default=None)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 
 from control_plane.deps import (
-    EndpointWriter,
     ModelWriter,
     PoolWriter,
     PublisherDep,
@@ -23,8 +22,6 @@ from control_plane.registry.models import Model, Version
 from control_plane.registry.schemas import (
     MODEL_NAME,
     VERSION_LABEL,
-    DeploymentRead,
-    EndpointsPut,
     EngineCreate,
     EngineRead,
     ModelCreate,
@@ -36,8 +33,6 @@ from control_plane.registry.schemas import (
     VersionRead,
     VersionUpdate,
 )
-from control_plane.traffic import service as traffic_service
-from control_plane.traffic.models import TrafficRevision
 
 router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
 CONFLICT = error_responses(409)
@@ -47,44 +42,54 @@ VersionPath = Annotated[str, Path(pattern=VERSION_LABEL, max_length=63)]
 PoolPath = Annotated[str, Path(pattern=MODEL_NAME, max_length=63)]
 
 
-def _model_read(model: Model, versions: Sequence[Version], current: TrafficRevision | None) -> ModelRead:
+def _live_policies(request: Request) -> registry_service.LivePolicies:
+    return request.app.state.live_policies  # type: ignore[no-any-return]
+
+
+# The traffic package's answers, handed in by the app (traffic sits above the registry).
+LivePoliciesDep = Annotated[registry_service.LivePolicies, Depends(_live_policies)]
+
+
+def _model_read(model: Model, versions: Sequence[Version], current: registry_service.LivePolicy | None) -> ModelRead:
     return ModelRead(
         name=model.name, description=model.description, key_header=model.key_header, salt=model.salt,
         anonymous=model.anonymous, replicas=model.replicas, created_by=model.created_by,
         created_at=model.created_at, updated_at=model.updated_at, versions=[v.version for v in versions],
-        default_version=current.default_version if current else None,
+        default_version=current.policy.default_version if current else None,
         traffic_revision=current.revision if current else 0,
     )
 
 
-async def _one_model_read(session: SessionDep, model: Model) -> ModelRead:
-    return _model_read(model, await registry_service.list_versions(session, model=model),
-                       await traffic_service.get_current(session, model=model))
+async def _one_model_read(session: SessionDep, policies: registry_service.LivePolicies, model: Model) -> ModelRead:
+    live = await policies.live(session, model_ids=[model.id])
+    return _model_read(model, await registry_service.list_versions(session, model=model), live.get(model.id))
 
 
 @router.post("/models", status_code=201, response_model=ModelRead, tags=["models"], responses=CONFLICT)
-async def create_model(body: ModelCreate, session: SessionDep, actor: ModelWriter) -> ModelRead:
+async def create_model(body: ModelCreate, session: SessionDep, actor: ModelWriter,
+                       policies: LivePoliciesDep) -> ModelRead:
     model = await registry_service.create_model(session, body=body, actor=actor)
-    return await _one_model_read(session, model)
+    return await _one_model_read(session, policies, model)
 
 
 @router.get("/models", response_model=list[ModelRead], tags=["models"])
-async def list_models(session: SessionDep, _actor: Reader) -> list[ModelRead]:
+async def list_models(session: SessionDep, _actor: Reader, policies: LivePoliciesDep) -> list[ModelRead]:
     models = await registry_service.list_models(session)  # versions loaded with them
-    current = await traffic_service.current_by_model(session, model_ids=[m.id for m in models])
+    current = await policies.live(session, model_ids=[m.id for m in models])
     return [_model_read(m, m.versions, current.get(m.id)) for m in models]
 
 
 @router.get("/models/{model}", response_model=ModelRead, tags=["models"])
-async def get_model(model: ModelPath, session: SessionDep, _actor: Reader) -> ModelRead:
-    return await _one_model_read(session, await registry_service.get_model_or_raise(session, name=model))
+async def get_model(model: ModelPath, session: SessionDep, _actor: Reader, policies: LivePoliciesDep) -> ModelRead:
+    return await _one_model_read(session, policies, await registry_service.get_model_or_raise(session, name=model))
 
 
 @router.patch("/models/{model}", response_model=ModelRead, tags=["models"])
 async def update_model(model: ModelPath, body: ModelUpdate, session: SessionDep, actor: ModelWriter,
-                       publisher: PublisherDep) -> ModelRead:
-    updated = await registry_service.update_model(session, name=model, body=body, actor=actor, publisher=publisher)
-    return await _one_model_read(session, updated)
+                       publisher: PublisherDep, policies: LivePoliciesDep) -> ModelRead:
+    updated = await registry_service.update_model(session, name=model, body=body, actor=actor, publisher=publisher,
+                                                  policies=policies)
+    return await _one_model_read(session, policies, updated)
 
 
 @router.post("/models/{model}/versions", status_code=201, response_model=VersionRead, tags=["versions"],
@@ -121,9 +126,9 @@ async def update_version(model: ModelPath, version: VersionPath, body: VersionUp
 @router.post("/models/{model}/versions/{version}/retire", response_model=VersionRead, tags=["versions"],
              responses=CONFLICT)
 async def retire_version(model: ModelPath, version: VersionPath, session: SessionDep, actor: VersionOperator,
-                         publisher: PublisherDep) -> VersionRead:
+                         publisher: PublisherDep, policies: LivePoliciesDep) -> VersionRead:
     retired = await registry_service.retire_version(session, model_name=model, version=version, actor=actor,
-                                                    publisher=publisher)
+                                                    publisher=publisher, policies=policies)
     return VersionRead.model_validate(retired)
 
 
@@ -134,31 +139,6 @@ async def add_engine(model: ModelPath, version: VersionPath, body: EngineCreate,
     engine = await registry_service.add_engine(session, model_name=model, version=version, body=body, actor=actor,
                                                publisher=publisher)
     return EngineRead.model_validate(engine)
-
-
-@router.put("/models/{model}/versions/{version}/endpoints", response_model=DeploymentRead, tags=["deployments"],
-            responses=CONFLICT)
-async def put_external_endpoints(model: ModelPath, version: VersionPath, body: EndpointsPut, session: SessionDep,
-                                 actor: EndpointWriter, publisher: PublisherDep) -> DeploymentRead:
-    deployment = await registry_service.put_external_endpoints(session, model_name=model, version=version,
-                                                               body=body, actor=actor, publisher=publisher)
-    pool = await registry_service.get_pool_or_raise(session, name=body.pool)
-    return DeploymentRead(version=version, pool=pool.name, gpu_arch=pool.gpu_arch,
-                          desired_replicas=deployment.desired_replicas, ready_replicas=deployment.ready_replicas,
-                          endpoints=[e["url"] for e in deployment.endpoints], phase=deployment.phase,
-                          message=deployment.message, draining_since=deployment.draining_since,
-                          updated_at=deployment.updated_at)
-
-
-@router.get("/models/{model}/deployments", response_model=list[DeploymentRead], tags=["deployments"])
-async def list_deployments(model: ModelPath, session: SessionDep, _actor: Reader) -> list[DeploymentRead]:
-    found = await registry_service.get_model_or_raise(session, name=model)
-    return [
-        DeploymentRead(version=v.version, pool=p.name, gpu_arch=p.gpu_arch, desired_replicas=d.desired_replicas,
-                       ready_replicas=d.ready_replicas, endpoints=[e["url"] for e in d.endpoints], phase=d.phase,
-                       message=d.message, draining_since=d.draining_since, updated_at=d.updated_at)
-        for d, v, p in await registry_service.list_deployments(session, model=found)
-    ]
 
 
 @router.put("/pools/{pool}", response_model=PoolRead, tags=["pools"],

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from control_plane.registry.models import AnonymousPolicy, PoolKind, Precision, VersionStatus
+from router.snapshot import DEFAULT_KEY_HEADER
 
 MODEL_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 VERSION_LABEL = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"
@@ -54,7 +55,7 @@ class _Input(BaseModel):
 class ModelCreate(_Input):
     name: ModelName
     description: Annotated[str, Field(max_length=2000)] = ""
-    key_header: Annotated[str, Field(pattern=HEADER_NAME, max_length=128)] = "x-user-id"
+    key_header: Annotated[str, Field(pattern=HEADER_NAME, max_length=128)] = DEFAULT_KEY_HEADER
     salt: Annotated[str | None, Field(min_length=1, max_length=256, description="defaults to the name")] = None
     anonymous: AnonymousPolicy = AnonymousPolicy.WEIGHTED
     replicas: Annotated[Replicas, Field(description="per-pool replica budget")] = {}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -11,14 +12,12 @@ from sqlalchemy.orm import selectinload
 
 from control_plane.audit import service as audit_service
 from control_plane.auth.service import Actor
+from control_plane.changes import Committer, bump
 from control_plane.db import flush_or_raise, utcnow
 from control_plane.errors import Conflict, InvalidInput, NotFound
-from control_plane.notifications import SnapshotPublisher
-from control_plane.reconciler.desired import trt_compatible
-from control_plane.reconciler.models import Deployment, Phase
+from control_plane.registry.compatibility import trt_compatible
 from control_plane.registry.models import Engine, Model, Pool, PoolKind, Version, VersionStatus
 from control_plane.registry.schemas import (
-    EndpointsPut,
     EngineCreate,
     ModelCreate,
     ModelUpdate,
@@ -26,7 +25,28 @@ from control_plane.registry.schemas import (
     VersionCreate,
     VersionUpdate,
 )
-from control_plane.traffic import snapshot as snapshot_service
+from router.policy import Policy
+
+
+@dataclass(frozen=True, slots=True)
+class LivePolicy:
+    """A model's live traffic revision, as far as the registry needs to know it."""
+
+    revision: int
+    policy: Policy
+
+
+class LivePolicies(Protocol):
+    """What the registry asks of traffic policies.
+
+    ``traffic`` sits above the registry and implements this
+    (``traffic.service.LIVE_POLICIES``); the app passes it in, so the registry
+    never imports the layer above it.
+    """
+
+    async def live(self, session: AsyncSession, *, model_ids: Sequence[int]) -> dict[int, LivePolicy]: ...
+
+    async def rebucket(self, session: AsyncSession, *, model: Model, actor: Actor, reason: str) -> None: ...
 
 
 def model_state(model: Model) -> dict[str, Any]:
@@ -90,7 +110,7 @@ async def create_model(session: AsyncSession, *, body: ModelCreate, actor: Actor
         raise Conflict(f"model {body.name!r} already exists", {"model": body.name})
     await _check_pools_exist(session, list(body.replicas), "replicas")
     model = Model(name=body.name, description=body.description, key_header=body.key_header,
-                  salt=body.salt or body.name, anonymous=body.anonymous.value, replicas=dict(body.replicas),
+                  salt=body.salt or body.name, anonymous=body.anonymous, replicas=dict(body.replicas),
                   created_by=actor.name)
     session.add(model)
     await flush_or_raise(session, Conflict(f"model {body.name!r} already exists", {"model": body.name}))
@@ -101,30 +121,28 @@ async def create_model(session: AsyncSession, *, body: ModelCreate, actor: Actor
 
 
 async def update_model(session: AsyncSession, *, name: str, body: ModelUpdate, actor: Actor,
-                       publisher: SnapshotPublisher) -> Model:
+                       publisher: Committer, policies: LivePolicies) -> Model:
     """Change a model's settings; a new salt rebuckets everyone (a fresh allocation)."""
-    from control_plane.traffic import service as traffic_service
-
     model = await get_model_or_raise(session, name=name, for_update=True)
     before = model_state(model)
     changes = body.model_dump(exclude_unset=True, exclude={"reason"}, exclude_none=True)
     if "replicas" in changes:
         await _check_pools_exist(session, list(changes["replicas"]), "replicas")
     if changes.get("anonymous") == "default":
-        current = await traffic_service.get_current(session, model=model)
-        if current is None or current.default_version is None:
+        current = (await policies.live(session, model_ids=[model.id])).get(model.id)
+        if current is None or current.policy.default_version is None:
             raise InvalidInput.field("anonymous", "'default' needs a traffic policy with a default_version first")
     for field, value in changes.items():
-        setattr(model, field, value.value if hasattr(value, "value") else value)
+        setattr(model, field, value)
     after = model_state(model)
     if after == before:
         return model
     if after["salt"] != before["salt"]:
-        await traffic_service.rebucket(session, model=model, actor=actor, reason=body.reason)
+        await policies.rebucket(session, model=model, actor=actor, reason=body.reason)
     await audit_service.record(session, actor=actor, action="model.update", target_type="model", target=name,
                                model=name, before=before, after=after, reason=body.reason)
     if any(after[k] != before[k] for k in ("key_header", "salt", "anonymous", "replicas")):
-        await snapshot_service.bump(session, model_id=model.id)
+        await bump(session, model_id=model.id)
     await publisher.commit(session)
     return model
 
@@ -163,7 +181,7 @@ def _engine(body: EngineCreate, default_trt: str) -> Engine:
 
 
 async def create_version(session: AsyncSession, *, model_name: str, body: VersionCreate, actor: Actor,
-                         publisher: SnapshotPublisher) -> Version:
+                         publisher: Committer) -> Version:
     """Register a version with its engines; 409 when the label is taken."""
     model = await get_model_or_raise(session, name=model_name, for_update=True)
     if await get_version(session, model=model, version=body.version) is not None:
@@ -175,7 +193,7 @@ async def create_version(session: AsyncSession, *, model_name: str, body: Versio
         raise InvalidInput(f"engines: more than one engine for {duplicates}",
                            [{"field": f"engines[{archs.index(a)}].gpu_arch", "reason": "duplicate architecture"}
                             for a in duplicates])
-    version = Version(model_id=model.id, version=body.version, precision=body.precision.value,
+    version = Version(model_id=model.id, version=body.version, precision=body.precision,
                       trt_version=body.trt_version, source_uri=body.source_uri, source_sha256=body.source_sha256,
                       notes=body.notes, warm=body.warm, registered_by=actor.name,
                       engines=[_engine(e, body.trt_version) for e in body.engines])
@@ -185,13 +203,13 @@ async def create_version(session: AsyncSession, *, model_name: str, body: Versio
                                target=f"{model.name}/{version.version}", model=model.name,
                                after=version_state(version))
     if body.warm:
-        await snapshot_service.bump(session, model_id=model.id)  # wakes reconcilers: a warm version deploys now
+        await bump(session, model_id=model.id)  # wakes reconcilers: a warm version deploys now
     await publisher.commit(session)
     return version
 
 
 async def update_version(session: AsyncSession, *, model_name: str, version: str, body: VersionUpdate,
-                         actor: Actor, publisher: SnapshotPublisher) -> Version:
+                         actor: Actor, publisher: Committer) -> Version:
     """Change notes or the warm flag."""
     model = await get_model_or_raise(session, name=model_name)
     found = await get_version_or_raise(session, model=model, version=version)
@@ -208,40 +226,38 @@ async def update_version(session: AsyncSession, *, model_name: str, version: str
     await audit_service.record(session, actor=actor, action="version.update", target_type="version",
                                target=f"{model.name}/{version}", model=model.name, before=before, after=after)
     if before["warm"] != after["warm"]:
-        await snapshot_service.bump(session, model_id=model.id)
+        await bump(session, model_id=model.id)
     await publisher.commit(session)
     return found
 
 
 async def retire_version(session: AsyncSession, *, model_name: str, version: str, actor: Actor,
-                         publisher: SnapshotPublisher) -> Version:
+                         publisher: Committer, policies: LivePolicies) -> Version:
     """Retire a version; 409 while the live policy still routes to it."""
-    from control_plane.traffic import service as traffic_service
-
     model = await get_model_or_raise(session, name=model_name, for_update=True)
     found = await get_version_or_raise(session, model=model, version=version)
     if found.status == VersionStatus.RETIRED:
         return found
-    current = await traffic_service.get_current(session, model=model)
+    current = (await policies.live(session, model_ids=[model.id])).get(model.id)
     if current is not None:
-        uses = traffic_service.uses_of(current, version)
+        uses = current.policy.uses_of(version)
         if uses:
             raise Conflict(f"version {version!r} still {', '.join(uses)}; move its traffic first",
                            {"version": version, "uses": uses})
     before = version_state(found)
-    found.status = VersionStatus.RETIRED.value
+    found.status = VersionStatus.RETIRED
     found.warm = False
     found.retired_at = utcnow()
     await audit_service.record(session, actor=actor, action="version.retire", target_type="version",
                                target=f"{model.name}/{version}", model=model.name, before=before,
                                after=version_state(found))
-    await snapshot_service.bump(session, model_id=model.id)
+    await bump(session, model_id=model.id)
     await publisher.commit(session)
     return found
 
 
 async def add_engine(session: AsyncSession, *, model_name: str, version: str, body: EngineCreate, actor: Actor,
-                     publisher: SnapshotPublisher) -> Engine:
+                     publisher: Committer) -> Engine:
     """Add the engine for another GPU architecture; 409 when that architecture has one."""
     model = await get_model_or_raise(session, name=model_name)
     found = await get_version_or_raise(session, model=model, version=version)
@@ -256,7 +272,7 @@ async def add_engine(session: AsyncSession, *, model_name: str, version: str, bo
     await audit_service.record(session, actor=actor, action="engine.create", target_type="engine",
                                target=f"{model.name}/{version}/{engine.gpu_arch}", model=model.name,
                                after=engine_state(engine))
-    await snapshot_service.bump(session, model_id=model.id)  # a new architecture may be deployable now
+    await bump(session, model_id=model.id)  # a new architecture may be deployable now
     await publisher.commit(session)
     return engine
 
@@ -294,7 +310,6 @@ async def _upsert_pool(session: AsyncSession, *, name: str, body: PoolPut,
     if body.kind == PoolKind.KUBERNETES and not body.runtime_image:
         raise InvalidInput.field("runtime_image", "required for kubernetes pools (the Triton image to run)")
     values = body.model_dump()
-    values["kind"] = body.kind.value
     if pool is None:
         pool = Pool(name=name, **values)
         session.add(pool)
@@ -314,75 +329,23 @@ async def _upsert_pool(session: AsyncSession, *, name: str, body: PoolPut,
 
 
 async def put_pool(session: AsyncSession, *, name: str, body: PoolPut, actor: Actor,
-                   publisher: SnapshotPublisher) -> tuple[Pool, bool]:
+                   publisher: Committer) -> tuple[Pool, bool]:
     """Create or replace a pool; returns (pool, created)."""
     pool, created, changed = await _upsert_pool(session, name=name, body=body, actor=actor)
     if changed:
-        await snapshot_service.bump(session)
+        await bump(session)
     await publisher.commit(session)
     return pool, created
 
 
 async def import_pools(session: AsyncSession, *, pools: dict[str, PoolPut], actor: Actor,
-                       publisher: SnapshotPublisher) -> int:
+                       publisher: Committer) -> int:
     """Upsert many pools in one transaction (Helm install); returns how many changed."""
     changed = 0
     for name, body in pools.items():
         _, _, did_change = await _upsert_pool(session, name=name, body=body, actor=actor)
         changed += did_change
     if changed:
-        await snapshot_service.bump(session)
+        await bump(session)
     await publisher.commit(session)
     return changed
-
-
-# --- deployments and external endpoints -----------------------------------------------------
-
-async def list_deployments(session: AsyncSession, *, model: Model) -> list[tuple[Deployment, Version, Pool]]:
-    """Deployment status per (version, pool) of ``model``."""
-    rows = (await session.execute(
-        select(Deployment, Version, Pool).join(Version, Version.id == Deployment.version_id)
-        .join(Pool, Pool.id == Deployment.pool_id).where(Version.model_id == model.id)
-        .order_by(Version.id, Pool.name)
-    )).all()
-    return [(d, v, p) for d, v, p in rows]
-
-
-async def put_external_endpoints(session: AsyncSession, *, model_name: str, version: str, body: EndpointsPut,
-                                 actor: Actor, publisher: SnapshotPublisher) -> Deployment:
-    """Register the backends of a version on an ``external`` pool (Triton fleets outside Kubernetes)."""
-    # Locked: two first PUTs for one version and pool would both insert the deployment.
-    model = await get_model_or_raise(session, name=model_name, for_update=True)
-    found = await get_version_or_raise(session, model=model, version=version)
-    if found.status == VersionStatus.RETIRED:
-        raise Conflict(f"version {version!r} is retired")
-    pool = (await session.scalars(select(Pool).where(Pool.name == body.pool))).first()
-    if pool is None:
-        raise InvalidInput.field("pool", f"no pool named {body.pool!r}")
-    if pool.kind != PoolKind.EXTERNAL:
-        raise InvalidInput.field("pool", f"pool {pool.name!r} is {pool.kind}; only external pools take endpoints "
-                                         "(the reconciler manages the others)")
-    if pool not in await runnable_pools(session, version=found):
-        raise InvalidInput.field("pool", f"version {version!r} has no engine for {pool.gpu_arch} with TensorRT "
-                                         f"{pool.trt_version}, so it cannot run on pool {pool.name!r}")
-    urls = list(dict.fromkeys(u.rstrip("/") for u in body.urls))
-    deployment = (await session.scalars(
-        select(Deployment).where(Deployment.version_id == found.id, Deployment.pool_id == pool.id)
-    )).first()
-    before = None
-    if deployment is None:
-        deployment = Deployment(version_id=found.id, pool_id=pool.id)
-        session.add(deployment)
-    else:
-        before = {"urls": [e["url"] for e in deployment.endpoints]}
-    deployment.endpoints = [{"url": u} for u in urls]
-    deployment.desired_replicas = deployment.ready_replicas = len(urls)
-    deployment.phase = (Phase.READY if urls else Phase.PENDING).value
-    deployment.message = "external endpoints registered through the API"
-    deployment.updated_at = utcnow()
-    await audit_service.record(session, actor=actor, action="endpoints.put", target_type="deployment",
-                               target=f"{model.name}/{version}@{pool.name}", model=model.name, before=before,
-                               after={"urls": urls})
-    await snapshot_service.bump(session, model_id=model.id)
-    await publisher.commit(session)
-    return deployment

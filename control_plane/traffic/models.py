@@ -1,14 +1,20 @@
-"""Traffic policy revisions (immutable) and the global snapshot revision counter."""
+"""Traffic policy revisions: immutable, the newest is live."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from control_plane.db import Base, utcnow
+from router.policy import Policy
+
+
+def stored_policy(default_version: str | None, splits: list[Any], rules: list[Any]) -> Policy:
+    """The policy held by a revision's columns (for queries that read the columns, not the row)."""
+    return Policy.from_json({"default_version": default_version, "splits": splits, "rules": rules})
 
 
 class TrafficRevision(Base):
@@ -33,12 +39,16 @@ class TrafficRevision(Base):
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+    # The policy columns are read and written only through this typed value.
+    @property
+    def policy(self) -> Policy:
+        return stored_policy(self.default_version, self.splits, self.rules)
 
-class SnapshotState(Base):
-    """A single row: the routing snapshot's revision, bumped by every routing change."""
-
-    __tablename__ = "snapshot_state"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    revision: Mapped[int] = mapped_column(BigInteger, default=0)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        if policy.shadow is not None:
+            raise ValueError("traffic revisions have no column for a shadow yet")
+        stored = policy.to_json()
+        self.default_version = stored["default_version"]
+        self.splits = stored["splits"]
+        self.rules = stored["rules"]

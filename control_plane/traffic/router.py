@@ -11,20 +11,15 @@ from control_plane.errors import ERROR_RESPONSES, InvalidInput, error_responses
 from control_plane.registry import service as registry_service
 from control_plane.registry.router import ModelPath
 from control_plane.traffic import service as traffic_service
+from control_plane.traffic.publisher import SnapshotPublisherDep
 from control_plane.traffic.models import TrafficRevision
-from control_plane.traffic.schemas import RouteExplanation, TrafficPut, TrafficRead
+from control_plane.traffic.schemas import ActionIn, RouteExplanation, TrafficPut, TrafficRead
 
 router = APIRouter(prefix="/api/v1", tags=["traffic"], responses=ERROR_RESPONSES)
 
 
 def _read(model: str, revision: TrafficRevision | None) -> TrafficRead:
-    if revision is None:
-        return TrafficRead(model=model, revision=0, default_version=None, splits=[], rules=[], allocation=[],
-                           reason="", created_by=None, created_at=None)
-    return TrafficRead(model=model, revision=revision.revision, default_version=revision.default_version,
-                       splits=revision.splits, rules=revision.rules, allocation=revision.allocation,
-                       reason=revision.reason, reapplied_from=revision.reapplied_from,
-                       created_by=revision.created_by, created_at=revision.created_at)
+    return TrafficRead.of(model, revision)
 
 
 @router.get("/models/{model}/traffic", response_model=TrafficRead)
@@ -41,6 +36,22 @@ async def put_traffic(model: ModelPath, body: TrafficPut, session: SessionDep, a
                       if_match: Annotated[str | None, Header()] = None) -> TrafficRead:
     revision = await traffic_service.put(session, model_name=model, body=body, if_match=if_match, actor=actor,
                                          publisher=publisher)
+    response.headers["ETag"] = traffic_service.etag(revision.revision)
+    return _read(model, revision)
+
+
+@router.post("/models/{model}/traffic/{action}", response_model=TrafficRead, responses=error_responses(412, 428))
+async def traffic_action(model: ModelPath, action: traffic_service.Action, body: ActionIn, session: SessionDep,
+                         actor: TrafficWriter, publisher: PublisherDep, response: Response,
+                         if_match: Annotated[str | None, Header()] = None) -> TrafficRead:
+    """Promote (the version takes 100% and becomes the default), roll back (its weight returns to the
+    default version) or re-apply an earlier revision, as a new revision; If-Match as for PUT."""
+    needed = "revision" if action is traffic_service.Action.REAPPLY else "version"
+    if getattr(body, needed) is None:
+        raise InvalidInput.field(needed, f"required to {action.value}")
+    revision = await traffic_service.run_action(session, model_name=model, action=action, version=body.version or "",
+                                                source=body.revision, reason=body.reason, if_match=if_match,
+                                                actor=actor, publisher=publisher)
     response.headers["ETag"] = traffic_service.etag(revision.revision)
     return _read(model, revision)
 
@@ -77,7 +88,7 @@ async def explain_route(
 
 @router.get("/snapshot", responses={304: {"description": "unchanged since If-None-Match"}})
 async def get_snapshot(
-    request: Request, session: SessionDep, _actor: SnapshotReader, publisher: PublisherDep,
+    request: Request, session: SessionDep, _actor: SnapshotReader, publisher: SnapshotPublisherDep,
     if_none_match: Annotated[str | None, Header()] = None,
     wait: Annotated[float, Query(ge=0, le=60, description="long-poll: wait up to this many seconds for a newer "
                                                           "revision than If-None-Match")] = 0,

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from control_plane.registry.schemas import HEADER_NAME, MODEL_NAME, VersionLabel, refuse_nul
+from control_plane.traffic.models import TrafficRevision
+from router.policy import Policy, PolicyRule, Split
 
 MAX_REVISION = 2**31 - 1  # revisions are INTEGER columns
 
@@ -59,6 +61,18 @@ class TrafficPut(_Input):
     reapplied_from: Annotated[int | None, Field(ge=1, le=MAX_REVISION,
                                                 description="the revision whose weights this re-applies")] = None
 
+    def policy(self) -> Policy:
+        return Policy(self.default_version, tuple(Split(s.version, float(s.weight)) for s in self.splits),
+                      tuple(PolicyRule.from_json(r.model_dump(by_alias=True)) for r in self.rules))
+
+
+class ActionIn(_Input):
+    """Promote or roll back ``version``; re-apply ``revision``."""
+
+    version: VersionLabel | None = Field(None, description="promote, roll back: the version")
+    revision: Annotated[int | None, Field(ge=1, le=MAX_REVISION, description="re-apply: the revision")] = None
+    reason: Annotated[str, Field(max_length=2000)] = ""
+
 
 class TrafficRead(BaseModel):
     model: str
@@ -71,6 +85,15 @@ class TrafficRead(BaseModel):
     reapplied_from: int | None = None
     created_by: str | None
     created_at: datetime | None
+
+    @classmethod
+    def of(cls, model: str, revision: TrafficRevision | None) -> TrafficRead:
+        if revision is None:
+            return cls(model=model, revision=0, default_version=None, splits=[], rules=[], allocation=[],
+                       reason="", created_by=None, created_at=None)
+        return cls(model=model, revision=revision.revision, **revision.policy.to_json(),
+                   allocation=revision.allocation, reason=revision.reason, reapplied_from=revision.reapplied_from,
+                   created_by=revision.created_by, created_at=revision.created_at)
 
 
 class RouteExplanation(BaseModel):

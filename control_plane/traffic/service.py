@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
+import enum
 import random
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+from pydantic import ValidationError
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from control_plane import changes
 from control_plane.audit import service as audit_service
 from control_plane.auth.service import Actor
+from control_plane.changes import Committer
 from control_plane.db import flush_or_raise
 from control_plane.errors import InvalidInput, NotFound, PreconditionFailed, PreconditionRequired
-from control_plane.notifications import SnapshotPublisher
-from control_plane.reconciler.models import Deployment
+from control_plane.deployments.models import Deployment
 from control_plane.registry import service as registry_service
+from control_plane.registry.service import LivePolicy
 from control_plane.registry.models import Model, Version, VersionStatus
 from control_plane.traffic import snapshot as snapshot_service
 from control_plane.traffic.models import TrafficRevision
-from control_plane.traffic.schemas import MAX_REVISION, HeaderMatchIn, TrafficPut
-from router.routing import ModelRouting, Range, Route, allocate, bucket_counts, decide
-from router.snapshot import SnapshotRule
+from control_plane.traffic.schemas import MAX_REVISION, TrafficPut
+from router.policy import Policy, Problem
+from router.routing import ModelRouting, Range, Route, allocate, decide
 
 
 def etag(revision: int) -> str:
@@ -42,8 +47,7 @@ def parse_etag(value: str) -> int | None:
 def revision_state(revision: TrafficRevision | None) -> dict[str, Any] | None:
     if revision is None:
         return None
-    return {"revision": revision.revision, "default_version": revision.default_version,
-            "splits": revision.splits, "rules": revision.rules}
+    return {"revision": revision.revision, **revision.policy.to_json()}
 
 
 async def get_current(session: AsyncSession, *, model: Model) -> TrafficRevision | None:
@@ -63,6 +67,20 @@ async def current_by_model(session: AsyncSession, *, model_ids: Sequence[int]) -
         latest, (TrafficRevision.model_id == latest.c.model_id) & (TrafficRevision.revision == latest.c.revision)
     ))).all()
     return {r.model_id: r for r in rows}
+
+
+class _LivePolicies:
+    """The registry's view of live policies (``registry.service.LivePolicies``)."""
+
+    async def live(self, session: AsyncSession, *, model_ids: Sequence[int]) -> dict[int, LivePolicy]:
+        return {model_id: LivePolicy(r.revision, r.policy)
+                for model_id, r in (await current_by_model(session, model_ids=model_ids)).items()}
+
+    async def rebucket(self, session: AsyncSession, *, model: Model, actor: Actor, reason: str) -> None:
+        await rebucket(session, model=model, actor=actor, reason=reason)
+
+
+LIVE_POLICIES: registry_service.LivePolicies = _LivePolicies()
 
 
 async def list_revisions(session: AsyncSession, *, model: Model, limit: int = 50,
@@ -87,18 +105,9 @@ async def get_revision_or_raise(session: AsyncSession, *, model: Model, revision
     return found
 
 
-def uses_of(revision: TrafficRevision, version: str) -> list[str]:
-    """How the policy still routes to ``version`` (empty when it doesn't)."""
-    uses = [f"has {s['weight']}% of traffic" for s in revision.splits if s["version"] == version and s["weight"] > 0]
-    if revision.default_version == version:
-        uses.append("is the default version")
-    uses += [f"is the target of rule {r['name']!r}" for r in revision.rules if r["version"] == version]
-    return uses
-
-
-async def _validate(session: AsyncSession, *, model: Model, body: TrafficPut) -> list[tuple[str, int]]:
+async def _validate(session: AsyncSession, *, model: Model, policy: Policy) -> list[tuple[str, int]]:
     """Every rule of a policy a release manager can trust; returns the bucket counts."""
-    problems: list[dict[str, str]] = []
+    problems = policy.problems(key_header=model.key_header)
     versions = {v.version: v for v in (await session.scalars(
         select(Version).options(selectinload(Version.engines)).where(Version.model_id == model.id)
     )).all()}
@@ -107,47 +116,33 @@ async def _validate(session: AsyncSession, *, model: Model, body: TrafficPut) ->
     async def check(field: str, label: str, *, must_run: bool) -> None:
         version = versions.get(label)
         if version is None:
-            problems.append({"field": field, "reason": f"model {model.name!r} has no version {label!r}"})
+            problems.append(Problem(field, f"model {model.name!r} has no version {label!r}"))
         elif version.status == VersionStatus.RETIRED:
-            problems.append({"field": field, "reason": f"version {label!r} is retired"})
+            problems.append(Problem(field, f"version {label!r} is retired"))
         elif must_run:
             if label not in runnable_cache:
                 runnable_cache[label] = bool(await registry_service.runnable_pools(session, version=version))
             if not runnable_cache[label]:
-                problems.append({"field": field, "reason": (
+                problems.append(Problem(field, (
                     f"version {label!r} has no engine that any pool can run "
-                    "(needs a pool with the engine's gpu_arch and trt_version)")})
+                    "(needs a pool with the engine's gpu_arch and trt_version)")))
 
-    seen: set[str] = set()
-    for i, split in enumerate(body.splits):
-        if split.version in seen:
-            problems.append({"field": f"splits[{i}].version", "reason": f"version {split.version!r} is listed twice"})
-        seen.add(split.version)
+    for i, split in enumerate(policy.splits):
         await check(f"splits[{i}].version", split.version, must_run=split.weight > 0)
-    total = sum((s.weight for s in body.splits), Decimal(0))
-    if total != 100:
-        problems.append({"field": "splits", "reason": f"weights sum to {total.normalize():f}, not 100"})
-    names: set[str] = set()
-    for i, rule in enumerate(body.rules):
-        if rule.name in names:
-            problems.append({"field": f"rules[{i}].name", "reason": f"rule name {rule.name!r} is used twice"})
-        names.add(rule.name)
-        if isinstance(rule.match, HeaderMatchIn) and rule.match.header.lower() == model.key_header:
-            problems.append({"field": f"rules[{i}].match.header",
-                             "reason": "that is the routing key header; use key_in to match routing keys"})
+    for i, rule in enumerate(policy.rules):
         await check(f"rules[{i}].version", rule.version, must_run=True)
-    await check("default_version", body.default_version, must_run=True)
+    if policy.default_version is not None:
+        await check("default_version", policy.default_version, must_run=True)
+    if policy.shadow is not None:
+        await check("shadow.version", policy.shadow.version, must_run=True)
     if problems:
-        raise InvalidInput("; ".join(f"{p['field']}: {p['reason']}" for p in problems), problems)
-    return bucket_counts((s.version, s.weight) for s in body.splits)
-
-
-def _rules_json(body: TrafficPut) -> list[dict[str, Any]]:
-    return [r.model_dump(by_alias=True, mode="json") for r in body.rules]
+        raise InvalidInput("; ".join(f"{p.field}: {p.reason}" for p in problems),
+                           [{"field": p.field, "reason": p.reason} for p in problems])
+    return policy.bucket_counts()
 
 
 async def put(session: AsyncSession, *, model_name: str, body: TrafficPut, if_match: str | None, actor: Actor,
-              publisher: SnapshotPublisher) -> TrafficRevision:
+              publisher: Committer) -> TrafficRevision:
     """Write a new revision if ``if_match`` names the live one (optimistic concurrency)."""
     if if_match is None:
         raise PreconditionRequired("PUT traffic needs If-Match with the ETag from GET "
@@ -162,34 +157,31 @@ async def put(session: AsyncSession, *, model_name: str, body: TrafficPut, if_ma
             {"live": revision_state(current), "live_etag": etag(live),
              "changed_by": current.created_by if current else None},
         )
-    counts = await _validate(session, model=model, body=body)
+    policy = body.policy()
+    counts = await _validate(session, model=model, policy=policy)
     previous: list[Range] | None = None
     if current is not None and current.salt == model.salt:
         previous = [(s, e, v) for s, e, v in current.allocation]
     allocation = allocate(previous, counts)
     revision = TrafficRevision(
-        model_id=model.id, revision=live + 1, default_version=body.default_version,
-        splits=[{"version": s.version, "weight": float(s.weight)} for s in body.splits],
-        rules=_rules_json(body), allocation=[list(r) for r in allocation], salt=model.salt,
-        reason=body.reason, reapplied_from=body.reapplied_from, created_by=actor.name,
+        model_id=model.id, revision=live + 1, policy=policy, allocation=[list(r) for r in allocation],
+        salt=model.salt, reason=body.reason, reapplied_from=body.reapplied_from, created_by=actor.name,
     )
     session.add(revision)
     # Another writer may have taken live + 1 between our read and our insert.
     await flush_or_raise(session, PreconditionFailed(
         f"traffic policy of {model_name!r} changed while saving; reload and retry"))
-    routed = {s.version for s in body.splits if s.weight > 0} | {r.version for r in body.rules}
-    routed.add(body.default_version)
     for version in (await session.scalars(
-        select(Version).where(Version.model_id == model.id, Version.version.in_(routed),
-                              Version.status == VersionStatus.REGISTERED.value)
+        select(Version).where(Version.model_id == model.id, Version.version.in_(policy.referenced_versions()),
+                              Version.status == VersionStatus.REGISTERED)
     )).all():
-        version.status = VersionStatus.ACTIVE.value
+        version.status = VersionStatus.ACTIVE
     await audit_service.record(
         session, actor=actor, action="traffic.reapply" if body.reapplied_from else "traffic.update",
         target_type="traffic", target=model.name, model=model.name, before=revision_state(current),
         after=revision_state(revision), reason=body.reason,
     )
-    await snapshot_service.bump(session, model_id=model.id)
+    await changes.bump(session, model_id=model.id)
     await publisher.commit(session)
     return revision
 
@@ -199,10 +191,10 @@ async def rebucket(session: AsyncSession, *, model: Model, actor: Actor, reason:
     current = await get_current(session, model=model)
     if current is None:
         return None
-    counts = bucket_counts((s["version"], s["weight"]) for s in current.splits)
+    counts = current.policy.bucket_counts()
     revision = TrafficRevision(
-        model_id=model.id, revision=current.revision + 1, default_version=current.default_version,
-        splits=current.splits, rules=current.rules, allocation=[list(r) for r in allocate(None, counts)],
+        model_id=model.id, revision=current.revision + 1, policy=current.policy,
+        allocation=[list(r) for r in allocate(None, counts)],
         salt=model.salt, reason=reason or "salt changed: rebucket", created_by=actor.name,
     )
     session.add(revision)
@@ -217,8 +209,7 @@ def compiled(model: Model, revision: TrafficRevision) -> ModelRouting:
     """The router's view of a revision (the same code the router runs)."""
     return ModelRouting.build(
         name=model.name, key_header=model.key_header, salt=revision.salt, anonymous=model.anonymous,
-        default_version=revision.default_version,
-        rules=[SnapshotRule.model_validate(r).compiled() for r in revision.rules],
+        default_version=revision.policy.default_version, rules=revision.policy.compiled_rules(),
         allocation=[(s, e, v) for s, e, v in revision.allocation],
     )
 
@@ -228,7 +219,7 @@ async def ready_versions(session: AsyncSession, *, model: Model) -> set[str]:
     return set((await session.scalars(
         select(Version.version).join(Deployment, Deployment.version_id == Version.id)
         .where(Version.model_id == model.id, Deployment.ready_replicas > 0,
-               Version.status != VersionStatus.RETIRED.value)
+               Version.status != VersionStatus.RETIRED)
     )).all())
 
 
@@ -244,8 +235,7 @@ async def explain(session: AsyncSession, *, model_name: str, key: str | None,
     if key is not None:
         request_headers[model.key_header] = key
     ready = await ready_versions(session, model=model)
-    everyone = {s["version"] for s in current.splits} | {current.default_version or ""}
-    everyone |= {r["version"] for r in current.rules}
+    everyone = current.policy.referenced_versions()
     # Anonymous requests with a weighted policy pick a random bucket; a fixed seed keeps explanations repeatable.
     decision = decide(routing, request_headers, ready, rng=random.Random(0))
     policy = decide(routing, request_headers, everyone, rng=random.Random(0))
@@ -256,3 +246,75 @@ async def explain(session: AsyncSession, *, model_name: str, key: str | None,
         "rule": decision.rule, "policy_version": policy.version if policy.route is not Route.UNAVAILABLE else None,
         "ready_versions": sorted(ready), "traffic_revision": current.revision,
     }
+
+
+# --- quick actions: promote, roll back, re-apply (the UI, the API and later rollouts share them) ----------------
+
+class Action(enum.StrEnum):
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+    REAPPLY = "reapply"
+
+
+def _weight(value: float | Decimal) -> str:
+    return format(Decimal(str(value)).normalize(), "f")
+
+
+async def action_put(session: AsyncSession, *, model: Model, current: TrafficRevision | None, action: Action,
+                     version: str = "", source: int | None = None, reason: str = "") -> tuple[TrafficPut, str]:
+    """The policy a quick action would write, and a sentence saying what it does (nothing is written)."""
+    if current is None:
+        raise InvalidInput.field("action", f"model {model.name!r} has no traffic policy yet")
+    live = current.policy
+    weights = {s.version: Decimal(str(s.weight)) for s in live.splits}
+    default = live.default_version
+    rules = live.rules
+    reapplied_from = None
+    if action is Action.PROMOTE:
+        weights.setdefault(version, Decimal(0))
+        weights = {v: Decimal(100) if v == version else Decimal(0) for v in weights}
+        default = version
+        what = f"{version} gets 100% of traffic and becomes the default version."
+    elif action is Action.ROLLBACK:
+        if version == default:
+            raise InvalidInput.field("version", f"{version} is the default version; promote another version instead")
+        moved = weights.get(version, Decimal(0))
+        if default is not None:
+            weights.setdefault(default, Decimal(0))
+        for label in weights:
+            if label == version:
+                weights[label] = Decimal(0)
+            elif label == default:
+                weights[label] += moved
+        what = f"{version} gets 0% of traffic; its {_weight(moved)}% go back to the default version {default}."
+    else:
+        if source is None:
+            raise InvalidInput.field("revision", "which revision to re-apply?")
+        old = await get_revision_or_raise(session, model=model, revision=source)
+        policy = old.policy
+        weights = {s.version: Decimal(str(s.weight)) for s in policy.splits}
+        default, rules, reapplied_from = policy.default_version, policy.rules, old.revision
+        what = (f"Revision {old.revision}'s policy ({splits_text(policy)}, default {policy.default_version}) "
+                "becomes live again, as a new revision.")
+    body = {"default_version": default, "splits": [{"version": v, "weight": _weight(w)} for v, w in weights.items()],
+            "rules": [r.to_json() for r in rules], "reason": reason, "reapplied_from": reapplied_from}
+    try:
+        return TrafficPut.model_validate(body), what
+    except ValidationError as exc:  # an old revision may not pass today's rules
+        raise InvalidInput.field("action", f"this action cannot be applied: {exc}") from None
+
+
+async def run_action(session: AsyncSession, *, model_name: str, action: Action, version: str = "",
+                     source: int | None = None, reason: str = "", if_match: str | None, actor: Actor,
+                     publisher: Committer) -> TrafficRevision:
+    """Promote, roll back or re-apply as a new revision, under the same If-Match rule as ``put``."""
+    model = await registry_service.get_model_or_raise(session, name=model_name)
+    current = await get_current(session, model=model)
+    body, _ = await action_put(session, model=model, current=current, action=action, version=version,
+                               source=source, reason=reason)
+    return await put(session, model_name=model_name, body=body, if_match=if_match, actor=actor, publisher=publisher)
+
+
+def splits_text(policy: Policy) -> str:
+    """ "3 95% · 4 5%" """
+    return " · ".join(f"{s.version} {_weight(s.weight)}%" for s in policy.splits) or "–"

@@ -1,4 +1,4 @@
-"""Build the routing snapshot from the database; bump its revision on routing changes.
+"""Build the routing snapshot from the database (its revision is ``control_plane.changes``'s counter).
 
 The snapshot's shape is owned by ``router.snapshot`` (the router validates
 what it receives with the same models).
@@ -6,46 +6,18 @@ what it receives with the same models).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Subquery
 
-from control_plane.db import utcnow
+from control_plane.changes import current_revision
+from control_plane.deployments.models import Deployment
 from control_plane.registry.models import Model, Pool, Version, VersionStatus
-from control_plane.reconciler.models import Deployment
-from control_plane.traffic.models import SnapshotState, TrafficRevision
-
-_PENDING_KEY = "grayroute.snapshot_revision"
-
-
-async def bump(session: AsyncSession, *, model_id: int | None = None) -> int:
-    """Increase the snapshot revision inside the current transaction.
-
-    The single row is locked until commit, which also orders concurrent
-    routing changes: revisions are published in commit order. ``model_id``
-    names the one model the change touches (None: possibly any), so the
-    publisher can rebuild just that model's part.
-    """
-    revision = int((await session.execute(
-        update(SnapshotState).where(SnapshotState.id == 1)
-        .values(revision=SnapshotState.revision + 1, updated_at=utcnow())
-        .returning(SnapshotState.revision)
-    )).scalar_one())
-    session.info.setdefault(_PENDING_KEY, []).append((revision, model_id))
-    return revision
-
-
-def pending_bumps(session: AsyncSession) -> list[tuple[int, int | None]]:
-    """(revision, model id) of each bump this session made and has not published (cleared on read)."""
-    return list(session.info.pop(_PENDING_KEY, []))
-
-
-async def current_revision(session: AsyncSession) -> int:
-    return int((await session.execute(select(SnapshotState.revision).where(SnapshotState.id == 1))).scalar_one())
+from control_plane.traffic.models import TrafficRevision, stored_policy
 
 
 def latest_revisions(model_ids: Iterable[int] | None = None) -> Subquery:
@@ -71,7 +43,7 @@ async def build(session: AsyncSession, *, model_ids: set[int] | None = None) -> 
               & (TrafficRevision.revision == latest.c.revision))
     )
     version_query = (select(Version.id, Version.model_id, Version.version)
-                     .where(Version.status != VersionStatus.RETIRED.value))
+                     .where(Version.status != VersionStatus.RETIRED))
     ready_query = (select(Deployment.version_id, Deployment.endpoints, Pool.name, Pool.gpu_arch)
                    .join(Pool, Pool.id == Deployment.pool_id).where(Deployment.ready_replicas > 0))
     if model_ids is not None:
@@ -99,10 +71,8 @@ async def build(session: AsyncSession, *, model_ids: set[int] | None = None) -> 
             "key_header": row.key_header,
             "salt": row.salt,
             "anonymous": row.anonymous,
-            "default_version": row.default_version,
+            **stored_policy(row.default_version, row.splits, row.rules).to_json(),
             "traffic_revision": row.revision,
-            "rules": row.rules,
-            "splits": row.splits,
             "allocation": row.allocation,
             "versions": versions_by_model.get(row.id, {}),
         }

@@ -46,7 +46,7 @@ def percentiles(samples: list[float]) -> str:
 
 async def seed(url: str, models: int) -> None:
     """Bulk rows straight into Postgres: seeding through the API would take minutes and measure nothing."""
-    from control_plane.reconciler.models import Deployment
+    from control_plane.deployments.models import Deployment
     from control_plane.registry.models import Engine, Model, Pool, Version
     from control_plane.traffic.models import TrafficRevision
     from router.routing import allocate, bucket_counts

@@ -22,8 +22,9 @@ from typing import Any
 
 from control_plane.reconciler import desired as D
 from control_plane.reconciler.loop import Reconciler
-from control_plane.reconciler.models import Phase
+from control_plane.deployments.models import Phase
 from control_plane.reconciler.targets.kubernetes import KubernetesTarget, load_api_client
+from router.policy import Policy
 from tests.reconciler.conftest import MemoryStore
 from tests.reconciler.fake_apiserver import FakeApiServer
 
@@ -45,7 +46,7 @@ def inputs(models: int, versions_per_model: int) -> D.Inputs:
             engines = tuple(D.EngineSpec(a, f"s3://engines/m{m}/v{v}/{a}.plan", "ab" * 32, "10.3") for a in ARCHS)
             versions.append(D.VersionSpec(vid, f"v{v}", "fp16", "10.3", engines=engines))
         weight = 100 / versions_per_model
-        traffic = D.TrafficSpec("v0", tuple(D.Split(f"v{v}", weight) for v in range(versions_per_model)))
+        traffic = Policy("v0", tuple(D.Split(f"v{v}", weight) for v in range(versions_per_model)))
         specs.append(D.ModelSpec(m + 1, f"model-{m}", tuple(versions), traffic, {p.name: 2 * versions_per_model
                                                                                 for p in pools}))
     return D.Inputs(tuple(specs), pools)
@@ -117,7 +118,7 @@ async def bench(workers: int, latency: float, models: int, versions_per_model: i
         first = changed[0]
         n = len(first.versions)
         splits = (D.Split("v0", 100 - 10 * (n - 1)),) + tuple(D.Split(f"v{v}", 10) for v in range(1, n))
-        changed[0] = D.ModelSpec(first.id, first.name, first.versions, D.TrafficSpec("v0", splits), first.replicas)
+        changed[0] = D.ModelSpec(first.id, first.name, first.versions, Policy("v0", splits), first.replicas)
         store.inputs = D.Inputs(tuple(changed), store.inputs.pools)
         server.reset_counts()
         result = await reconciler.reconcile_once()

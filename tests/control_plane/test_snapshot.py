@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from control_plane.notifications import SNAPSHOT_CHANNEL, SNAPSHOT_KEY
+from router.snapshot import SNAPSHOT_CHANNEL, SNAPSHOT_KEY
 from router.snapshot import parse_snapshot
 from tests.control_plane.conftest import Api
 

@@ -608,7 +608,7 @@ def test_reconciler_role_grants_nothing_beyond_its_list(
         if namespace == NAMESPACE:
             assert granted == workload | lease
             # Everything but `create` is pinned to the one Lease.
-            for group, resource, verb, name in grants:
+            for _group, resource, verb, name in grants:
                 if resource == "leases" and verb != "create":
                     assert name == "grayroute-reconciler"
         else:

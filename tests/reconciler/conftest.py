@@ -12,6 +12,7 @@ from kubernetes import client
 from control_plane.reconciler import desired as D
 from control_plane.reconciler.status import StatusRow
 from control_plane.reconciler.targets.kubernetes import load_api_client
+from router.policy import Policy
 from tests.reconciler.fake_apiserver import FakeApiServer
 
 SHA = "ab" * 32
@@ -93,5 +94,5 @@ def pool(pid: int, name: str, arch: str, kind: str = "kubernetes", namespace: st
                       runtime_image="nvcr.io/nvidia/tritonserver:24.08-py3")
 
 
-def traffic(default: str, *splits: tuple[str, float]) -> D.TrafficSpec:
-    return D.TrafficSpec(default, tuple(D.Split(v, w) for v, w in splits))
+def traffic(default: str, *splits: tuple[str, float]) -> Policy:
+    return Policy(default, tuple(D.Split(v, w) for v, w in splits))

@@ -300,7 +300,7 @@ class FakeApiServer:
             # Headers and body go out in two writes; with Nagle each response would wait for a delayed ACK.
             disable_nagle_algorithm = True
 
-            def log_message(self, format: str, *args: Any) -> None:
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature
                 pass
 
             def _send(self, status: int, body: dict[str, Any]) -> None:

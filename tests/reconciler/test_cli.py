@@ -21,7 +21,7 @@ from sqlalchemy.pool import NullPool
 
 from control_plane import migrate
 from control_plane.db import session_factory
-from control_plane.reconciler.models import Deployment
+from control_plane.deployments.models import Deployment
 from control_plane.registry.models import Engine, Model, Pool, Version
 from control_plane.reconciler.targets.local import free_port
 from control_plane.traffic.models import TrafficRevision

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from control_plane.reconciler import desired as D
+from router.policy import Policy, PolicyRule
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 DRAIN = timedelta(seconds=600)
@@ -26,8 +27,9 @@ def pool(pid: int, name: str, arch: str, kind: str = "kubernetes", trt: str = "1
     return D.PoolSpec(id=pid, name=name, gpu_arch=arch, kind=kind, trt_version=trt)
 
 
-def traffic(default: str, *splits: tuple[str, float], rules: tuple[str, ...] = ()) -> D.TrafficSpec:
-    return D.TrafficSpec(default, tuple(D.Split(v, w) for v, w in splits), frozenset(rules))
+def traffic(default: str, *splits: tuple[str, float], rules: tuple[str, ...] = ()) -> Policy:
+    return Policy(default, tuple(D.Split(v, w) for v, w in splits),
+                  tuple(PolicyRule(f"r{i}", v, None, ("k",)) for i, v in enumerate(rules)))
 
 
 A100 = pool(1, "a100", "sm_80")

@@ -12,11 +12,11 @@ from sqlalchemy.pool import NullPool
 
 from control_plane import migrate
 from control_plane.db import session_factory
-from control_plane.notifications import InProcessNotifier, SnapshotPublisher
+from control_plane.traffic.publisher import InProcessNotifier, SnapshotPublisher
 from control_plane.reconciler import embedded
-from control_plane.reconciler.models import Deployment
+from control_plane.deployments.models import Deployment
 from control_plane.registry.models import Engine, Model, Pool, Version
-from control_plane.traffic import snapshot
+from control_plane import changes
 from control_plane.traffic.models import TrafficRevision
 
 
@@ -40,14 +40,17 @@ async def test_publish_wakes_the_embedded_reconciler(tmp_path: Path) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(reconciler.run(stop))
     try:
-        await asyncio.sleep(0.5)
+        for _ in range(200):  # up to 10 s: the first pass imports and opens a lot on a busy machine
+            if reconciler.passes >= 1:
+                break
+            await asyncio.sleep(0.05)
         assert reconciler.passes >= 1  # nothing active yet
 
         async with sessions() as session:
             session.add(TrafficRevision(model_id=model.id, revision=1, default_version="v1",
                                         splits=[{"version": "v1", "weight": 100}], rules=[],
                                         allocation=[[0, 10000, "v1"]], salt="digits", created_by="test"))
-            await snapshot.bump(session)
+            await changes.bump(session)
             await publisher.commit(session)
 
         deadline = time.monotonic() + 30  # far below the 120 s resync

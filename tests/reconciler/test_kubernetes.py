@@ -15,10 +15,11 @@ from kubernetes import client
 from control_plane.reconciler import desired as D
 from control_plane.reconciler.health import serve as serve_health
 from control_plane.reconciler.loop import Backoff, Reconciler
-from control_plane.reconciler.models import Phase
+from control_plane.deployments.models import Phase
 from control_plane.reconciler.targets.kubernetes import KubernetesTarget
 from control_plane.reconciler.targets.lease import LeaseElector
 from control_plane.reconciler.targets.manifests import SPEC_HASH
+from router.policy import Policy
 from tests.reconciler.conftest import MemoryStore, pool, traffic, version
 from tests.reconciler.fake_apiserver import FakeApiServer
 
@@ -35,7 +36,7 @@ class Clock:
         return self.now
 
 
-def model(*versions: D.VersionSpec, tr: D.TrafficSpec, budget: dict[str, int] | None = None) -> D.ModelSpec:
+def model(*versions: D.VersionSpec, tr: Policy, budget: dict[str, int] | None = None) -> D.ModelSpec:
     return D.ModelSpec(1, "resnet", versions, tr, budget or {})
 
 

@@ -17,7 +17,7 @@ import pytest
 from control_plane.reconciler import desired as D
 from control_plane.reconciler import onnx_model
 from control_plane.reconciler.loop import Backoff, Reconciler
-from control_plane.reconciler.models import Phase
+from control_plane.deployments.models import Phase
 from control_plane.reconciler.targets.local import LocalTarget
 from tests.reconciler.conftest import MemoryStore, pool, traffic, version
 

@@ -20,13 +20,14 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from control_plane.db import create_engine, session_factory
-from control_plane.notifications import SnapshotPublisher, notifier_for
+from control_plane.traffic.publisher import SnapshotPublisher, notifier_for
 from control_plane.reconciler import desired as D
 from control_plane.reconciler.loop import Backoff, Reconciler
 from control_plane.reconciler.service import DatabaseStore, load_inputs
 from control_plane.reconciler.targets.kubernetes import KubernetesTarget
 from control_plane.reconciler.targets.local import LocalTarget
 from control_plane.settings import Settings
+from router.policy import Policy
 from tests.control_plane.conftest import Api, api, cp_server, cp_settings, role_tokens  # noqa: F401 - fixtures
 from tests.reconciler.fake_apiserver import FakeApiServer
 
@@ -83,7 +84,7 @@ async def test_loader_maps_the_registry_and_traffic(api: Api, db) -> None:  # no
         inputs = await load_inputs(session, kind="local")
     (model,) = inputs.models
     assert model.name == "digits" and model.replicas == {"a100": 4}
-    assert model.traffic == D.TrafficSpec("v1", (D.Split("v1", 75.0), D.Split("v2", 25.0)), frozenset())
+    assert model.traffic == Policy("v1", (D.Split("v1", 75.0), D.Split("v2", 25.0)))
     assert {v.label: {e.gpu_arch for e in v.engines} for v in model.versions} == {"v1": {"sm_80", "sm_90"},
                                                                                    "v2": {"sm_80"}}
     assert {p.name: p.kind for p in inputs.pools} == {"cpu": "local", "a100": "kubernetes", "h100": "external"}

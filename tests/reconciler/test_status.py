@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from control_plane.reconciler import desired as D
-from control_plane.reconciler.models import Phase
+from control_plane.deployments.models import Phase
 from control_plane.reconciler.status import rows
 from control_plane.reconciler.targets import Observed, SyncReport
 from tests.reconciler.conftest import pool, traffic, version

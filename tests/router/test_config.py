@@ -118,7 +118,7 @@ async def test_control_plane_down_keeps_serving_and_restarts_from_file(
 
 async def _file_revision(file: Path, revision: int) -> bool:
     try:
-        return bool(orjson.loads(file.read_bytes())["revision"] == revision)
+        return bool(orjson.loads(await asyncio.to_thread(file.read_bytes))["revision"] == revision)
     except (OSError, ValueError):
         return False
 

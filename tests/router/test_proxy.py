@@ -190,7 +190,8 @@ async def test_metrics_are_summed_across_workers(backends: dict, routers: list, 
     for _ in range(50):  # workers share their totals every second
         async with session.get(router.url + "/metrics") as response:
             text = await response.text()
-        line = next(l for l in text.splitlines() if l.startswith("grayroute_requests_total{") and 'status="200"' in l)
+        line = next(row for row in text.splitlines()
+                    if row.startswith("grayroute_requests_total{") and 'status="200"' in row)
         if line.endswith(" 40.0"):
             break
         await asyncio.sleep(0.2)

@@ -91,7 +91,7 @@ def test_the_session_cookie_is_signed_httponly_and_secure_when_configured() -> N
 
 
 def test_history_cursors_accept_only_short_ascii_numbers() -> None:
-    from web.views import _page_cursor
+    _page_cursor = forms.integer  # the one parser of the UI's integer parameters
 
     assert _page_cursor("12") == 12
     assert _page_cursor("²") is None

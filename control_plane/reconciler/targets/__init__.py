@@ -4,12 +4,12 @@ A target does one thing per pass: make the world match the desired
 deployments (apply what changed, garbage-collect what is no longer desired)
 and report what it observes. The reconciler loop knows nothing else about it.
 
-Errors::
-
-    TargetError                 a target could not finish part of a pass
-    ├── TransientError          worth retrying (5xx, timeouts, refused connections)
-    └── PermanentError          retrying the same input cannot help (400, 403, 422):
-                                written to the deployment's status instead
+Errors are reported as data, never raised out of ``sync``, so one bad
+deployment cannot stop the pass for the others: a failure worth retrying (5xx,
+timeouts, refused connections) goes to ``SyncReport.transient_errors`` and the
+loop retries with backoff; one that retrying the same input cannot fix (400,
+403, 422) goes to that deployment's ``Observed.error`` and is written to its
+status.
 """
 
 from __future__ import annotations
@@ -19,18 +19,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from control_plane.reconciler.desired import DeploymentKey, DesiredDeployment
-
-
-class TargetError(Exception):
-    """A target could not finish part of a pass."""
-
-
-class TransientError(TargetError):
-    """Worth retrying with backoff."""
-
-
-class PermanentError(TargetError):
-    """The same input will fail again; report it on the deployment."""
 
 
 @dataclass(frozen=True)

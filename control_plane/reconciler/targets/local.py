@@ -163,7 +163,7 @@ class LocalTarget:
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{slot[0]}-{slot[1]}.log"
-        with open(log_path, "ab") as out:
+        with open(log_path, "ab") as out:  # noqa: ASYNC230 - a local log file, once per replica start
             process = await asyncio.create_subprocess_exec(
                 self.python, "-m", "control_plane.reconciler.engine_server",
                 "--model", d.model, "--version", d.version, "--precision", d.precision,

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from control_plane.db import Base, utcnow
+from control_plane.db import Base, str_enum, utcnow
 
 
 class Phase(enum.StrEnum):
@@ -31,7 +31,7 @@ class Deployment(Base):
     ready_replicas: Mapped[int] = mapped_column(default=0)
     # Ready backends only: [{"url": "http://10.0.0.7:8000"}, ...]
     endpoints: Mapped[list[Any]] = mapped_column(default=list)
-    phase: Mapped[str] = mapped_column(default=Phase.PENDING.value)
+    phase: Mapped[Phase] = mapped_column(str_enum(Phase, None), default=Phase.PENDING)
     message: Mapped[str] = mapped_column(Text, default="")
     # When the version left the active set; deleted after the drain period.
     draining_since: Mapped[datetime | None] = mapped_column(default=None)

@@ -1,9 +1,11 @@
-"""Change notification: tell routers (and reconcilers) that the snapshot changed.
+"""The snapshot publisher: after a routing change commits, build the snapshot and tell routers (and reconcilers).
 
-Two providers behind one small interface: in-process (the embedded default,
-which also serves long-polls) and Redis (snapshot stored at ``SNAPSHOT_KEY``,
-revision published on ``SNAPSHOT_CHANNEL``). A Redis outage never fails the
-change that triggered the publish: routers fall back to polling the API.
+``SnapshotPublisher`` is the ``changes.Committer`` every service hands its
+session to. Notification has two providers behind one small interface:
+in-process (the embedded default, which also serves long-polls) and Redis
+(snapshot stored at ``SNAPSHOT_KEY``, revision published on
+``SNAPSHOT_CHANNEL``, both named in ``router.snapshot``). A Redis outage never
+fails the change that triggered the publish: routers fall back to polling.
 """
 
 from __future__ import annotations
@@ -12,17 +14,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Annotated, Protocol
 
 import orjson
+from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from control_plane import changes
 from control_plane.traffic import snapshot as snapshot_builder
+from router.snapshot import SNAPSHOT_CHANNEL, SNAPSHOT_KEY
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_KEY = "grayroute:snapshot"
-SNAPSHOT_CHANNEL = "grayroute:snapshot"
 
 
 class Notifier(Protocol):
@@ -145,7 +148,7 @@ class SnapshotPublisher:
         async with contextlib.AsyncExitStack() as stack:
             if session is None:
                 session = await stack.enter_async_context(self._sessions())
-            revision = await snapshot_builder.current_revision(session)
+            revision = await changes.current_revision(session)
             cached = self._cached
             if cached is not None and cached[0] == revision:
                 return cached
@@ -210,11 +213,18 @@ class SnapshotPublisher:
 
     async def commit(self, session: AsyncSession) -> None:
         """Commit ``session``; when it bumped the snapshot revision, schedule a publish."""
-        bumps = snapshot_builder.pending_bumps(session)
+        bumps = changes.pending_bumps(session)
         await session.commit()
         if bumps:
             self._own_bumps.update(bumps)
             self.schedule()
+
+
+def _snapshot_publisher(request: Request) -> SnapshotPublisher:
+    return request.app.state.publisher  # type: ignore[no-any-return]
+
+
+SnapshotPublisherDep = Annotated[SnapshotPublisher, Depends(_snapshot_publisher)]
 
 
 def notifier_for(redis_url: str | None) -> Notifier:

@@ -1,0 +1,196 @@
+"""The model page: versions and their readiness, the live split, rules, history, live figures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request, Response
+
+from control_plane.audit import service as audit_service
+from control_plane.auth import service as auth_service
+from control_plane.auth.service import Permission
+from control_plane.deployments import service as deployments_service
+from control_plane.deps import PublisherDep, SessionDep
+from control_plane.errors import (
+    Conflict,
+    InvalidInput,
+)
+from control_plane.registry import service as registry_service
+from control_plane.registry.models import VersionStatus
+from control_plane.registry.schemas import VersionUpdate
+from control_plane.traffic import service as traffic_service
+from control_plane.traffic.models import TrafficRevision
+from router.policy import Policy
+from web import figures as live_figures
+from web import forms
+from web.forms import Errors, RuleRow
+from web.views.pages import (
+    HISTORY_PAGE,
+    PALETTE,
+    PHASE_TONE,
+    Visitor,
+    VisitorDep,
+    _colors,
+    _PageRoute,
+    _posted,
+    _reader,
+    _redirect,
+    _render,
+    _splits_text,
+    fmt_weight,
+    templates,
+)
+
+router = APIRouter(prefix="/ui", route_class=_PageRoute, include_in_schema=False)
+
+
+def _weights(current: TrafficRevision | None) -> dict[str, str]:
+    return {v: fmt_weight(w) for v, w in current.policy.weights().items()} if current else {}
+
+
+def _offered(current: TrafficRevision | None, versions: Sequence[Any]) -> list[str]:
+    """Rows of the traffic form: the split's versions in order, then the others that could take traffic."""
+    labels = list(current.policy.weights()) if current else []
+    labels += [v.version for v in versions if v.version not in labels and v.status != VersionStatus.RETIRED]
+    return labels
+
+
+def _target_label(event: Any, model: str) -> str:
+    """Targets relative to the page's model: "resnet50/4@a100" -> "4@a100", "resnet50" -> "traffic"."""
+    if event.target == model:
+        return str(event.target_type)
+    return str(event.target).removeprefix(model + "/")
+
+
+def _change_summary(event: Any) -> str:
+    before, after = event.before or {}, event.after or {}
+    if event.target_type == "traffic":
+        new, old = Policy.from_json(after), Policy.from_json(before)
+        text = _splits_text(new.splits)
+        if new.default_version != old.default_version and new.default_version:
+            text += f"; default {new.default_version}"
+        return text
+    changed = [k for k in after if k in before and after[k] != before[k] and k != "engines"]
+    if changed:
+        return "; ".join(f"{k}: {before[k]} → {after[k]}" for k in changed[:3])
+    return ""
+
+
+@dataclass
+class _Edit:
+    """What the person submitted, re-shown with its errors when it was refused."""
+
+    form: str  # "traffic" | "rules"
+    errors: Errors
+    weights: dict[str, str] | None = None
+    default_version: str | None = None
+    reason: str = ""
+    rules: list[RuleRow] | None = None
+
+
+async def _model_page(request: Request, visitor: Visitor, db: Any, name: str, *, status: int = 200,
+                      edit: _Edit | None = None, conflict: dict[str, Any] | None = None,
+                      revisions_before: int | None = None, events_before: int | None = None) -> Response:
+    actor = _reader(visitor)
+    model = await registry_service.get_model_or_raise(db, name=name)
+    versions = await registry_service.list_versions(db, model=model)
+    current = await traffic_service.get_current(db, model=model)
+    deployments = await deployments_service.list_deployments(db, model=model)
+    colors = _colors([v.version for v in versions])
+    weights = _weights(current)
+    default = current.policy.default_version if current else None
+    by_key = {(v.version, p.name): d for d, v, p in deployments}
+
+    version_rows = []
+    for version in versions:
+        pools = await registry_service.runnable_pools(db, version=version)
+        readiness = []
+        for pool in pools:
+            deployment = by_key.get((version.version, pool.name))
+            readiness.append({"pool": pool, "deployment": deployment,
+                              "tone": PHASE_TONE.get(deployment.phase, "warn") if deployment else "muted"})
+        # deployments on pools that no longer match (e.g. draining) are shown too
+        known = {p.name for p in pools}
+        readiness += [{"pool": p, "deployment": d, "tone": PHASE_TONE.get(d.phase, "warn")}
+                      for d, v, p in deployments if v.version == version.version and p.name not in known]
+        version_rows.append({"v": version, "weight": weights.get(version.version), "color": colors[version.version],
+                             "is_default": version.version == default, "readiness": readiness,
+                             "runnable": bool(pools)})
+
+    offered = _offered(current, versions)
+    shown_weights = edit.weights if edit and edit.weights is not None else weights
+    traffic_rows = [{"version": v, "value": shown_weights.get(v, "0"), "color": colors.get(v, PALETTE[-1]),
+                     "in_split": v in weights} for v in offered]
+    rule_rows = edit.rules if edit and edit.rules is not None else [
+        RuleRow.of(i, r.to_json()) for i, r in enumerate(current.policy.rules if current else ())]
+    rule_rows = [*rule_rows, RuleRow(len(rule_rows))]  # one empty row to add a rule
+    candidates = [v for v in (current.policy.weighted_versions() if current else []) if v != default]
+    figures = await live_figures.load(request.app.state, model=model.name, default_version=default,
+                                      versions=[v.version for v in versions], colors=colors,
+                                      weights=current.policy.weights() if current else {})
+    context = {
+        "model": model, "current": current, "default": default, "colors": colors,
+        "versions": version_rows, "traffic_rows": traffic_rows, "rule_rows": rule_rows,
+        "candidates": candidates,
+        "selectable": [v.version for v in versions if v.status != VersionStatus.RETIRED],
+        "revisions": await traffic_service.list_revisions(db, model=model, limit=HISTORY_PAGE,
+                                                          before=revisions_before),
+        "revisions_paged": revisions_before is not None, "events_paged": events_before is not None,
+        "page_size": HISTORY_PAGE,
+        "events": [(e, _target_label(e, model.name), _change_summary(e))
+                   for e in await audit_service.list(db, model=model.name, limit=HISTORY_PAGE,
+                                                     before_id=events_before)],
+        "figures": figures,
+        "edit": edit, "errors": edit.errors if edit else {},
+        "edit_default": edit.default_version if edit and edit.default_version else default,
+        "conflict": conflict,
+        "can_traffic": actor.can(Permission.TRAFFIC_WRITE),
+        "can_operate": actor.can(Permission.VERSIONS_OPERATE),
+    }
+    return _render(request, visitor, "model.html", context, status)
+
+
+@router.get("/models/{name}")
+async def model_page(name: str, request: Request, visitor: VisitorDep, db: SessionDep, revisions_before: str = "",
+                     events_before: str = "") -> Response:
+    """The model page; ``revisions_before`` / ``events_before`` page back through the history."""
+    return await _model_page(request, visitor, db, name,
+                             revisions_before=forms.integer(revisions_before), events_before=forms.integer(events_before))
+
+
+@router.get("/models/{name}/figures")
+async def figures_panel(name: str, request: Request, visitor: VisitorDep, db: SessionDep,
+                        window: str = "") -> Response:
+    """The live-figures panel alone (over ``window`` seconds), for the page to refresh in place."""
+    _reader(visitor)
+    model = await registry_service.get_model_or_raise(db, name=name)
+    versions = [v.version for v in await registry_service.list_versions(db, model=model)]
+    current = await traffic_service.get_current(db, model=model)
+    colors = _colors(versions)
+    figures = await live_figures.load(request.app.state, model=model.name,
+                                      default_version=current.policy.default_version if current else None,
+                                      versions=versions, colors=colors, window=live_figures.window_of(window),
+                                      weights=current.policy.weights() if current else {})
+    return templates.TemplateResponse(request, "_figures.html", {"model": model, "figures": figures,
+                                                                 "colors": colors})
+
+
+@router.post("/models/{name}/versions/{version}/warm")
+async def set_warm(name: str, version: str, request: Request, visitor: VisitorDep, db: SessionDep,
+                   publisher: PublisherDep) -> Response:
+    form = await _posted(request, visitor)
+    actor = _reader(visitor)
+    auth_service.authorize(actor, Permission.VERSIONS_OPERATE)
+    warm = form.get("warm") == "1"
+    try:
+        await registry_service.update_version(db, model_name=name, version=version, body=VersionUpdate(warm=warm),
+                                              actor=actor, publisher=publisher)
+    except (Conflict, InvalidInput) as exc:
+        await db.rollback()
+        visitor.ui.flash("error", exc.message)
+    else:
+        visitor.ui.flash("ok", f"Version {version} is {'kept warm' if warm else 'no longer kept warm'}.")
+    return _redirect(f"/ui/models/{quote(name)}#versions")
