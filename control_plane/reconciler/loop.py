@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from control_plane.deployments.models import Phase
 from control_plane.reconciler import desired, status
 from control_plane.reconciler.desired import DeploymentKey, Inputs
-from control_plane.reconciler.models import Phase
 from control_plane.reconciler.targets import SyncReport, Target
 
 log = logging.getLogger(__name__)
