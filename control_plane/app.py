@@ -9,13 +9,16 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from control_plane import migrate
+from control_plane.admission import Admission
 from control_plane.audit.router import router as audit_router
 from control_plane.auth import service as auth_service
 from control_plane.db import create_engine, session_factory
+from control_plane.deployments import service as deployments_service
 from control_plane.deployments.router import router as deployments_router
 from control_plane.errors import error_body, install_handlers, is_database_unreachable
 from control_plane.traffic.publisher import SnapshotPublisher, notifier_for
@@ -64,18 +67,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await publisher.notifier.close()
         await engine.dispose()
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from files in an installed package, never a CDN,
+    # so they work on a cluster without internet access.
+    app: FastAPI = FastAPIOffline(
         title="grayroute",
         summary="Gray-release control plane for TensorRT inference engines",
         version="0.1.0",
         lifespan=lifespan,
+        static_url="/docs-assets",
+        favicon_url="/ui/static/favicon.svg",
     )
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = sessions
     app.state.publisher = publisher
     app.state.live_policies = traffic_service.LIVE_POLICIES  # registry routes ask traffic through it
+    app.state.registered_endpoints = deployments_service.REGISTERED_ENDPOINTS  # and deployments, the same way
     install_handlers(app)
+    app.add_middleware(Admission, max_body_bytes=settings.max_request_bytes, sessions=sessions)
     for router in (registry_router, deployments_router, traffic_router, audit_router, tokens_router):
         app.include_router(router)
     stats_routes.install(app)

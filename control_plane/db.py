@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,9 +59,24 @@ async def flush_or_raise(session: AsyncSession, conflict: Exception) -> None:
         raise conflict from None
 
 
+# At DEBUG these print query parameters and result rows, token hashes among them (aiosqlite logs every
+# call with its arguments). Called once the process has set up logging: with GRAYROUTE_LOG_LEVEL=DEBUG
+# they stay at INFO, where SQLAlchemy's statement log shows no parameters (``hide_parameters``).
+_DRIVER_LOGGERS = ("sqlalchemy.engine", "sqlalchemy.pool", "sqlalchemy.dialects", "aiosqlite", "asyncpg")
+
+
+def _cap_driver_logs() -> None:
+    for name in _DRIVER_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.INFO:
+            logger.setLevel(logging.INFO)
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
+    _cap_driver_logs()
     if settings.is_sqlite:
-        engine = create_async_engine(settings.database_url, connect_args={"timeout": settings.db_timeout_seconds})
+        engine = create_async_engine(settings.database_url, connect_args={"timeout": settings.db_timeout_seconds},
+                                     hide_parameters=True)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -78,6 +94,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_timeout=settings.db_timeout_seconds,
         # A connection that died with a Postgres restart is replaced, not handed out.
         pool_pre_ping=True,
+        hide_parameters=True,  # nor in error messages: a failed token lookup would print the hash
         connect_args={"timeout": settings.db_timeout_seconds, "command_timeout": 30},
     )
 

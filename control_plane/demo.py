@@ -176,7 +176,8 @@ class Demo:
             steps.append(("POST", f"/models/{MODEL}/versions", {
                 "version": version, "precision": precision, "trt_version": "10.3",
                 "notes": "stable" if version == STABLE else "candidate: half precision",
-                "engines": [{"gpu_arch": "sm_80", "uri": f"file://engines/{MODEL}/{version}/sm_80.plan",
+                # Never fetched: the local target serves a generated ONNX model in the engine's place.
+                "engines": [{"gpu_arch": "sm_80", "uri": f"s3://demo-engines/{MODEL}/{version}/sm_80.plan",
                              "sha256": f"{int(version):064x}", "size_bytes": 24_000_000,
                              "benchmark": {"p50_ms": p50, "p99_ms": p50 * 1.8, "throughput": 1000 / p50,
                                            "gpu_mem_mb": 410 if precision == "fp32" else 230}}]}))
@@ -234,6 +235,9 @@ grayroute demo is running
                  -d '{{"inputs":[{{"name":"input","shape":[1,16],"datatype":"FP32","data":[{",".join(["0.5"] * 16)}]}}]}}' \\
                  -i {self.router_url}/v2/models/{MODEL}/infer
   traffic      {self.args.rps:g} requests/s from {self.args.users} users through the router
+  CLI          export GRAYROUTE_DATABASE_URL={os.environ["GRAYROUTE_DATABASE_URL"]}
+               export GRAYROUTE_CONTROL_PLANE_URL={self.api_url} GRAYROUTE_TOKEN={admin_token}
+               then e.g. `grayroute token list`, `grayroute register …` use this demo
 Ctrl-C stops everything; run it again to continue where you left off.
 """, flush=True)
 

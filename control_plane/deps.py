@@ -39,12 +39,19 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PublisherDep = Annotated[Committer, Depends(get_publisher)]
 
+# Where ``admission`` leaves the actor it authenticated before the body was read (request.state).
+ADMITTED_ACTOR = "grayroute_admitted_actor"
+
 _bearer = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer gr_…`")
 
 
 async def current_actor(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request, session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Actor:
+    admitted = getattr(request.state, ADMITTED_ACTOR, None)
+    if isinstance(admitted, Actor):  # authenticated before the body was read
+        return admitted
     if credentials is None or not credentials.credentials:
         raise Unauthenticated("missing bearer token (Authorization: Bearer <token>)",
                               headers={"WWW-Authenticate": "Bearer"})

@@ -110,16 +110,47 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 ERROR_RESPONSES = error_responses(400, 401, 403, 404, 422, 503)  # what any API route may answer
 
 
+# Plain-language meanings of the regular expressions the schemas use (registered by them), so a
+# refusal says "lowercase letters, digits and '-'" rather than quoting the expression.
+_PATTERN_REASONS: dict[str, str] = {}
+
+# A union member's tag starts with this; it names a schema variant, not a field the user sent.
+UNION_TAG_PREFIX = "~"
+
+
+def explain_pattern(pattern: str, reason: str) -> str:
+    """Register the plain meaning of ``pattern`` for refusals; returns the pattern."""
+    _PATTERN_REASONS[pattern] = reason
+    return pattern
+
+
 def _field_path(loc: tuple[Any, ...]) -> str:
-    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    # Only the first element says where the value was (body, query…); a field may itself be named "header".
+    inner = loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc
+    parts = [p for p in inner if not (isinstance(p, str) and p.startswith(UNION_TAG_PREFIX))]
     text = ""
     for part in parts:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or ".".join(str(p) for p in loc)
 
 
+def _reason(error: dict[str, Any]) -> str:
+    """pydantic's message, in the words of someone filling in the field."""
+    kind, ctx = error.get("type"), error.get("ctx") or {}
+    if kind == "string_pattern_mismatch":
+        return _PATTERN_REASONS.get(str(ctx.get("pattern")), "contains characters that are not allowed here")
+    if kind == "missing":
+        return "required"
+    if kind == "extra_forbidden":
+        return "not a field of this object"
+    if kind == "too_short" and ctx.get("min_length") == 1:
+        return "must not be empty"
+    message = str(error.get("msg", "invalid"))
+    return message.removeprefix("Value error, ")
+
+
 def validation_details(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
-    return [{"field": _field_path(tuple(e.get("loc", ()))), "reason": str(e.get("msg", "invalid"))} for e in errors]
+    return [{"field": _field_path(tuple(e.get("loc", ()))), "reason": _reason(e)} for e in errors]
 
 
 # SQLSTATEs that mean "the server went away or will not talk now", not "your query is wrong":

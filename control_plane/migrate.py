@@ -8,6 +8,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations
 
@@ -58,3 +61,14 @@ def downgrade(database_url: str, revision: str = "-1") -> None:
 def check(database_url: str) -> None:
     """Raise unless the models and the migrations agree (``alembic check``)."""
     _in_thread(command.check, alembic_config(database_url))
+
+
+def head() -> str | None:
+    """The revision the code expects the schema to be at."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+async def current(engine: AsyncEngine) -> str | None:
+    """The revision the database's schema is at (None: never migrated)."""
+    async with engine.connect() as connection:
+        return await connection.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Signing key of the embedded demo; refused anywhere else.
@@ -14,8 +15,25 @@ DEMO_SECRET_KEY = "grayroute-embedded-demo-secret-not-for-production"
 EMBEDDED_DATABASE_URL = "sqlite+aiosqlite:///grayroute.db"
 
 
+MIN_TOKEN_BITS = 128
+
+
 class SettingsError(ValueError):
     """Configuration that cannot be run."""
+
+
+def token_strength_bits(token: str) -> float:
+    """A generous estimate of a secret's strength: its length times log2 of the character classes it uses.
+
+    It cannot see that a long phrase is guessable, but it refuses what is plainly short or repetitive.
+    """
+    classes = ((str.islower, 26), (str.isupper, 26), (str.isdigit, 10))
+    alphabet = sum(size for test, size in classes if any(test(c) for c in token))
+    if any(not (c.islower() or c.isupper() or c.isdigit()) for c in token):
+        alphabet += 33  # punctuation and the rest
+    if len(set(token)) < 8:  # "aaaa…" or "abab…" is not random, whatever its length
+        return 0.0
+    return len(token) * math.log2(alphabet) if alphabet > 1 else 0.0
 
 
 class Settings(BaseSettings):
@@ -39,6 +57,12 @@ class Settings(BaseSettings):
     # Stats merged from routers are kept this long.
     stats_retention_seconds: int = 6 * 3600
     state_dir: Path = Path(".grayroute")
+    # Largest request body accepted (413 above), checked from Content-Length and while a chunked body
+    # streams. 1 MiB holds the largest traffic policy the schema admits (about 0.55 MB) twice over.
+    max_request_bytes: Annotated[int, Field(ge=4096)] = 1 << 20
+    # Engines are fetched over TLS or from object stores; plain http:// only where a deployment says
+    # its artifact store sits on a private network (see README, Security).
+    allow_http_engine_uris: bool = False
 
     @field_validator("database_url")
     @classmethod
@@ -52,9 +76,24 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, url: str | None) -> str | None:
         return url or None
 
+    @field_validator("bootstrap_admin_token", "router_token")
+    @classmethod
+    def _strong_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is None or not token.get_secret_value():
+            return None
+        bits = token_strength_bits(token.get_secret_value())
+        if bits < MIN_TOKEN_BITS:
+            raise ValueError(f"too weak (about {bits:.0f} bits, needs {MIN_TOKEN_BITS}): use at least 22 random "
+                             "characters, e.g. the output of `openssl rand -base64 32`")
+        return token
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def uses_demo_secret(self) -> bool:
+        return self.secret_key.get_secret_value() == DEMO_SECRET_KEY
 
     @property
     def embedded(self) -> bool:
@@ -63,7 +102,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_demo_secret_in_production(self) -> Settings:
-        if not self.embedded and self.secret_key.get_secret_value() == DEMO_SECRET_KEY:
+        if not self.embedded and self.uses_demo_secret:
             raise SettingsError(
                 "GRAYROUTE_SECRET_KEY must be set when running on Postgres or Redis; "
                 "the built-in key is only for the embedded demo"
@@ -85,3 +124,12 @@ class ClientSettings(BaseSettings):
 
     control_plane_url: str = "http://127.0.0.1:8080"
     token: SecretStr | None = None
+
+
+class FetchSettings(BaseSettings):
+    """What ``grayroute engine fetch`` reads besides the cloud SDKs' own variables (AWS_*, GOOGLE_*)."""
+
+    model_config = SettingsConfigDict(env_prefix="GRAYROUTE_FETCH_", extra="ignore")
+
+    # Sent as "Authorization: Bearer …" to https:// artifact stores (from a pool's credentials Secret).
+    bearer_token: SecretStr | None = None

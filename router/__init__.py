@@ -20,12 +20,13 @@ Modules, from the request inwards::
     routing   the routing spec (buckets, allocations, ``decide``)          [shared kernel]
     policy    a model's traffic policy as one typed value                   [shared kernel]
     snapshot  the snapshot schema, Redis key names, default key header       [shared kernel]
-    table     the compiled snapshot: models, version groups, ready sets
-    upstream  keep-alive HTTP/1.1 client for backends; ejection and probing
+    table     the compiled snapshot: models, version groups (ejection cap, panic), ready sets
+    upstream  keep-alive HTTP/1.1 client for backends: bounded pools, health, probing
+    budget    the retry budget: retries stay under a share of requests
     config    where snapshots come from: file, control plane HTTP, Redis
     metrics   per-request accounting, rendered for Prometheus on scrape
     stats     histogram bounds and report shapes shared with the control plane [shared kernel]
-    reporter  ships per-version windows to Redis or the control plane
+    reporter  ships per-version windows to Redis or the control plane, spooling while both are down
     settings  the only reader of the environment
 
 Hot-path choices, each measured (``tests/bench/bench_router.py`` and ad-hoc A/B

@@ -24,13 +24,14 @@ import orjson
 import redis.asyncio as aioredis
 
 from router import errors
+from router.budget import RetryBudget
 from router.config import SnapshotSource
 from router.metrics import NOWHERE, Recorder, SharedDirectory, Where, merge_dumps, render
 from router.reporter import StatsReporter
 from router.routing import Decision, Route, decide
-from router.settings import RouterSettings
-from router.stats import NO_BACKEND
-from router.table import Backends, ModelTable, RoutingTable
+from router.settings import CREDENTIAL_HEADERS, RouterSettings
+from router.stats import NO_BACKEND, SHED
+from router.table import Backends, ModelTable, RoutingTable, VersionGroup
 from router.upstream import Backend, Response
 
 log = logging.getLogger("grayroute.router")
@@ -46,13 +47,21 @@ _HOP_BY_HOP = frozenset({
     b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length", b"expect",
 })
 _RESPONSE_DROP = _HOP_BY_HOP | {b"date", b"server"}  # the ASGI server writes its own
+# Headers the router writes itself. A client's copy is dropped (x-grayroute-* would let it
+# spoof routing and shadow markers; X-Forwarded-For is appended to, never passed as sent),
+# and a backend's x-grayroute-* answer headers are dropped so the router's own win.
+_OWN = b"x-grayroute-"
+_FORWARDED_FOR = b"x-forwarded-for"
+_REPLACED = frozenset({_FORWARDED_FOR, b"x-forwarded-proto"})
 _JSON = [(b"content-type", b"application/json")]
 _MODELS_PREFIX = "/v2/models/"
 _ACTIONS = {"": "GET", "ready": "GET", "infer": "POST", "config": "GET"}
+_MAX_RETRIES = 2  # per request: another backend of the version, then the fallback version
 
 
 def _error_body(exc: errors.RouterError) -> bytes:
-    return orjson.dumps({"error": {"code": exc.code, "message": exc.message, "details": exc.details}})
+    # KServe v2 says the error is a string; code and details ride along as extra fields.
+    return orjson.dumps({"error": exc.message, "code": exc.code, "details": exc.details})
 
 
 class RouterApp:
@@ -69,6 +78,11 @@ class RouterApp:
         self.max_body = settings.max_body_bytes
         self.timeout = settings.upstream_timeout
         self.eject_after = settings.eject_after
+        self.budget = RetryBudget(settings.retry_budget)
+        # credentials reach backends only where the operator says so (--forward-header)
+        self.not_forwarded = _HOP_BY_HOP | _REPLACED | {
+            name.encode() for name in CREDENTIAL_HEADERS - set(settings.forward_headers)
+        }
 
     # lifecycle
     def _swap(self, table: RoutingTable) -> None:
@@ -85,7 +99,13 @@ class RouterApp:
                 settings.redis_url, socket_connect_timeout=1.0, health_check_interval=10
             )
         self.backends = Backends(connect_timeout=settings.connect_timeout,
-                                 max_response=settings.max_response_bytes)
+                                 max_response=settings.max_response_bytes,
+                                 max_connections=settings.max_connections,
+                                 max_pending=settings.max_pending,
+                                 queue_timeout=settings.queue_timeout,
+                                 max_ejected_share=settings.max_ejected_share,
+                                 on_event=self.recorder.backend_event)
+        self.recorder.census = self.backends.census
         self.source = SnapshotSource(
             backends=self.backends,
             on_swap=self._swap,
@@ -105,6 +125,7 @@ class RouterApp:
             redis=self.redis,
             control_plane=settings.control_plane,
             token=token,
+            spool=settings.stats_spool,
         )
         self.reporter.start()
         if self.shared is not None:
@@ -226,16 +247,27 @@ class RouterApp:
         decision_headers: dict[str, str] = {}
         forwarded: list[tuple[bytes, bytes]] = []
         declared = 0
+        hops: list[bytes] = []
+        not_forwarded = self.not_forwarded
         for name, value in scope["headers"]:
             if name in wanted:
                 try:  # keys are hashed as UTF-8 (spec); clients send them as UTF-8 bytes
                     decision_headers[name.decode("latin-1")] = value.decode()
                 except UnicodeDecodeError:
                     decision_headers[name.decode("latin-1")] = value.decode("latin-1")
-            if name not in _HOP_BY_HOP:
-                forwarded.append((name, value))
+            if name not in not_forwarded:
+                if not name.startswith(_OWN):
+                    forwarded.append((name, value))
             elif name == b"content-length":
                 declared = int(value) if value.isdigit() else 0
+            elif name == _FORWARDED_FOR:
+                hops.append(value)
+        client = scope.get("client")
+        if client:
+            hops.append(client[0].encode())
+        if hops:
+            forwarded.append((_FORWARDED_FOR, b", ".join(hops)))
+        forwarded.append((b"x-forwarded-proto", b"https" if scope.get("scheme") == "https" else b"http"))
         if declared > self.max_body:
             raise errors.BodyTooLarge(
                 f"request body of {declared} bytes is over the {self.max_body}-byte limit",
@@ -251,11 +283,22 @@ class RouterApp:
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
         tried: list[Backend] = []
-        stale_retries = 0
+        retries = 0
+        failure: errors.UpstreamError | None = None
+        budget = self.budget
+        budget.deposit()
         while True:
             version = decision.version
             if version is None:
-                self._unserved(model, decision, explicit, started)
+                if decision.route is Route.UNKNOWN_VERSION and explicit not in model.groups:
+                    raise errors.NoSuchVersion(
+                        f"no such version: model {model.name!r} has no version {explicit!r}",
+                        {"model": model.name, "version": explicit},
+                    )
+                # the assigned version counts the failure: the last retried one's kind, else "no backend"
+                self._unserved(model, decision, explicit, started, failure.kind if failure is not None else NO_BACKEND)
+                if failure is not None:
+                    raise failure  # what went wrong says more than "no backend left"
                 if decision.route is Route.UNKNOWN_VERSION:
                     raise errors.UnknownVersion(
                         f"version {explicit!r} of model {model.name!r} has no ready backend",
@@ -268,25 +311,36 @@ class RouterApp:
             group = model.groups[version]
             backend = group.pick(tried)
             if backend is None:
-                # every live backend of this version refused: decide again without it
+                # every live backend of this version failed this request: decide again without it
                 ready = ready - {version}
                 decision = decide(model.routing, decision_headers, ready, explicit_version=explicit)
                 continue
             where = group.where.get(backend, NOWHERE)
+            if group.panic:
+                self.recorder.panicked(model.name, version)
             try:
                 response = await backend.request(scope["method"], target, forwarded, body, self.timeout)
-            except errors.StaleConnection as exc:
-                stale_retries += 1
-                if stale_retries <= 2:
-                    continue  # a kept-alive connection the backend had closed; nothing was processed
-                await self._failed_answer(send, model, decision, version, where, backend, exc, started)
-                return
             except errors.ConnectError as exc:
-                self._upstream_failed(model, version, backend, exc, where)
+                # nothing was sent: another backend or the fallback version may take it, within the budget
+                self._upstream_failed(model, group, version, backend, exc, where)
                 tried.append(backend)
-                continue
+                if retries < _MAX_RETRIES:
+                    if budget.withdraw():
+                        retries += 1
+                        failure = exc
+                        exc.details = {"model": model.name, "version": version}
+                        self.recorder.retried(model.name, version, exc.kind)
+                        continue
+                    self.recorder.retry_denied(model.name, version)
+                await self._failed(send, exc, model, decision, version, where, exc.kind, started)
+                return
+            except errors.Overloaded as exc:
+                self.recorder.shed_load(model.name, version, exc.reason)
+                await self._failed(send, exc, model, decision, version, where, SHED, started)
+                return
             except errors.UpstreamError as exc:
-                await self._failed_answer(send, model, decision, version, where, backend, exc, started)
+                self._upstream_failed(model, group, version, backend, exc, where)
+                await self._failed(send, exc, model, decision, version, where, exc.kind, started)
                 return
             backend.failures = 0
             break
@@ -299,31 +353,33 @@ class RouterApp:
             time.perf_counter() - started,
         )
 
-    async def _failed_answer(
-        self, send: Send, model: ModelTable, decision: Decision, version: str, where: Where, backend: Backend,
-        exc: errors.UpstreamError, started: float,
+    async def _failed(
+        self, send: Send, exc: errors.RouterError, model: ModelTable, decision: Decision, version: str,
+        where: Where, kind: str, started: float,
     ) -> None:
-        """The backend broke the exchange: count it against the assigned version and answer the error."""
-        self._upstream_failed(model, version, backend, exc, where)
+        """Answer a request the version it was routed to could not serve: it counts against the assigned
+        version (with ``kind``), served by ``version`` at ``where``."""
         self.recorder.observe(
             model.name, decision.chosen or version, version, where, decision.route_header, exc.status,
-            time.perf_counter() - started, exc.kind,
+            time.perf_counter() - started, kind,
         )
         exc.details = {"model": model.name, "version": version}
         await _send_error(send, exc, version, decision.route_header)
 
-    def _unserved(self, model: ModelTable, decision: Decision, explicit: str | None, started: float) -> None:
+    def _unserved(
+        self, model: ModelTable, decision: Decision, explicit: str | None, started: float, kind: str
+    ) -> None:
         """No version could serve: the assigned one (if the snapshot knows it) counts the failure."""
         assigned = explicit if decision.route is Route.UNKNOWN_VERSION else decision.chosen
         if assigned is not None and assigned in model.groups:  # never a label a client made up
-            self.recorder.unserved(model.name, assigned, decision.route.value, time.perf_counter() - started,
-                                   NO_BACKEND)
+            self.recorder.unserved(model.name, assigned, decision.route.value, time.perf_counter() - started, kind)
 
     def _upstream_failed(
-        self, model: ModelTable, version: str, backend: Backend, exc: errors.UpstreamError, where: Where
+        self, model: ModelTable, group: VersionGroup, version: str, backend: Backend, exc: errors.UpstreamError,
+        where: Where,
     ) -> None:
         self.recorder.upstream_error(model.name, version, where, exc.kind)
-        backend.failed(exc, eject_after=self.eject_after)
+        group.failed(backend, exc, eject_after=self.eject_after)
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         message = await receive()
@@ -356,7 +412,8 @@ class RouterApp:
             (b"x-grayroute-route", route.encode()),
         ]
         for pair in response.headers:
-            if pair[0].lower() not in _RESPONSE_DROP:
+            name = pair[0].lower()
+            if name not in _RESPONSE_DROP and not name.startswith(_OWN):
                 headers.append(pair)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -377,4 +434,6 @@ async def _send_error(
     headers = list(_JSON)
     if version is not None and route is not None:
         headers += [(b"x-grayroute-version", version.encode()), (b"x-grayroute-route", route.encode())]
+    if exc.retry_after is not None:  # nothing reached a backend: safe to send again
+        headers.append((b"retry-after", str(exc.retry_after).encode()))
     await _send(send, exc.status, headers, _error_body(exc))

@@ -23,10 +23,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=None, help="request body limit (default 64 MiB)")
     parser.add_argument("--max-response-bytes", type=int, default=None,
                         help="largest backend answer the router buffers (default 256 MiB)")
+    parser.add_argument("--max-line-bytes", type=int, default=None,
+                        help="longest request line (414 above) or header line (431 above) (default 8 KiB)")
+    parser.add_argument("--max-header-bytes", type=int, default=None,
+                        help="request line and headers together (431 above, default 64 KiB)")
+    parser.add_argument("--max-headers", type=int, default=None, help="header count (431 above, default 100)")
+    parser.add_argument("--header-timeout", type=float, default=None, metavar="SECONDS",
+                        help="time a client has to send a request's head (408 past it, default 10)")
+    parser.add_argument("--body-timeout", type=float, default=None, metavar="SECONDS",
+                        help="time a client has to send a request's body after its head (408 past it, default 60)")
+    parser.add_argument("--max-client-connections", type=int, default=None, metavar="N",
+                        help="client connections per worker; beyond it new ones get 503 at once (default 4096)")
+    parser.add_argument("--forward-header", action="append", default=None, metavar="NAME",
+                        dest="forward_headers", choices=["authorization", "cookie"], type=str.lower,
+                        help="pass this client credential header to backends (stripped by default); repeatable")
     parser.add_argument("--upstream-timeout", type=float, default=None, metavar="SECONDS",
                         help="time a backend has to answer (default 60)")
     parser.add_argument("--connect-timeout", type=float, default=None, metavar="SECONDS",
                         help="time to open a backend connection (default 1)")
+    parser.add_argument("--max-connections", type=int, default=None, metavar="N",
+                        help="open connections per backend (default 64); more requests wait for one")
+    parser.add_argument("--max-pending", type=int, default=None, metavar="N",
+                        help="requests waiting for a connection, per backend (default 256); more get a 503")
+    parser.add_argument("--queue-timeout", type=float, default=None, metavar="SECONDS",
+                        help="longest wait for a backend connection before a 503 with Retry-After (default 1)")
+    parser.add_argument("--retry-budget", type=float, default=None, metavar="SHARE",
+                        help="retries as a share of requests, for failures before anything was sent (default 0.2)")
+    parser.add_argument("--max-ejected-share", type=float, default=None, metavar="SHARE",
+                        help="most of a version's backends ejected at once for failing (default 0.5; never the last)")
+    parser.add_argument("--stats-spool", type=int, default=None, metavar="N",
+                        help="stats reports kept in memory while Redis and the control plane are down (default 720)")
     parser.add_argument("--poll-interval", type=float, default=None, metavar="SECONDS",
                         help="HTTP polling period while Redis is unreachable (default 1)")
     parser.add_argument("--stats-interval", type=float, default=None, metavar="SECONDS",
@@ -48,8 +74,21 @@ def run(args: argparse.Namespace) -> int:
             snapshot_file=args.snapshot_file,
             max_body_bytes=args.max_body_bytes,
             max_response_bytes=args.max_response_bytes,
+            max_line_bytes=args.max_line_bytes,
+            max_header_bytes=args.max_header_bytes,
+            max_headers=args.max_headers,
+            header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
+            max_client_connections=args.max_client_connections,
+            forward_headers=tuple(args.forward_headers) if args.forward_headers else None,
             upstream_timeout=args.upstream_timeout,
             connect_timeout=args.connect_timeout,
+            max_connections=args.max_connections,
+            max_pending=args.max_pending,
+            queue_timeout=args.queue_timeout,
+            retry_budget=args.retry_budget,
+            max_ejected_share=args.max_ejected_share,
+            stats_spool=args.stats_spool,
             poll_interval=args.poll_interval,
             stats_interval=args.stats_interval,
             router_id=args.router_id,
@@ -57,7 +96,11 @@ def run(args: argparse.Namespace) -> int:
             log_level=args.log_level,
         )
     except ValidationError as exc:
-        logging.getLogger("grayroute.router").error("invalid router settings: %s", exc)
+        problems = "; ".join(
+            "".join(f"{part}: " for part in error["loc"][:1]) + error["msg"].removeprefix("Value error, ")
+            for error in exc.errors()
+        )
+        logging.getLogger("grayroute.router").error("invalid router settings: %s", problems)  # one line
         return 2
     from router.server import serve  # uvicorn only when actually serving
 

@@ -7,6 +7,14 @@ only what the data plane needs: whole request bodies (bounded), one response
 per request in order (pipelined requests wait their turn), keep-alive with an
 idle timeout, ``Expect: 100-continue``, lifespan, graceful shutdown. Response
 head and body go out in one write. ``--http uvicorn`` remains for comparison.
+
+Clients are bounded before they cost anything: the request line and header
+lines are counted on the raw bytes *before* httptools sees them (it keeps an
+unfinished header line in memory however long it grows), a head over its limits
+is answered 414/431 at once, a head or body that arrives too slowly 408, a body
+over ``max_body`` 413 as soon as it crosses the limit, and client connections
+beyond ``max_connections`` 503. Each refusal half-closes and drains briefly, so
+a client still sending reads its answer instead of a reset.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from http import HTTPStatus
 from typing import Any
 
 import httptools
+import orjson
 
 from router.app import Message, RouterApp
 
@@ -33,6 +42,31 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _BAD_REQUEST_BODY = b'{"error":{"code":"bad_request","message":"malformed HTTP request","details":{}}}'
 _BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n"
                 b"content-length: %d\r\n\r\n%s" % (len(_BAD_REQUEST_BODY), _BAD_REQUEST_BODY))
+
+
+# How long, and how much of, a refused connection's input is drained after its answer:
+# closing with unread input makes the kernel send a reset, which can destroy the answer
+# before the client reads it. Bounded in bytes too: 20 clients pushing at loopback speed
+# into draining connections held other requests up by ~0.4 s (uvloop reads up to 8 MiB
+# per socket per loop pass); past the budget the client waits for the close instead.
+_LINGER = 2.0
+_DRAIN = 64 * 1024
+_SHEDDING = 1024  # connections over the cap answered at once; past it a flood is just closed
+
+
+def _refusal(status: int, code: str, message: str, details: dict[str, Any]) -> bytes:
+    """A complete close-delimited answer, built once per limit."""
+    body = orjson.dumps({"error": {"code": code, "message": message, "details": details}})
+    return (_status_line(status) + b"content-type: application/json\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body))
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback to stop parsing and answer ``answer``."""
+
+    def __init__(self, answer: bytes) -> None:
+        super().__init__()
+        self.answer = answer
 
 
 def _status_line(status: int) -> bytes:
@@ -77,15 +111,23 @@ class _Connection(asyncio.Protocol):
         "chunks",
         "client",
         "closed",
+        "cr",
+        "deadline",
         "dispatched_early",
+        "head",
+        "head_parsed",
         "headers",
         "idle_since",
+        "in_head",
+        "line",
+        "lines",
         "lost",
         "parser",
         "queue",
+        "refusal",
         "server",
+        "shed",
         "size",
-        "too_large",
         "transport",
         "url",
     )
@@ -98,23 +140,49 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.size = 0
-        self.too_large = False
         self.queue: deque[_Request] = deque()
         self.busy = False
         self.closed = False
         self.idle_since = time.monotonic()
         self.lost: asyncio.Future[None] = server.loop.create_future()
         self.client: tuple[str, int] | None = None
-        self.dispatched_early = False
+        self.dispatched_early = False  # answered before the request ended: input is discarded
+        # the raw-byte head scan (see _head_fits): bytes of the head, of its current line,
+        # complete lines, and whether the last read ended in CR
+        self.in_head = True
+        self.head = 0
+        self.line = 0
+        self.lines = 0
+        self.cr = False
+        self.head_parsed = -1  # head bytes the parser reported, for a head the scan missed; else -1
+        self.deadline = server.loop.time() + server.header_timeout  # 0: no read deadline running
+        self.refusal: bytes | None = None  # owed after the answers queued before it
+        self.shed = False  # over the connection cap: answered 503, never served
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
+        server = self.server
+        if len(server.connections) >= server.max_connections:
+            # Answered rather than left in the listen backlog: the client (or its load
+            # balancer) learns at once that this router is full and can go elsewhere.
+            self.dispatched_early = True
+            self.deadline = 0.0
+            if server.shedding >= _SHEDDING:
+                transport.close()  # a flood: even a lingering answer per connection is too much
+                return
+            server.shedding += 1
+            self.shed = True
+            self._linger(server.too_many_connections)
+            return
         peer = transport.get_extra_info("peername")
         self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
-        self.server.connections.add(self)
+        server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.shed:
+            self.shed = False
+            self.server.shedding -= 1
         self.closed = True
         self.server.connections.discard(self)
         if not self.lost.done():
@@ -122,13 +190,102 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.dispatched_early:
-            return  # the rest of an oversized body: the answer is out, the connection is closing
+            # answered already (an oversized body, a refusal): the connection is closing
+            self.size += len(data)
+            if self.size > _DRAIN and self.transport is not None:
+                self.transport.pause_reading()  # the close timer ends it; reading on costs CPU for nothing
+            return
+        if self.in_head:
+            # the usual head: whole in this read and shorter than one line's limit
+            if not self.head and 0 < data.find(b"\r\n\r\n") <= self.server.short_head:
+                self.in_head = False
+            elif not self._head_fits(data):
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._reject()
-        except httptools.HttpParserError:
-            self._reject()
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _Refused):
+                self._refuse(exc.__context__.answer)
+            else:
+                self._reject()
+
+    def _head_fits(self, data: bytes) -> bool:
+        """Counts the request head on the raw bytes before the parser buffers them.
+
+        False once a limit is crossed (the answer is on its way). The head is
+        walked line by line, across reads (``data_received`` lets the usual short
+        head through with one ``find``).
+        """
+        server = self.server
+        if not self.head and not self.deadline:
+            self.deadline = server.loop.time() + server.header_timeout
+        size = len(data)
+        start = 0
+        while start < size:
+            newline = data.find(b"\n", start)
+            stop = size if newline < 0 else newline + 1
+            length = stop - start
+            self.line += length
+            self.head += length
+            if self.line > server.max_line:
+                return self._refuse(server.header_line_too_long if self.lines else server.uri_too_long)
+            if self.head > server.max_head:
+                return self._refuse(server.header_too_large)
+            if newline < 0:
+                self.cr = data[-1] == 13
+                return True
+            blank = self.line == 1 or (self.line == 2 and (data[newline - 1] == 13 if newline else self.cr))
+            if blank:
+                if self.lines:  # the empty line that ends the head; what follows is body
+                    self.in_head = False
+                    self.head = self.line = self.lines = 0
+                    return True
+                # an empty line before the request line is allowed (RFC 9112 2.2)
+            else:
+                self.lines += 1
+                if self.lines > server.max_headers + 1:  # the request line and max_headers headers
+                    return self._refuse(server.too_many_headers)
+            self.line = 0
+            start = stop
+        self.cr = False
+        return True
+
+    def _refuse(self, answer: bytes) -> bool:
+        """Answer a request that broke a limit and close; queued answers go first."""
+        self.dispatched_early = True
+        self.deadline = 0.0
+        if self.busy:
+            self.refusal = answer  # _run writes it after the answers owed before it
+            if self.transport is not None:
+                self.transport.pause_reading()
+        else:
+            self._linger(answer)
+        return False
+
+    def _linger(self, answer: bytes) -> None:
+        """Write ``answer``, half-close, and drain input briefly before closing.
+
+        A client still sending (an oversized header or body) would otherwise get a
+        reset, and with it lose the answer it has not read yet.
+        """
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        self.dispatched_early = True
+        self.size = 0  # from here on: bytes drained
+        if answer:
+            transport.write(answer)
+        if transport.can_write_eof():
+            transport.write_eof()
+        transport.resume_reading()
+        self.server.loop.call_later(_LINGER, self.close)
+
+    def eof_received(self) -> bool | None:
+        if self.dispatched_early:
+            self.close()  # the client read its refusal and closed: no need to wait any longer
+        return None
 
     def _reject(self) -> None:
         if self.transport is not None and not self.busy:
@@ -146,20 +303,40 @@ class _Connection(asyncio.Protocol):
         self.headers = []
         self.chunks = []
         self.size = 0
-        self.too_large = False
+        # A head that starts in the same read as the end of the previous request was not
+        # scanned: the callbacks check its lines on what the parser reports instead.
+        self.head_parsed = 0 if self.in_head and not self.head else -1
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if self.head_parsed >= 0 and len(self.url) > self.server.max_line:
+            raise _Refused(self.server.uri_too_long)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
+        if self.head_parsed >= 0:
+            server = self.server
+            length = len(name) + len(value) + 4  # ": " and CRLF
+            self.head_parsed += length
+            if length > server.max_line:
+                raise _Refused(server.header_line_too_long)
+            if self.head_parsed > server.max_head:
+                raise _Refused(server.header_too_large)
 
     def on_headers_complete(self) -> None:
-        limit = self.server.max_body
+        server = self.server
+        if len(self.headers) > server.max_headers:  # the fast path in data_received does not count
+            raise _Refused(server.too_many_headers)
+        self.in_head = False
+        if self.head:  # the parser ended the head before the scan saw its blank line
+            self.head = self.line = self.lines = 0
+        self.deadline = server.loop.time() + server.body_timeout
+        limit = server.max_body
         for name, value in self.headers:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 # answer now (the app sees the declared length), never read the body
                 self.dispatched_early = True
+                self.deadline = 0.0
                 self._dispatch(_Request(self.parser.get_method(), self.url, self.headers, b"", False,
                                         self.parser.get_http_version(), True))
                 return
@@ -167,20 +344,30 @@ class _Connection(asyncio.Protocol):
                 self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
+        if self.dispatched_early:
+            return
         # buffer at most max_body + 1 bytes: enough for the app to answer 413, never more in memory
         room = self.server.max_body + 1 - self.size
         self.size += len(body)
         if room > 0:
             self.chunks.append(body if len(body) <= room else body[:room])
         if self.size > self.server.max_body:
-            self.too_large = True
+            # a chunked body crossed the limit: answer now, not after an upload of any length
+            self.dispatched_early = True
+            self.deadline = 0.0
+            body = b"".join(self.chunks)
+            self.chunks = []
+            self._dispatch(_Request(self.parser.get_method(), self.url, self.headers, body, False,
+                                    self.parser.get_http_version(), True))
 
     def on_message_complete(self) -> None:
         if self.dispatched_early:
             return
+        self.in_head = True  # what follows is the next request's head
+        self.deadline = 0.0  # until it starts (the keep-alive sweep covers the wait)
         chunks = self.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        keep_alive = self.parser.should_keep_alive() and not self.too_large
+        keep_alive = self.parser.should_keep_alive()
         self._dispatch(_Request(self.parser.get_method(), self.url, self.headers, body, keep_alive,
                                 self.parser.get_http_version(), False))
 
@@ -200,11 +387,17 @@ class _Connection(asyncio.Protocol):
             while True:
                 await self._cycle(request)
                 if self.closed or not request.keep_alive:
-                    self.close()
+                    if request.early:
+                        self._linger(b"")  # the client may still be sending the body we refused
+                    else:
+                        self.close()
                     return
                 if not self.queue:
                     break
                 request = self.queue.popleft()
+            if self.refusal is not None:
+                self._linger(self.refusal)
+                return
             self.busy = False
             self.idle_since = time.monotonic()
             if self.transport is not None and not self.closed:
@@ -313,10 +506,45 @@ class _Connection(asyncio.Protocol):
 class LeanServer:
     """Serves ``app`` on an already bound socket until SIGTERM/SIGINT."""
 
-    def __init__(self, app: RouterApp, *, max_body: int, keep_alive_timeout: float = 75.0) -> None:
+    def __init__(
+        self,
+        app: RouterApp,
+        *,
+        max_body: int,
+        max_line: int = 8 * 1024,
+        max_head: int = 64 * 1024,
+        max_headers: int = 100,
+        header_timeout: float = 10.0,
+        body_timeout: float = 60.0,
+        max_connections: int = 4096,
+        keep_alive_timeout: float = 75.0,
+    ) -> None:
         self.app = app
         self.max_body = max_body
+        self.max_line = max_line
+        self.short_head = max_line - 4  # a head this short (to its blank line) has no line over the limit
+        self.max_head = max_head
+        self.max_headers = max_headers
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.max_connections = max_connections
         self.keep_alive_timeout = keep_alive_timeout
+        self.uri_too_long = _refusal(414, "uri_too_long", f"request line over the {max_line}-byte limit",
+                                     {"limit": max_line})
+        self.header_line_too_long = _refusal(431, "header_too_large", f"a header line over the {max_line}-byte limit",
+                                             {"limit": max_line})
+        self.header_too_large = _refusal(431, "header_too_large", f"request head over the {max_head}-byte limit",
+                                         {"limit": max_head})
+        self.too_many_headers = _refusal(431, "header_too_large", f"more than {max_headers} headers",
+                                         {"limit": max_headers})
+        self.head_timed_out = _refusal(408, "request_timeout", f"request head not received within {header_timeout:g} s",
+                                       {"limit_seconds": header_timeout})
+        self.body_timed_out = _refusal(408, "request_timeout", f"request body not received within {body_timeout:g} s",
+                                       {"limit_seconds": body_timeout})
+        self.too_many_connections = _refusal(503, "too_many_connections",
+                                             f"this router holds its {max_connections} connections; retry elsewhere",
+                                             {"limit": max_connections})
+        self.shedding = 0  # connections over the cap still draining their 503
         self.loop = asyncio.get_running_loop()
         self.connections: set[_Connection] = set()
         self.clock = _Clock()
@@ -349,7 +577,7 @@ class LeanServer:
         name = sock.getsockname()
         self.address = (str(name[0]), int(name[1]))
         server = await self.loop.create_server(lambda: _Connection(self), sock=sock, backlog=2048)
-        sweeper = self.loop.create_task(self._sweep_idle())
+        sweeper = self.loop.create_task(self._sweep())
         try:
             await self._stop.wait()
         finally:
@@ -368,10 +596,20 @@ class LeanServer:
             await asyncio.wait_for(shutdown, 15.0)
             await lifespan
 
-    async def _sweep_idle(self) -> None:
+    async def _sweep(self) -> None:
+        """Close idle keep-alive connections; answer 408 to reads past their deadline.
+
+        One pass over the connections per tick instead of a timer per request: the
+        hot path only stores a number. A deadline is kept to within a quarter of
+        the shorter timeout (at most a second).
+        """
+        tick = min(1.0, self.keep_alive_timeout / 4, self.header_timeout / 4, self.body_timeout / 4)
         while True:
-            await asyncio.sleep(min(5.0, self.keep_alive_timeout))
+            await asyncio.sleep(tick)
+            now = self.loop.time()
             horizon = time.monotonic() - self.keep_alive_timeout
             for conn in list(self.connections):
-                if not conn.busy and conn.idle_since < horizon:
+                if conn.deadline and conn.deadline < now and not conn.dispatched_early:
+                    conn._refuse(self.head_timed_out if conn.in_head else self.body_timed_out)
+                elif not conn.busy and conn.idle_since < horizon and not conn.dispatched_early:
                     conn.close()

@@ -14,7 +14,7 @@ import json
 import os
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,15 @@ class Recorder:
         self.window_start = time.time()
         self.revision = -1
         self.defaults: dict[str, str] = {}  # model -> default version, from the snapshot being served
+        # overload: what the router did instead of failing a request, and what it gave up on
+        self.retries: dict[tuple[str, str, str], int] = {}  # (model, version that failed, kind)
+        self.retries_denied: dict[tuple[str, str], int] = {}
+        self.shed: dict[tuple[str, str, str], int] = {}  # (model, version, reason)
+        self.panic: dict[tuple[str, str], int] = {}
+        self.backend_events: dict[str, int] = {}
+        self.reports_dropped = 0
+        self.reports_spooled = 0
+        self.census: Callable[[], dict[str, int]] | None = None  # backends by health, connections
 
     def observe(
         self, model: str, assigned: str, version: str, where: Where, route: str, status: int, seconds: float,
@@ -104,6 +113,25 @@ class Recorder:
         key = (model, version, where[0], where[1], kind)
         self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
 
+    def retried(self, model: str, version: str, kind: str) -> None:
+        key = (model, version, kind)
+        self.retries[key] = self.retries.get(key, 0) + 1
+
+    def retry_denied(self, model: str, version: str) -> None:
+        key = (model, version)
+        self.retries_denied[key] = self.retries_denied.get(key, 0) + 1
+
+    def shed_load(self, model: str, version: str, reason: str) -> None:
+        key = (model, version, reason)
+        self.shed[key] = self.shed.get(key, 0) + 1
+
+    def panicked(self, model: str, version: str) -> None:
+        key = (model, version)
+        self.panic[key] = self.panic.get(key, 0) + 1
+
+    def backend_event(self, event: str) -> None:
+        self.backend_events[event] = self.backend_events.get(event, 0) + 1
+
     def take_window(self) -> tuple[float, float, dict[Cell, VersionWindow]]:
         """Close the current window: (start, end, cells); its counts join the totals."""
         start, end = self.window_start, time.time()
@@ -131,6 +159,16 @@ class Recorder:
             "fallbacks": [[*k, v] for k, v in self.fallbacks.items()],
             "cells": [[*k, c.requests, c.latency_sum, c.buckets, c.kinds] for k, c in cells.items()],
             "defaults": [[m, v] for m, v in self.defaults.items()],
+            "retries": [[*k, v] for k, v in self.retries.items()],
+            "retries_denied": [[*k, v] for k, v in self.retries_denied.items()],
+            "shed": [[*k, v] for k, v in self.shed.items()],
+            "panic": [[*k, v] for k, v in self.panic.items()],
+            "backend_events": [[k, v] for k, v in self.backend_events.items()],
+            "gauges": {
+                "reports_dropped": self.reports_dropped,
+                "reports_spooled": self.reports_spooled,
+                **(self.census() if self.census is not None else {}),
+            },
         }
 
 
@@ -155,6 +193,10 @@ def merge_dumps(dumps: list[Dump]) -> Dump:
                 cell[7] = [a + b for a, b in zip(cell[7], buckets)]
                 for kind, n in kinds.items():
                     cell[8][kind] = cell[8].get(kind, 0) + n
+    gauges: dict[str, int] = {}
+    for dump in dumps:
+        for name, value in dump.get("gauges", {}).items():
+            gauges[name] = gauges.get(name, 0) + value
     revisions = [d["revision"] for d in dumps if d.get("revision", -1) >= 0]
     return {
         # the lagging worker is the one an operator needs to see
@@ -164,6 +206,12 @@ def merge_dumps(dumps: list[Dump]) -> Dump:
         "fallbacks": summed("fallbacks", 3),
         "cells": list(cells.values()),
         "defaults": next((d["defaults"] for d in dumps if d.get("defaults")), []),
+        "retries": summed("retries", 3),
+        "retries_denied": summed("retries_denied", 2),
+        "shed": summed("shed", 3),
+        "panic": summed("panic", 2),
+        "backend_events": summed("backend_events", 1),
+        "gauges": gauges,
     }
 
 
@@ -254,6 +302,58 @@ class _DumpCollector(Collector):
         yield GaugeMetricFamily(
             "grayroute_config_revision", "Revision of the routing snapshot being served", value=data["revision"]
         )
+        yield from _overload_families(data)
+
+
+def _overload_families(data: Dump) -> Iterator[Any]:
+    retries = CounterMetricFamily(
+        "grayroute_retries", "Requests sent again after a failure that happened before anything reached the backend, "
+        "by the version that failed and the kind of failure", labels=["model", "version", "kind"],
+    )
+    for model, version, kind, count in data.get("retries", []):
+        retries.add_metric([model, version, kind], count)
+    yield retries
+    denied = CounterMetricFamily(
+        "grayroute_retries_denied", "Retries not made because the retry budget was spent", labels=["model", "version"],
+    )
+    for model, version, count in data.get("retries_denied", []):
+        denied.add_metric([model, version], count)
+    yield denied
+    shed = CounterMetricFamily(
+        "grayroute_shed", "Requests answered 503 with Retry-After because the backend's connection queue was full "
+        "(queue_full) or the wait for a connection ran out (queue_timeout)", labels=["model", "version", "reason"],
+    )
+    for model, version, reason, count in data.get("shed", []):
+        shed.add_metric([model, version, reason], count)
+    yield shed
+    panic = CounterMetricFamily(
+        "grayroute_panic_requests", "Requests sent to ejected backends because their version had no healthy one",
+        labels=["model", "version"],
+    )
+    for model, version, count in data.get("panic", []):
+        panic.add_metric([model, version], count)
+    yield panic
+    events = CounterMetricFamily(
+        "grayroute_backend_events", "Backend health changes (down, ejected, ejection_capped, readmitted) "
+        "and connect timeouts", labels=["event"],
+    )
+    for event, count in data.get("backend_events", []):
+        events.add_metric([event], count)
+    yield events
+    gauges = data.get("gauges", {})
+    backends = GaugeMetricFamily("grayroute_backends", "Backends by health", labels=["health"])
+    for health in ("healthy", "ejected", "down"):
+        backends.add_metric([health], gauges.get(health, 0))
+    yield backends
+    yield GaugeMetricFamily("grayroute_upstream_connections", "Open connections to backends",
+                            value=gauges.get("connections", 0))
+    yield GaugeMetricFamily("grayroute_upstream_waiting", "Requests waiting for a free backend connection",
+                            value=gauges.get("waiting", 0))
+    yield CounterMetricFamily("grayroute_stats_reports_dropped", "Stats reports dropped from a full spool "
+                              "while neither Redis nor the control plane took them",
+                              value=gauges.get("reports_dropped", 0))
+    yield GaugeMetricFamily("grayroute_stats_reports_spooled", "Stats reports waiting for Redis or the control plane",
+                            value=gauges.get("reports_spooled", 0))
 
 
 def render(dump: Dump) -> bytes:

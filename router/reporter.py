@@ -1,10 +1,15 @@
-"""Sends each closed stats window to Redis, or to the control plane when Redis is unavailable."""
+"""Sends each closed stats window to Redis, or to the control plane when Redis is unavailable.
+
+When neither takes a report it waits in a bounded in-memory spool and goes out,
+oldest first, once either is back; a full spool drops its oldest report (counted).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from typing import Any
 
 import aiohttp
@@ -30,6 +35,7 @@ class StatsReporter:
         redis: aioredis.Redis | None,
         control_plane: str | None,
         token: str | None,
+        spool: int = 720,
     ) -> None:
         self.recorder = recorder
         self.router_id = router_id
@@ -38,6 +44,9 @@ class StatsReporter:
         self.control_plane = control_plane
         self.token = token
         self.sent = 0
+        self.spool: deque[tuple[dict[str, Any], dict[str, dict[CellKey, VersionWindow]]]] = deque()
+        self.spool_size = spool
+        self.dropped = 0
         self._http: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -67,22 +76,36 @@ class StatsReporter:
         return report, cells
 
     async def flush(self) -> bool:
-        """Close the current window and deliver it; False when it could not be delivered."""
-        built = self.build()
-        if built is None:
-            return True
-        report, cells = built
-        if self.redis is not None:
-            try:
-                await asyncio.wait_for(self._to_redis(report, cells), 2.0)
-                self.sent += 1
-                return True
-            except (RedisError, OSError, TimeoutError) as exc:
-                log.warning("stats to redis failed (%s); posting to the control plane", exc)
-        if await self._to_control_plane(report):
+        """Close the current window and deliver it with any spooled ones; False when some wait on."""
+        latest = self.build()
+        if latest is not None:
+            self.spool.append(latest)  # the report and its slot cells: Redis needs the cells, the POST the report
+        use_redis = self.redis is not None
+        while self.spool:
+            report, cells = self.spool[0]
+            delivered = False
+            if use_redis:
+                try:
+                    await asyncio.wait_for(self._to_redis(report, cells), 2.0)
+                    delivered = True
+                except (RedisError, OSError, TimeoutError) as exc:
+                    log.warning("stats to redis failed (%s); posting to the control plane", exc)
+                    use_redis = False  # once per flush, not once per spooled report
+            if not delivered and not await self._to_control_plane(report):
+                break
+            self.spool.popleft()
             self.sent += 1
-            return True
-        return False
+        while len(self.spool) > self.spool_size:
+            self.spool.popleft()  # the oldest matter least to a current verdict
+            self._drop()
+        self.recorder.reports_spooled = len(self.spool)
+        return not self.spool
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        self.recorder.reports_dropped = self.dropped
+        if self.dropped == 1 or self.dropped % 100 == 0:
+            log.warning("stats spool full: %d reports dropped so far", self.dropped)
 
     async def _to_redis(self, report: dict[str, Any], cells: dict[str, dict[CellKey, VersionWindow]]) -> None:
         assert self.redis is not None

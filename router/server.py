@@ -48,7 +48,16 @@ def run_worker(settings: RouterSettings) -> None:
         from router.http import LeanServer
 
         async def main() -> None:
-            await LeanServer(RouterApp(settings), max_body=settings.max_body_bytes).serve(sock)
+            await LeanServer(
+                RouterApp(settings),
+                max_body=settings.max_body_bytes,
+                max_line=settings.max_line_bytes,
+                max_head=settings.max_header_bytes,
+                max_headers=settings.max_headers,
+                header_timeout=settings.header_timeout,
+                body_timeout=settings.body_timeout,
+                max_connections=settings.max_client_connections,
+            ).serve(sock)
 
         uvloop.run(main())
         return
@@ -63,6 +72,7 @@ def run_worker(settings: RouterSettings) -> None:
         log_level=settings.log_level,
         backlog=2048,
         timeout_keep_alive=75,  # longer than typical load-balancer idle timeouts
+        limit_concurrency=settings.max_client_connections,  # the only client limit uvicorn shares with the lean server
     )
     uvicorn.Server(config).run(sockets=[sock])
 

@@ -48,7 +48,8 @@ SLOTS: tuple[tuple[int, int], ...] = ((10, 3600), (60, REDIS_TTL_SECONDS))
 # Why a request failed; a bounded set, so it can be a metric label.
 HTTP_5XX = "http_5xx"  # the backend answered 5xx
 NO_BACKEND = "no_backend"  # neither the assigned nor the default version had a ready backend
-ERROR_KINDS = ("connect", "timeout", "protocol", "stale", HTTP_5XX, NO_BACKEND)
+SHED = "shed"  # the backend's connection queue was full or the wait for a connection ran out
+ERROR_KINDS = ("connect", "connect_timeout", "timeout", "protocol", "stale", HTTP_5XX, NO_BACKEND, SHED)
 
 # (assigned version, served version, pool, gpu_arch); served/pool/gpu_arch are "" when nobody served.
 CellKey = tuple[str, str, str, str]

@@ -9,28 +9,61 @@ snapshot swap.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from router.errors import ConnectRefused, UpstreamError
 from router.routing import ModelRouting
 from router.snapshot import Snapshot
-from router.upstream import Backend
+from router.upstream import Backend, Health
 
 
 class VersionGroup:
-    """The backends of one version; picks the less loaded of two random live ones."""
+    """The backends of one version; picks the less loaded of two random live ones.
 
-    __slots__ = ("backends", "live", "version", "where")
+    ``live`` is the healthy backends; when none is healthy but some are only
+    ejected (not down), it is those, and the group is in *panic*: sending to a
+    backend judged unwell beats answering 503 for a version that still has
+    processes. Backends that refuse connections are never live: when all of a
+    version's backends are down it is not ready, and routing falls back.
+    """
 
-    def __init__(self, version: str, backends: Sequence[Backend],
-                 where: Sequence[tuple[str, str]] = ()) -> None:
+    __slots__ = ("backends", "live", "max_ejected", "panic", "version", "where")
+
+    def __init__(self, version: str, backends: Sequence[Backend], where: Sequence[tuple[str, str]] = (), *,
+                 max_ejected_share: float = 0.5) -> None:
         self.version = version
         self.backends = tuple(backends)
-        self.live: list[Backend] = [b for b in backends if not b.ejected]
         # each backend's (pool, gpu_arch) from the snapshot: the labels its requests are counted under
         self.where: dict[Backend, tuple[str, str]] = dict(zip(self.backends, where or [("", "")] * len(backends)))
+        # at most this many ejected at once; never all (the last healthy one stays in)
+        self.max_ejected = int(max_ejected_share * len(self.backends))
+        self.live: list[Backend] = []
+        self.panic = False
+        self.refresh()
 
     def refresh(self) -> None:
-        self.live = [b for b in self.backends if not b.ejected]
+        healthy = [b for b in self.backends if b.health is Health.HEALTHY]
+        if healthy:
+            self.live, self.panic = healthy, False
+        else:
+            self.live = [b for b in self.backends if b.health is Health.EJECTED]
+            self.panic = bool(self.live)
+
+    def failed(self, backend: Backend, exc: UpstreamError, *, eject_after: int) -> None:
+        """Count a failed exchange with ``backend``: down at once if it refused, ejected after a streak."""
+        if isinstance(exc, ConnectRefused):
+            backend.mark_down()
+            return
+        backend.failures += 1
+        if backend.failures < eject_after or backend.health is not Health.HEALTHY:
+            return
+        ejected = sum(1 for b in self.backends if b.health is Health.EJECTED)
+        healthy = sum(1 for b in self.backends if b.health is Health.HEALTHY)
+        if ejected >= self.max_ejected or healthy <= 1:
+            backend.failures = 0  # a fresh streak before asking again
+            backend.event("ejection_capped")
+            return
+        backend.eject()
 
     def pick(self, tried: Sequence[Backend] = ()) -> Backend | None:
         live = self.live
@@ -85,11 +118,36 @@ class RoutingTable:
 class Backends:
     """Every backend known to this process, by URL; builds tables that share them."""
 
-    def __init__(self, *, connect_timeout: float, max_response: int = 256 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        max_response: int = 256 * 1024 * 1024,
+        max_connections: int = 64,
+        max_pending: int = 256,
+        queue_timeout: float = 1.0,
+        max_ejected_share: float = 0.5,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
         self.by_url: dict[str, Backend] = {}
         self.connect_timeout = connect_timeout
         self.max_response = max_response
+        self.max_connections = max_connections
+        self.max_pending = max_pending
+        self.queue_timeout = queue_timeout
+        self.max_ejected_share = max_ejected_share
+        self.on_event = on_event
         self.current: RoutingTable | None = None
+
+    def census(self) -> dict[str, int]:
+        """Backends by health, open connections and requests queued for one, for the metrics."""
+        counts = {health.value: 0 for health in Health}
+        connections = waiting = 0
+        for backend in self.by_url.values():
+            counts[backend.health.value] += 1
+            connections += backend.open
+            waiting += len(backend.waiters)
+        return {**counts, "connections": connections, "waiting": waiting}
 
     def _changed(self) -> None:
         if self.current is not None:
@@ -107,11 +165,12 @@ class Backends:
                     backend = self.by_url.get(endpoint.url)
                     if backend is None:
                         backend = Backend(endpoint.url, connect_timeout=self.connect_timeout,
-                                          max_response=self.max_response)
+                                          max_response=self.max_response, max_connections=self.max_connections,
+                                          max_pending=self.max_pending, queue_timeout=self.queue_timeout)
                         self.by_url[endpoint.url] = backend
                     backends.append(backend)
                     where.append((endpoint.pool, endpoint.gpu_arch))
-                groups[version] = VersionGroup(version, backends, where)
+                groups[version] = VersionGroup(version, backends, where, max_ejected_share=self.max_ejected_share)
             models[name] = ModelTable(name, spec.routing(name), groups)
         return RoutingTable(snapshot.revision, models, raw)
 
@@ -123,6 +182,7 @@ class Backends:
             backend = self.by_url[url]
             if url in listed:
                 backend.on_change = self._changed
+                backend.on_event = self.on_event
             else:
                 backend.close()
                 del self.by_url[url]

@@ -4,18 +4,35 @@ Measured on the router's hot path (README, ``tests/bench``): aiohttp's client
 costs several times more CPU per proxied request than this, and httpx far
 more. Bodies are small tensors, so requests and responses are buffered whole:
 one write out, one message in, no per-chunk overhead.
+
+Each backend keeps a bounded pool: at most ``max_connections`` open, requests
+beyond that wait (``max_pending`` of them, ``queue_timeout`` at most) for a
+connection to come free, and past either bound the request is shed
+(``Overloaded``) instead of opening yet another socket against a busy server.
+A backend's health is one of three states (``Health``); the version it serves
+decides whether a failure may eject it (``router.table.VersionGroup``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import random
 import ssl
+from collections import deque
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httptools
 
-from router.errors import ConnectError, StaleConnection, UpstreamError, UpstreamTimeout
+from router.errors import (
+    ConnectRefused,
+    ConnectTimeout,
+    Overloaded,
+    StaleConnection,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -47,6 +64,8 @@ class _Connection(asyncio.Protocol):
         "chunks",
         "closed",
         "complete",
+        "counted",
+        "proven",
         "framed",
         "headers",
         "keep_alive",
@@ -67,6 +86,8 @@ class _Connection(asyncio.Protocol):
         self.headers: Headers = []
         self.chunks: list[bytes] = []
         self.closed = False
+        self.counted = False  # holds one of its backend's ``max_connections`` places
+        self.proven = False  # has answered a request: the server accepted it
         self.received = False  # any response byte for the current request
         self.complete = False
         self.reused = False
@@ -88,7 +109,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.backend.forget(self)
+        self._release_place()
         waiter = self.waiter
         if waiter is None or waiter.done():
             return
@@ -148,7 +169,12 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
-            self.backend.forget(self)
+        self._release_place()
+
+    def _release_place(self) -> None:
+        if self.counted:  # once per connection, whichever of close / connection_lost comes first
+            self.counted = False
+            self.backend.connection_gone(self)
 
     def send(self, head: bytes, body: bytes, timeout: float) -> asyncio.Future[Response]:
         assert self.transport is not None
@@ -168,26 +194,74 @@ class _Connection(asyncio.Protocol):
         return waiter
 
 
+class Health(enum.Enum):
+    """Where a backend stands; its version routes over the healthy ones (``router.table``).
+
+    A refused connection and a connect timeout both mean "no answer", but they
+    say opposite things about the backend:
+
+    - *refused*: the kernel answered the SYN with a reset because nothing
+      listens on the port. The engine process is dead or not started yet; no
+      request can succeed there. The backend goes DOWN at once, and a probe
+      every half second or less brings it back as soon as it listens and is ready.
+    - *connect timeout*: the SYN got no answer. Against a live server this is a
+      full accept queue (listen backlog): Linux drops the SYN and the client
+      waits for its retransmission. The process is alive and still answering
+      the connections it already has, and ejecting it would pour its load onto
+      its neighbours. So one timeout never ejects: the pool stops opening
+      connections for ``CONNECT_BACKOFF`` and waits for those it has, and only a
+      streak of failed requests ejects, within the version's cap.
+    """
+
+    HEALTHY = "healthy"
+    EJECTED = "ejected"  # a streak of failed requests; readmitted once its ejection time is over and it is ready
+    DOWN = "down"  # refuses connections; readmitted when it listens and is ready again
+
+
+CONNECT_BACKOFF = 1.0  # seconds: Linux retransmits a dropped SYN after one second
+# New connections a backend has not answered on yet. The kernel completes a handshake before the
+# server accepts it, so a burst of connects lands in the accept queue all at once; a few at a time
+# (slow start) keeps the router's share of that queue under even a small listen backlog.
+MAX_CONNECTING = 4
+_DOWN_PROBE = (0.1, 0.5)  # first delay, ceiling: a restarted engine is routed to within a second
+_EJECTION = (1.0, 30.0)  # first ejection time, ceiling; it doubles for each ejection in a row
+
+
+def _expire(waiter: asyncio.Future[_Connection | None], url: str, seconds: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(Overloaded(f"no connection to {url} came free within {seconds:g} s", "queue_timeout"))
+
+
 class Backend:
-    """One engine endpoint with its idle connections and its health state."""
+    """One engine endpoint: its bounded connection pool and its health."""
 
     __slots__ = (
         "_probe",
+        "backoff_until",
         "connect_timeout",
-        "ejected",
+        "connecting",
+        "ejections",
         "failures",
+        "health",
         "host",
         "host_header",
         "idle",
         "loop",
-        "max_idle",
+        "max_connections",
+        "max_pending",
         "max_response",
         "on_change",
+        "on_event",
+        "open",
         "outstanding",
         "port",
         "prefix",
+        "queue_timeout",
+        "readmitted_at",
+        "retired",
         "tls",
         "url",
+        "waiters",
     )
 
     def __init__(
@@ -195,9 +269,12 @@ class Backend:
         url: str,
         *,
         connect_timeout: float = 1.0,
-        max_idle: int = 256,
+        max_connections: int = 64,
+        max_pending: int = 256,
+        queue_timeout: float = 1.0,
         max_response: int = 256 * 1024 * 1024,
         on_change: Callable[[], None] | None = None,
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -211,51 +288,35 @@ class Backend:
         self.host_header = parts.netloc.encode()
         self.loop = asyncio.get_running_loop()
         self.idle: list[_Connection] = []
-        self.outstanding = 0
+        self.open = 0  # connections open or being opened, at most ``max_connections``
+        self.connecting = 0  # of those, not yet proven by an answer: at most ``MAX_CONNECTING``
+        self.waiters: deque[asyncio.Future[_Connection | None]] = deque()
+        self.backoff_until = 0.0  # loop time: no new connection before it while others are open
+        self.outstanding = 0  # requests sent or waiting for a connection, for the balancer
         self.failures = 0  # consecutive
-        self.ejected = False
+        self.health = Health.HEALTHY
+        self.ejections = 0  # in a row
+        self.readmitted_at = 0.0
+        self.retired = False
         self.connect_timeout = connect_timeout
-        self.max_idle = max_idle
+        self.max_connections = max_connections
+        self.max_pending = max_pending
+        self.queue_timeout = queue_timeout
         self.max_response = max_response  # a runaway backend must not exhaust the router's memory
         self._probe: asyncio.Task[None] | None = None
         self.on_change = on_change
+        self.on_event = on_event
 
     def __repr__(self) -> str:
-        return f"Backend({self.url!r}, ejected={self.ejected}, outstanding={self.outstanding})"
-
-    def forget(self, conn: _Connection) -> None:
-        try:
-            self.idle.remove(conn)
-        except ValueError:
-            pass
-
-    async def _connect(self) -> _Connection:
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, conn = await self.loop.create_connection(
-                    lambda: _Connection(self), self.host, self.port,
-                    ssl=self.tls, server_hostname=self.host if self.tls else None,
-                )
-        except TimeoutError as exc:
-            raise ConnectError(f"connecting to {self.url} timed out") from exc
-        except OSError as exc:
-            raise ConnectError(f"cannot connect to {self.url}: {exc.strerror or exc}") from exc
-        return conn
+        return f"Backend({self.url!r}, {self.health.value}, open={self.open}, outstanding={self.outstanding})"
 
     async def request(
         self, method: str, target: bytes, headers: Headers, body: bytes, timeout: float
     ) -> Response:
-        """Send one request and buffer the answer; raises ``UpstreamError`` subclasses."""
-        conn: _Connection | None = None
-        idle = self.idle
-        while idle:
-            candidate = idle.pop()
-            if not candidate.closed:
-                conn = candidate
-                conn.reused = True
-                break
-        if conn is None:
-            conn = await self._connect()
+        """Send one request and buffer the answer; raises ``Overloaded`` or ``UpstreamError`` subclasses.
+
+        ``ConnectError`` and ``Overloaded`` mean nothing was sent.
+        """
         head = b"".join((
             method.encode(), b" ", self.prefix, target, b" HTTP/1.1\r\nhost: ", self.host_header,
             b"\r\ncontent-length: ", str(len(body)).encode(), b"\r\n",
@@ -264,63 +325,255 @@ class Backend:
         ))
         self.outstanding += 1
         try:
-            response = await conn.send(head, body, timeout)
-        except asyncio.CancelledError:
-            conn.close()  # the client went away mid-request; the connection state is unknown
-            raise
+            fresh = False
+            while True:
+                conn = await self._acquire(fresh)
+                try:
+                    response = await conn.send(head, body, timeout)
+                    break
+                except StaleConnection:
+                    # closed by the backend as we wrote to it (its idle timeout): nothing was processed.
+                    # Once more on a new connection: if the process died, the others are stale too,
+                    # and a new one is refused at once (``ConnectRefused``: the caller goes elsewhere).
+                    if fresh:
+                        raise
+                    fresh = True
+                except asyncio.CancelledError:
+                    conn.close()  # the client went away mid-request; the connection state is unknown
+                    raise
         finally:
             self.outstanding -= 1
-        if conn.keep_alive and not conn.closed and len(idle) < self.max_idle:
+        proved = not conn.proven
+        if proved:
+            conn.proven = True
+            if conn.counted:  # else ``connection_gone`` already let it go as unproven
+                self.connecting -= 1
+        if conn.keep_alive and not conn.closed and not self.retired:
             conn.waiter = None
-            idle.append(conn)
+            self._hand_over(conn)
         else:
             conn.close()
+        if proved:
+            self._wake()  # one more new connection may be opened now
         return response
+
+    # the pool
+    async def _acquire(self, fresh: bool = False) -> _Connection:
+        """An idle connection (unless ``fresh``), a new one, or one handed over after queueing for it."""
+        idle = self.idle
+        backed_off = False
+        while True:
+            while idle and not fresh:
+                conn = idle.pop()
+                if not conn.closed:
+                    conn.reused = True
+                    return conn
+            if fresh and idle and self.open >= self.max_connections:
+                idle[0].close()  # make room for the new connection (its place is handed on first)
+            if self._may_open():
+                self.open += 1
+                self.connecting += 1
+            else:
+                got = await self._wait()
+                if got is not None:
+                    if got.closed or fresh:
+                        got.close()  # not for this request: frees a place, for it or for a waiter before it
+                        continue
+                    got.reused = True
+                    return got
+                # None: a place came free and was reserved for this request (``open``, ``connecting``)
+            try:
+                return await self._connect()
+            except ConnectTimeout:
+                # overloaded, not dead (``Health``): wait once for a connection it already serves
+                if backed_off or self.open == 0:
+                    raise
+                backed_off = True
+
+    async def _wait(self) -> _Connection | None:
+        """Queue for a connection handed over by another request, or for a place to open one."""
+        waiters = self.waiters
+        if len(waiters) >= self.max_pending:
+            raise Overloaded(f"{self.max_pending} requests already wait for a connection to {self.url}", "queue_full")
+        waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
+        waiters.append(waiter)
+        timer = self.loop.call_later(self.queue_timeout, _expire, waiter, self.url, self.queue_timeout)
+        try:
+            return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # handed a connection or a place as the wait ended (client gone): pass it on, never drop it
+                got = waiter.result()
+                if got is None:
+                    self._place_freed(proven=False)
+                elif not got.closed:
+                    self._hand_over(got)
+            else:
+                try:
+                    waiters.remove(waiter)
+                except ValueError:
+                    pass
+            raise
+        finally:
+            timer.cancel()
+
+    async def _connect(self) -> _Connection:
+        """Open a connection in the place the caller took in ``open``; the place is freed on failure."""
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await self.loop.create_connection(
+                    lambda: _Connection(self), self.host, self.port,
+                    ssl=self.tls, server_hostname=self.host if self.tls else None,
+                )
+        except TimeoutError as exc:
+            self.backoff_until = self.loop.time() + CONNECT_BACKOFF
+            self._place_freed(proven=False)
+            self.event("connect_timeout")
+            raise ConnectTimeout(f"connecting to {self.url} timed out") from exc
+        except OSError as exc:
+            self._place_freed(proven=False)
+            raise ConnectRefused(f"cannot connect to {self.url}: {exc.strerror or exc}") from exc
+        except BaseException:
+            self._place_freed(proven=False)
+            raise
+        if conn.closed:  # the peer hung up before it was ever used
+            self._place_freed(proven=False)
+            raise StaleConnection(f"{self.url} closed a new connection at once")
+        conn.counted = True
+        return conn
+
+    def _hand_over(self, conn: _Connection) -> None:
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self.idle.append(conn)
+
+    def _may_open(self) -> bool:
+        return (self.open < self.max_connections and self.connecting < MAX_CONNECTING
+                and (self.open == 0 or self.loop.time() >= self.backoff_until))
+
+    def _wake(self) -> None:
+        """Reserve a place for the first waiter, if a new connection may be opened now."""
+        waiters = self.waiters
+        while waiters and self._may_open():
+            waiter = waiters.popleft()
+            if not waiter.done():
+                self.open += 1
+                self.connecting += 1
+                waiter.set_result(None)
+
+    def _place_freed(self, proven: bool = True) -> None:
+        self.open -= 1
+        if not proven:
+            self.connecting -= 1
+        self._wake()
+
+    def connection_gone(self, conn: _Connection) -> None:
+        """A pooled connection closed (either side): its place is free."""
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+        self._place_freed(proven=conn.proven)
 
     # health
     def succeeded(self) -> None:
         self.failures = 0
 
-    def failed(self, exc: UpstreamError, *, eject_after: int) -> None:
-        """Count a failure; a refused connection ejects at once, others after a streak."""
-        self.failures += 1
-        refused = isinstance(exc, ConnectError)
-        if refused or self.failures >= eject_after:
-            self.eject()
-
-    def eject(self) -> None:
-        if self.ejected:
+    def mark_down(self) -> None:
+        """Nothing listens there: route around it at once and probe it often."""
+        if self.health is Health.DOWN:
             return
-        self.ejected = True
+        self.health = Health.DOWN
         for conn in list(self.idle):
             conn.close()
-        self._probe = self.loop.create_task(self._probe_until_back())
-        if self.on_change is not None:
-            self.on_change()
+        waiters = self.waiters
+        while waiters:  # they would only wait out their deadline: let them go elsewhere now
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectRefused(f"{self.url} went down"))
+        self.event("down")
+        if self._probe is None:
+            self._probe = self.loop.create_task(self._probe_until_back())
+        self._changed()
 
-    async def _probe_until_back(self, first: float = 0.2, ceiling: float = 5.0) -> None:
-        delay = first
+    def eject(self) -> None:
+        """Out of rotation for its ejection time (the caller checked the version's cap)."""
+        if self.health is not Health.HEALTHY:
+            return
+        if self.loop.time() - self.readmitted_at > _EJECTION[1]:
+            self.ejections = 0  # behaved for a while since the last one
+        self.ejections += 1
+        self.health = Health.EJECTED
+        self.event("ejected")
+        if self._probe is None:
+            self._probe = self.loop.create_task(self._probe_until_back())
+        self._changed()
+
+    async def _probe_until_back(self) -> None:
+        if self.health is Health.DOWN:
+            delay = _DOWN_PROBE[0]
+        else:
+            delay = min(_EJECTION[0] * 2 ** (self.ejections - 1), _EJECTION[1])
         while True:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay * (0.9 + 0.2 * random.random()))  # routers must not probe in lockstep
             try:
-                response = await self.request("GET", b"/v2/health/ready", [], b"", self.connect_timeout * 2)
-            except UpstreamError:
-                delay = min(delay * 2, ceiling)
-                continue
-            if 200 <= response.status < 300:
-                break
+                if await self._ready():
+                    break
+            except ConnectRefused:
+                if self.health is Health.EJECTED:  # it died while out of rotation
+                    self.health = Health.DOWN
+                    self.event("down")
+                    self._changed()
+            ceiling = _DOWN_PROBE[1] if self.health is Health.DOWN else _EJECTION[1]
             delay = min(delay * 2, ceiling)
-        self.ejected = False
+        self.health = Health.HEALTHY
         self.failures = 0
+        self.readmitted_at = self.loop.time()
         self._probe = None
+        self.event("readmitted")
+        self._changed()
+
+    async def _ready(self) -> bool:
+        """One readiness probe on a connection of its own: the pool's may all be busy."""
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await self.loop.create_connection(
+                    lambda: _Connection(self), self.host, self.port,
+                    ssl=self.tls, server_hostname=self.host if self.tls else None,
+                )
+        except TimeoutError:
+            return False
+        except OSError as exc:
+            raise ConnectRefused(f"cannot connect to {self.url}: {exc.strerror or exc}") from exc
+        head = b"GET %s/v2/health/ready HTTP/1.1\r\nhost: %s\r\ncontent-length: 0\r\n\r\n" % (
+            self.prefix, self.host_header)
+        try:
+            response = await conn.send(head, b"", self.connect_timeout * 2)
+        except UpstreamError:
+            return False
+        finally:
+            conn.close()
+        return 200 <= response.status < 300
+
+    def event(self, name: str) -> None:
+        if self.on_event is not None:
+            self.on_event(name)
+
+    def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
 
     def close(self) -> None:
         """Stop probing and drop idle connections (the backend left the snapshot)."""
+        self.retired = True
         if self._probe is not None:
             self._probe.cancel()
             self._probe = None
         for conn in list(self.idle):
             conn.close()
         self.on_change = None
+        self.on_event = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -101,6 +102,14 @@ def test_demo_runs_a_live_canary_and_stops_cleanly(tmp_path: Path) -> None:
         assert f"http://127.0.0.1:{port}/ui" in banner and router in banner
         admin = json.loads((tmp_path / "tokens.json").read_text())["admin"]
         assert admin in banner
+        # The banner tells how to point the CLI at the demo's database, and that works from anywhere.
+        database_url = re.search(r"export GRAYROUTE_DATABASE_URL=(\S+)", banner)
+        assert database_url and database_url.group(1) == f"sqlite+aiosqlite:///{tmp_path / 'grayroute.db'}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRAYROUTE_")}
+        listed = subprocess.run([sys.executable, "-m", "control_plane.cli", "token", "list"], cwd=tmp_path.parent,
+                                env={**env, "GRAYROUTE_DATABASE_URL": database_url.group(1)}, capture_output=True,
+                                text=True, timeout=60, check=False)
+        assert listed.returncode == 0 and "demo-router" in listed.stdout, listed.stderr
 
         seen = _versions(router, range(2000))
         assert set(seen) == {"1", "2"}

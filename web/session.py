@@ -1,10 +1,11 @@
 """The UI's signed session cookie, its CSRF token, and who is signed in.
 
-The cookie holds the SHA-256 of the API token the person pasted (never the
-token itself), a CSRF synchronizer token and one-shot flash messages. It is
-signed with ``settings.secret_key`` and expires after
-``settings.session_max_age_seconds``. The hash is looked up on every request,
-so revoking the token signs its browser sessions out at once.
+The cookie holds a random session id (never the token, nor its hash), a CSRF
+synchronizer token and one-shot flash messages. It is signed with
+``settings.secret_key`` and expires after ``settings.session_max_age_seconds``.
+The id is looked up on every request (``auth_service.authenticate_browser_session``):
+signing out deletes it on the server, so a copied cookie stops working, and
+revoking the token signs its browser sessions out at once.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ class UISession:
         self.dirty = False
 
     @property
-    def token_hash(self) -> str | None:
-        value = self._data.get("h")
+    def session_id(self) -> str | None:
+        value = self._data.get("s")
         return value if isinstance(value, str) else None
 
     @property
@@ -53,9 +54,9 @@ class UISession:
             self.dirty = True
         return value
 
-    def sign_in(self, token_hash: str) -> None:
+    def sign_in(self, session_id: str) -> None:
         # A fresh CSRF token on sign-in: one seen before signing in is worth nothing after.
-        self._data = {"h": token_hash, "c": secrets.token_urlsafe(32)}
+        self._data = {"s": session_id, "c": secrets.token_urlsafe(32)}
         self.dirty = True
 
     def sign_out(self) -> None:

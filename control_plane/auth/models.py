@@ -1,10 +1,10 @@
-"""API tokens; only a SHA-256 of each is stored."""
+"""API tokens and the UI sessions signed in with them; only SHA-256 digests of either secret are stored."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import String
+from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from control_plane.db import Base, utcnow
@@ -23,3 +23,14 @@ class Token(Base):
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class BrowserSession(Base):
+    """A UI sign-in. Signing out deletes it, so a copy of the cookie taken earlier stops working."""
+
+    __tablename__ = "browser_sessions"
+
+    # SHA-256 of the random id the signed cookie carries.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from control_plane.auth.models import Token
+from control_plane.auth.models import BrowserSession, Token
+from control_plane.db import utcnow
 from control_plane.errors import Forbidden, Unauthenticated
 
 TOKEN_PREFIX = "gr_"
@@ -66,10 +70,14 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def authorize(actor: Actor, permission: Permission) -> None:
+def authorize(actor: Actor, permission: Permission, *, fields: Sequence[str] = ()) -> None:
+    """Forbidden unless the actor's role grants ``permission``; ``fields`` names what needed it."""
     if not actor.can(permission):
-        raise Forbidden(f"role {actor.role.value!r} may not do this (needs {permission.value!r})",
-                        {"role": actor.role.value, "permission": permission.value})
+        what = f"change {', '.join(fields)}" if fields else "do this"
+        details: dict[str, object] = {"role": actor.role.value, "permission": permission.value}
+        if fields:
+            details["fields"] = list(fields)
+        raise Forbidden(f"role {actor.role.value!r} may not {what} (needs {permission.value!r})", details)
 
 
 async def authenticate(session: AsyncSession, *, token: str) -> Actor:
@@ -81,8 +89,36 @@ async def authenticate(session: AsyncSession, *, token: str) -> Actor:
 
 
 async def authenticate_hash(session: AsyncSession, *, token_hash: str) -> Actor | None:
-    """The actor behind a token's hash (UI sessions keep only the hash), or None when unknown or revoked."""
+    """The actor behind a token's hash, or None when unknown or revoked."""
     row = (await session.execute(
         select(Token.id, Token.name, Token.role).where(Token.token_hash == token_hash, Token.revoked_at.is_(None))
     )).first()
     return None if row is None else Actor(row.name, Role(row.role), row.id)
+
+
+async def start_browser_session(session: AsyncSession, *, actor: Actor, max_age_seconds: int) -> str:
+    """Sign a browser in as ``actor`` (authenticated by its token); returns the id its cookie carries."""
+    # Sessions past their lifetime are worthless (the cookie expired too): sweep them on the way.
+    await session.execute(delete(BrowserSession).where(
+        BrowserSession.created_at < utcnow() - timedelta(seconds=max_age_seconds)))
+    session_id = secrets.token_urlsafe(32)
+    session.add(BrowserSession(id=hash_token(session_id), token_id=actor.token_id))
+    await session.commit()
+    return session_id
+
+
+async def authenticate_browser_session(session: AsyncSession, *, session_id: str,
+                                       max_age_seconds: int) -> Actor | None:
+    """The actor of a signed-in browser, or None when it signed out, expired or its token was revoked."""
+    row = (await session.execute(
+        select(Token.id, Token.name, Token.role).join(BrowserSession, BrowserSession.token_id == Token.id)
+        .where(BrowserSession.id == hash_token(session_id), Token.revoked_at.is_(None),
+               BrowserSession.created_at >= utcnow() - timedelta(seconds=max_age_seconds))
+    )).first()
+    return None if row is None else Actor(row.name, Role(row.role), row.id)
+
+
+async def end_browser_session(session: AsyncSession, *, session_id: str) -> None:
+    """Sign a browser out on the server: its cookie, wherever copied, is refused from now on."""
+    await session.execute(delete(BrowserSession).where(BrowserSession.id == hash_token(session_id)))
+    await session.commit()

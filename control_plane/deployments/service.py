@@ -11,10 +11,25 @@ from control_plane.auth.service import Actor
 from control_plane.changes import Committer
 from control_plane.db import utcnow
 from control_plane.deployments.models import Deployment, Phase
-from control_plane.errors import Conflict, InvalidInput
+from control_plane.errors import Conflict, Forbidden, InvalidInput
 from control_plane.registry import service as registry_service
+from control_plane.registry.endpoints import url_problem
 from control_plane.registry.models import Model, Pool, PoolKind, Version, VersionStatus
 from control_plane.registry.schemas import EndpointsPut
+
+class _RegisteredEndpoints:
+    """The registry's view of registered backends (``registry.service.RegisteredEndpoints``)."""
+
+    async def on_pool(self, session: AsyncSession, *, pool_id: int) -> list[tuple[str, str]]:
+        rows = (await session.execute(
+            select(Model.name, Version.version, Deployment.endpoints).join(Version, Version.id == Deployment.version_id)
+            .join(Model, Model.id == Version.model_id).where(Deployment.pool_id == pool_id)
+        )).all()
+        return [(f"{model}/{version}", e["url"]) for model, version, endpoints in rows for e in endpoints or ()]
+
+
+REGISTERED_ENDPOINTS: registry_service.RegisteredEndpoints = _RegisteredEndpoints()
+
 
 async def list_deployments(session: AsyncSession, *, model: Model) -> list[tuple[Deployment, Version, Pool]]:
     """Deployment status per (version, pool) of ``model``."""
@@ -43,6 +58,11 @@ async def put_external_endpoints(session: AsyncSession, *, model_name: str, vers
     if pool not in await registry_service.runnable_pools(session, version=found):
         raise InvalidInput.field("pool", f"version {version!r} has no engine for {pool.gpu_arch} with TensorRT "
                                          f"{pool.trt_version}, so it cannot run on pool {pool.name!r}")
+    refused = [{"field": f"urls[{i}]", "reason": reason} for i, url in enumerate(body.urls)
+               if (reason := url_problem(url, list(pool.allowed_endpoints or []))) is not None]
+    if refused:
+        # Forbidden, not invalid: the URL is well-formed, but only an admin can widen where traffic may go.
+        raise Forbidden("; ".join(f"{r['field']}: {r['reason']}" for r in refused), refused)
     urls = list(dict.fromkeys(u.rstrip("/") for u in body.urls))
     deployment = (await session.scalars(
         select(Deployment).where(Deployment.version_id == found.id, Deployment.pool_id == pool.id)

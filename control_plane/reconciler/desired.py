@@ -56,6 +56,29 @@ class EngineSpec:
     uri: str
     sha256: str
     trt_version: str
+    size_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    datatype: str  # KServe v2 name: FP32, INT64, BYTES ...
+    shape: tuple[int, ...]  # full shape, batch dimension first when batched; -1 is dynamic
+
+
+@dataclass(frozen=True)
+class IoSignature:
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    max_batch_size: int = 0
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Triton's dynamic batcher."""
+
+    max_queue_delay_microseconds: int = 0
+    preferred_batch_size: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,6 +90,8 @@ class VersionSpec:
     status: str = "registered"
     warm: bool = False
     engines: tuple[EngineSpec, ...] = ()
+    signature: IoSignature | None = None
+    batching: Batching | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +114,9 @@ class PoolSpec:
     namespace: str | None = None
     node_selector: Mapping[str, str] = field(default_factory=dict)
     runtime_image: str | None = None
+    # Names only: a service account (IRSA / Workload Identity) or a Secret given to the engine fetch.
+    service_account: str | None = None
+    credentials_secret: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +162,8 @@ class DesiredDeployment:
     replicas: int
     intent: Intent
     draining_since: datetime | None = None
+    signature: IoSignature | None = None
+    batching: Batching | None = None
 
     @property
     def key(self) -> DeploymentKey:
@@ -282,6 +312,8 @@ def _deployment(
         replicas=replicas,
         intent=intent,
         draining_since=draining_since,
+        signature=version.signature,
+        batching=version.batching,
     )
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from control_plane.reconciler import onnx_model
+from control_plane.reconciler.warmup import sample_shape
 
 log = logging.getLogger("grayroute.engine_server")
 
@@ -67,10 +68,27 @@ class Engine:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._lock = threading.Lock()
         self.ready = False
+        self.warmups = 0
+
+    def warmup_request(self) -> dict[str, Any]:
+        """One v2 request of zeros shaped like the model's declared inputs (-1 becomes 1), the sample
+        Triton's ``model_warmup`` sends on the Kubernetes target."""
+        inputs = []
+        for tensor in self.metadata()["inputs"]:
+            shape = sample_shape(tensor["shape"])
+            inputs.append({"name": tensor["name"], "datatype": tensor["datatype"], "shape": shape,
+                           "data": [0] * int(np.prod(shape))})
+        return {"inputs": inputs}
 
     def warm_up(self) -> None:
-        """Run one inference before reporting ready, as Triton's model warm-up does."""
-        self.infer(np.zeros((1, onnx_model.FEATURES), dtype=np.float32))
+        """Run one inference through the request path before reporting ready, as Triton's warm-up does."""
+        started = time.perf_counter()
+        request = self.warmup_request()
+        self.handle_infer(request)
+        self.warmups += 1
+        shapes = ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in request["inputs"])
+        print(f"warm-up inference ({shapes}) took {1000 * (time.perf_counter() - started):.1f} ms; ready",
+              file=sys.stderr, flush=True)
         self.ready = True
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

@@ -18,6 +18,25 @@ from control_plane.registry.models import Model, Pool, Version
 from control_plane.traffic.models import TrafficRevision
 
 
+def _tensors(raw: Any) -> tuple[desired.Tensor, ...]:
+    return tuple(desired.Tensor(str(t["name"]), str(t["datatype"]), tuple(int(d) for d in t["shape"]))
+                 for t in raw or ())
+
+
+def _signature(raw: dict[str, Any] | None) -> desired.IoSignature | None:
+    if not raw:
+        return None
+    return desired.IoSignature(inputs=_tensors(raw.get("inputs")), outputs=_tensors(raw.get("outputs")),
+                               max_batch_size=int(raw.get("max_batch_size") or 0))
+
+
+def _batching(raw: dict[str, Any] | None) -> desired.Batching | None:
+    if raw is None:
+        return None
+    return desired.Batching(max_queue_delay_microseconds=int(raw.get("max_queue_delay_microseconds") or 0),
+                            preferred_batch_size=tuple(int(n) for n in raw.get("preferred_batch_size") or ()))
+
+
 def _model(model: Model, revision: TrafficRevision | None) -> desired.ModelSpec:
     versions = tuple(
         desired.VersionSpec(
@@ -28,9 +47,12 @@ def _model(model: Model, revision: TrafficRevision | None) -> desired.ModelSpec:
             status=v.status,
             warm=v.warm,
             engines=tuple(
-                desired.EngineSpec(gpu_arch=e.gpu_arch, uri=e.uri, sha256=e.sha256, trt_version=e.trt_version)
+                desired.EngineSpec(gpu_arch=e.gpu_arch, uri=e.uri, sha256=e.sha256, trt_version=e.trt_version,
+                                   size_bytes=e.size_bytes)
                 for e in v.engines
             ),
+            signature=_signature(v.signature),
+            batching=_batching(v.dynamic_batching),
         )
         for v in model.versions
     )
@@ -49,6 +71,8 @@ def _pool(pool: Pool) -> desired.PoolSpec:
         namespace=pool.namespace,
         node_selector={str(k): str(v) for k, v in (pool.node_selector or {}).items()},
         runtime_image=pool.runtime_image,
+        service_account=(pool.engine_credentials or {}).get("service_account"),
+        credentials_secret=(pool.engine_credentials or {}).get("secret"),
     )
 
 

@@ -7,7 +7,7 @@ status (and its endpoints in the snapshot) stand until it is seen again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from control_plane.reconciler.desired import DeploymentKey, Intent, Plan
 from control_plane.deployments.models import Phase
@@ -34,6 +34,18 @@ class StatusRow:
         return (1 if self.ready_replicas > 0 else 0, self.endpoints if self.ready_replicas > 0 else ())
 
 
+_DRAIN_UNTIL = "%Y-%m-%dT%H:%M:%SZ"  # in a draining row's message; read back by drain_deadline
+
+
+def drain_deadline(message: str) -> datetime | None:
+    """When a draining deployment is removed, as its status message says (None: not said)."""
+    _, found, rest = message.rpartition("until ")
+    try:
+        return datetime.strptime(rest.strip(), _DRAIN_UNTIL).replace(tzinfo=UTC) if found else None
+    except ValueError:
+        return None
+
+
 def rows(plan: Plan, report: SyncReport, *, drain: timedelta) -> list[StatusRow]:
     out: list[StatusRow] = []
     for failure in plan.failures:
@@ -47,10 +59,14 @@ def rows(plan: Plan, report: SyncReport, *, drain: timedelta) -> list[StatusRow]
         if seen.error:
             phase, message = Phase.FAILED, seen.error
         elif d.intent is Intent.DRAINING:
-            until = (d.draining_since + drain).strftime("%Y-%m-%dT%H:%M:%SZ") if d.draining_since else "soon"
+            until = (d.draining_since + drain).strftime(_DRAIN_UNTIL) if d.draining_since else "soon"
             phase, message = Phase.DRAINING, f"left the active set; kept warm for rollback until {until}"
         elif ready >= d.replicas and endpoints:
             phase, message = Phase.READY, f"{ready}/{d.replicas} ready"
+        elif seen.problem:
+            # No pod of this engine can start (a bad artifact, refused credentials): say so until fixed.
+            phase = Phase.FAILED if ready == 0 else Phase.PROGRESSING
+            message = f"{ready}/{d.replicas} ready; {seen.problem}"
         elif seen.applied:
             phase, message = Phase.PROGRESSING, f"{ready}/{d.replicas} ready"
         else:

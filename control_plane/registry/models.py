@@ -72,6 +72,11 @@ class Version(Base):
     notes: Mapped[str] = mapped_column(Text, default="")
     # Deployed ahead of traffic so its engines are loaded and checked first.
     warm: Mapped[bool] = mapped_column(default=False)
+    # Inputs, outputs and max_batch_size of the network. Every engine of a version is built from
+    # one ONNX source, so they share it; Triton's config and its warm-up sample are made from it.
+    signature: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # Triton's dynamic batcher for this version (max queue delay, preferred sizes); None = off.
+    dynamic_batching: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     registered_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -112,5 +117,9 @@ class Pool(Base):
     node_selector: Mapped[dict[str, Any]] = mapped_column(default=dict)
     runtime_image: Mapped[str | None] = mapped_column(Text, default=None)
     trt_version: Mapped[str] = mapped_column(String(32))
+    # External pools: host[:port] patterns backend URLs must match (registry/endpoints.py); empty admits none.
+    allowed_endpoints: Mapped[list[Any]] = mapped_column(default=list)
+    # Where engine fetches get credentials: {"service_account": name} or {"secret": name}; names only.
+    engine_credentials: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -7,12 +7,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 
+from control_plane.auth import service as auth_service
+from control_plane.auth.service import Permission
 from control_plane.deps import (
+    CurrentActor,
     ModelWriter,
     PoolWriter,
     PublisherDep,
     Reader,
     SessionDep,
+    SettingsDep,
     VersionOperator,
     VersionWriter,
 )
@@ -40,6 +44,7 @@ CONFLICT = error_responses(409)
 ModelPath = Annotated[str, Path(pattern=MODEL_NAME, max_length=63)]
 VersionPath = Annotated[str, Path(pattern=VERSION_LABEL, max_length=63)]
 PoolPath = Annotated[str, Path(pattern=MODEL_NAME, max_length=63)]
+ROUTING_FIELDS = frozenset({"salt", "key_header", "anonymous"})
 
 
 def _live_policies(request: Request) -> registry_service.LivePolicies:
@@ -48,6 +53,14 @@ def _live_policies(request: Request) -> registry_service.LivePolicies:
 
 # The traffic package's answers, handed in by the app (traffic sits above the registry).
 LivePoliciesDep = Annotated[registry_service.LivePolicies, Depends(_live_policies)]
+
+
+def _registered_endpoints(request: Request) -> registry_service.RegisteredEndpoints:
+    return request.app.state.registered_endpoints  # type: ignore[no-any-return]
+
+
+# The deployments package's answer, handed in the same way (deployments sit above the registry).
+RegisteredEndpointsDep = Annotated[registry_service.RegisteredEndpoints, Depends(_registered_endpoints)]
 
 
 def _model_read(model: Model, versions: Sequence[Version], current: registry_service.LivePolicy | None) -> ModelRead:
@@ -85,8 +98,15 @@ async def get_model(model: ModelPath, session: SessionDep, _actor: Reader, polic
 
 
 @router.patch("/models/{model}", response_model=ModelRead, tags=["models"])
-async def update_model(model: ModelPath, body: ModelUpdate, session: SessionDep, actor: ModelWriter,
+async def update_model(model: ModelPath, body: ModelUpdate, session: SessionDep, actor: CurrentActor,
                        publisher: PublisherDep, policies: LivePoliciesDep) -> ModelRead:
+    # Salt, key header and anonymous policy decide which version each user gets: changing them moves
+    # users like a traffic change does, so they are the release managers' (and admins') call.
+    routing = sorted(f for f in ROUTING_FIELDS if getattr(body, f) is not None)
+    if routing:
+        auth_service.authorize(actor, Permission.TRAFFIC_WRITE, fields=routing)
+    if any(getattr(body, f) is not None for f in body.model_fields_set - ROUTING_FIELDS - {"reason"}) or not routing:
+        auth_service.authorize(actor, Permission.MODELS_WRITE)
     updated = await registry_service.update_model(session, name=model, body=body, actor=actor, publisher=publisher,
                                                   policies=policies)
     return await _one_model_read(session, policies, updated)
@@ -95,9 +115,10 @@ async def update_model(model: ModelPath, body: ModelUpdate, session: SessionDep,
 @router.post("/models/{model}/versions", status_code=201, response_model=VersionRead, tags=["versions"],
              responses=CONFLICT)
 async def create_version(model: ModelPath, body: VersionCreate, session: SessionDep, actor: VersionWriter,
-                         publisher: PublisherDep) -> VersionRead:
+                         publisher: PublisherDep, settings: SettingsDep) -> VersionRead:
     version = await registry_service.create_version(session, model_name=model, body=body, actor=actor,
-                                                    publisher=publisher)
+                                                    publisher=publisher,
+                                                    allow_http_engines=settings.allow_http_engine_uris)
     return VersionRead.model_validate(version)
 
 
@@ -135,17 +156,18 @@ async def retire_version(model: ModelPath, version: VersionPath, session: Sessio
 @router.post("/models/{model}/versions/{version}/engines", status_code=201, response_model=EngineRead,
              tags=["versions"], responses=CONFLICT)
 async def add_engine(model: ModelPath, version: VersionPath, body: EngineCreate, session: SessionDep,
-                     actor: VersionWriter, publisher: PublisherDep) -> EngineRead:
+                     actor: VersionWriter, publisher: PublisherDep, settings: SettingsDep) -> EngineRead:
     engine = await registry_service.add_engine(session, model_name=model, version=version, body=body, actor=actor,
-                                               publisher=publisher)
+                                               publisher=publisher, allow_http_engines=settings.allow_http_engine_uris)
     return EngineRead.model_validate(engine)
 
 
 @router.put("/pools/{pool}", response_model=PoolRead, tags=["pools"],
             responses={201: {"model": PoolRead, "description": "created"}})
 async def put_pool(pool: PoolPath, body: PoolPut, session: SessionDep, actor: PoolWriter, publisher: PublisherDep,
-                   response: Response) -> PoolRead:
-    saved, created = await registry_service.put_pool(session, name=pool, body=body, actor=actor, publisher=publisher)
+                   registered: RegisteredEndpointsDep, response: Response) -> PoolRead:
+    saved, created = await registry_service.put_pool(session, name=pool, body=body, actor=actor, publisher=publisher,
+                                                     registered=registered)
     response.status_code = 201 if created else 200
     return PoolRead.model_validate(saved)
 

@@ -2,28 +2,63 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from control_plane.errors import explain_pattern
+from control_plane.registry.endpoints import parse_pattern
 from control_plane.registry.models import AnonymousPolicy, PoolKind, Precision, VersionStatus
 from router.snapshot import DEFAULT_KEY_HEADER
 
-MODEL_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-VERSION_LABEL = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"
-GPU_ARCH = r"^sm_[0-9]{2,3}[a-z]?$"
-SHA256 = r"^[0-9a-f]{64}$"
-TRT_VERSION = r"^[0-9]+\.[0-9]+(\.[0-9]+){0,2}$"
-HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
-URI = r"^[a-z][a-z0-9+.-]*://\S+$"
+MODEL_NAME = explain_pattern(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+                             "use lowercase letters, digits and '-' (not first or last); at most 63 characters")
+VERSION_LABEL = explain_pattern(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$",
+                                "use letters, digits, '.', '_' and '-' (not first or last); at most 63 characters")
+GPU_ARCH = explain_pattern(r"^sm_[0-9]{2,3}[a-z]?$", "a GPU architecture such as sm_80, sm_86, sm_90 or sm_90a")
+SHA256 = explain_pattern(r"^[0-9a-f]{64}$", "64 lowercase hexadecimal digits (a sha256)")
+TRT_VERSION = explain_pattern(r"^[0-9]+\.[0-9]+(\.[0-9]+){0,2}$", "a version such as 10.3 or 10.3.0")
+HEADER_NAME = explain_pattern(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
+                              "an HTTP header name: letters, digits and - (no spaces or ':')")
+URI = explain_pattern(r"^[a-z][a-z0-9+.-]*://\S+$", "a URI such as s3://bucket/path, without spaces")
+ENGINE_SCHEMES = ("s3", "gs", "https", "http")  # http: only with GRAYROUTE_ALLOW_HTTP_ENGINE_URIS
 
+
+def _endpoint_pattern(text: str) -> str:
+    parse_pattern(text)  # ValueError names the problem
+    return text.strip().lower()
+
+
+def _engine_uri(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.scheme not in ENGINE_SCHEMES:
+        raise ValueError("must be an s3://, gs:// or https:// URI (http:// only where the deployment allows it)")
+    if "@" in parts.netloc:
+        raise ValueError("must not carry user:password (every reader of the registry sees engine URIs)")
+    return uri
+
+
+def _no_userinfo(url: str) -> str:
+    if "@" in urlsplit(url).netloc:
+        raise ValueError("must not carry user:password (the router would send it on, and readers would see it)")
+    return url
+
+
+EndpointPatternText = Annotated[str, Field(min_length=1, max_length=260), AfterValidator(_endpoint_pattern)]
 ModelName = Annotated[str, Field(pattern=MODEL_NAME, description="DNS-safe slug", examples=["resnet50"])]
 VersionLabel = Annotated[str, Field(pattern=VERSION_LABEL, examples=["4"])]
 GpuArch = Annotated[str, Field(pattern=GPU_ARCH, examples=["sm_80"])]
 Sha256 = Annotated[str, Field(pattern=SHA256)]
 TrtVersion = Annotated[str, Field(pattern=TRT_VERSION, max_length=32, examples=["10.3.0"])]  # a VARCHAR(32)
 Uri = Annotated[str, Field(pattern=URI, max_length=2048, examples=["s3://engines/resnet50/4/sm_80.plan"])]
+EngineUri = Annotated[Uri, AfterValidator(_engine_uri)]
+# A Kubernetes object name (DNS-1123 subdomain), for Secrets and service accounts.
+K8S_NAME = r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$"
+# Tensor names as ONNX exporters write them ("input_ids", "images:0", "output/logits").
+TENSOR_NAME = r"^[A-Za-z0-9_.:/\[\]-]{1,128}$"
 Replicas = dict[Annotated[str, Field(pattern=MODEL_NAME)], Annotated[int, Field(ge=1, le=1000)]]
 
 
@@ -92,7 +127,7 @@ class Benchmark(_Input):
 
 class EngineCreate(_Input):
     gpu_arch: GpuArch
-    uri: Uri
+    uri: EngineUri
     sha256: Sha256
     size_bytes: Annotated[int | None, Field(ge=0, le=2**63 - 1)] = None  # a BIGINT column
     trt_version: TrtVersion | None = Field(None, description="defaults to the version's")
@@ -111,6 +146,54 @@ class EngineRead(BaseModel):
     created_at: datetime
 
 
+class Datatype(enum.StrEnum):
+    """Tensor element types as KServe v2 and Triton's metadata name them."""
+
+    BOOL = "BOOL"
+    UINT8 = "UINT8"
+    UINT16 = "UINT16"
+    UINT32 = "UINT32"
+    UINT64 = "UINT64"
+    INT8 = "INT8"
+    INT16 = "INT16"
+    INT32 = "INT32"
+    INT64 = "INT64"
+    FP16 = "FP16"
+    FP32 = "FP32"
+    FP64 = "FP64"
+    BF16 = "BF16"
+    BYTES = "BYTES"
+
+
+class TensorSpec(_Input):
+    name: Annotated[str, Field(pattern=TENSOR_NAME, examples=["input"])]
+    datatype: Datatype
+    shape: Annotated[list[Annotated[int, Field(ge=-1, le=2**31 - 1)]],
+                     Field(max_length=16, description="the full shape as the v2 metadata shows it: the batch "
+                                                      "dimension first when max_batch_size > 0; -1 is dynamic",
+                           examples=[[-1, 3, 224, 224]])]
+
+    @field_validator("shape")
+    @classmethod
+    def _no_zero(cls, value: list[int]) -> list[int]:
+        if any(d == 0 for d in value):
+            raise ValueError("dimensions are -1 (dynamic) or at least 1")
+        return value
+
+
+class Signature(_Input):
+    """The inputs and outputs of a version's network; Triton's config and warm-up are made from it."""
+
+    inputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=64)]
+    outputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=64)]
+    max_batch_size: Annotated[int, Field(ge=0, le=65536, description="0: the engine does not batch")] = 0
+
+
+class DynamicBatching(_Input):
+    max_queue_delay_microseconds: Annotated[int, Field(ge=0, le=10_000_000)] = 0
+    preferred_batch_size: Annotated[list[Annotated[int, Field(ge=1, le=65536)]], Field(max_length=16)] = []
+
+
 class VersionCreate(_Input):
     version: VersionLabel
     precision: Precision
@@ -119,6 +202,9 @@ class VersionCreate(_Input):
     source_sha256: Sha256 | None = None
     notes: Annotated[str, Field(max_length=10000)] = ""
     warm: bool = False
+    signature: Signature | None = None
+    dynamic_batching: Annotated[DynamicBatching | None,
+                                Field(description="Triton's dynamic batcher; needs max_batch_size > 0")] = None
     engines: Annotated[list[EngineCreate], Field(max_length=32)] = []
 
 
@@ -138,6 +224,8 @@ class VersionRead(BaseModel):
     status: VersionStatus
     notes: str
     warm: bool
+    signature: dict[str, Any] | None
+    dynamic_batching: dict[str, Any] | None
     registered_by: str
     created_at: datetime
     retired_at: datetime | None
@@ -159,6 +247,22 @@ class ModelRead(BaseModel):
     traffic_revision: int = 0
 
 
+class EngineCredentials(_Input):
+    """Where a pool's engine fetches take credentials from: a name, never the credentials."""
+
+    service_account: Annotated[str | None, Field(pattern=K8S_NAME, max_length=253, description=(
+        "a Kubernetes service account bound to a cloud identity (IRSA, GKE Workload Identity)"))] = None
+    secret: Annotated[str | None, Field(pattern=K8S_NAME, max_length=253, description=(
+        "a Secret whose keys become the fetch's environment (e.g. AWS_ACCESS_KEY_ID) and files "
+        "under /var/run/grayroute/credentials"))] = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EngineCredentials:
+        if (self.service_account is None) == (self.secret is None):
+            raise ValueError("give exactly one of service_account or secret")
+        return self
+
+
 class PoolPut(_Input):
     gpu_arch: GpuArch
     kind: PoolKind
@@ -166,6 +270,10 @@ class PoolPut(_Input):
     node_selector: dict[Annotated[str, Field(max_length=253)], Annotated[str, Field(max_length=63)]] = {}
     runtime_image: Annotated[str | None, Field(max_length=512, examples=["nvcr.io/nvidia/tritonserver:24.08-py3"])] = None
     trt_version: TrtVersion
+    allowed_endpoints: Annotated[list[EndpointPatternText], Field(
+        max_length=64, description="external pools: host, host:port, *.domain, IP or CIDR patterns that backend "
+                                   "URLs must match; empty admits none")] = []
+    engine_credentials: EngineCredentials | None = None
 
 
 class PoolRead(BaseModel):
@@ -178,13 +286,16 @@ class PoolRead(BaseModel):
     node_selector: dict[str, str]
     runtime_image: str | None
     trt_version: str
+    allowed_endpoints: list[str]
+    engine_credentials: dict[str, str] | None
     created_at: datetime
     updated_at: datetime
 
 
 class EndpointsPut(_Input):
     pool: Annotated[str, Field(pattern=MODEL_NAME)]
-    urls: Annotated[list[Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=512)]],
+    urls: Annotated[list[Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=512),
+                                   AfterValidator(_no_userinfo)]],
                     Field(max_length=256)]
 
 

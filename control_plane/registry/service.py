@@ -16,12 +16,15 @@ from control_plane.changes import Committer, bump
 from control_plane.db import flush_or_raise, utcnow
 from control_plane.errors import Conflict, InvalidInput, NotFound
 from control_plane.registry.compatibility import trt_compatible
+from control_plane.registry.endpoints import url_problem
 from control_plane.registry.models import Engine, Model, Pool, PoolKind, Version, VersionStatus
 from control_plane.registry.schemas import (
+    DynamicBatching,
     EngineCreate,
     ModelCreate,
     ModelUpdate,
     PoolPut,
+    Signature,
     VersionCreate,
     VersionUpdate,
 )
@@ -49,6 +52,16 @@ class LivePolicies(Protocol):
     async def rebucket(self, session: AsyncSession, *, model: Model, actor: Actor, reason: str) -> None: ...
 
 
+class RegisteredEndpoints(Protocol):
+    """The backend URLs registered on a pool, as ("model/version", url) pairs.
+
+    ``deployments`` sits above the registry and implements this
+    (``deployments.service.REGISTERED_ENDPOINTS``); the app passes it in.
+    """
+
+    async def on_pool(self, session: AsyncSession, *, pool_id: int) -> list[tuple[str, str]]: ...
+
+
 def model_state(model: Model) -> dict[str, Any]:
     return {"name": model.name, "description": model.description, "key_header": model.key_header,
             "salt": model.salt, "anonymous": model.anonymous, "replicas": dict(model.replicas)}
@@ -57,6 +70,7 @@ def model_state(model: Model) -> dict[str, Any]:
 def version_state(version: Version) -> dict[str, Any]:
     return {"version": version.version, "precision": version.precision, "trt_version": version.trt_version,
             "status": version.status, "notes": version.notes, "warm": version.warm,
+            "signature": version.signature, "dynamic_batching": version.dynamic_batching,
             "engines": [engine_state(e) for e in version.engines]}
 
 
@@ -68,7 +82,8 @@ def engine_state(engine: Engine) -> dict[str, Any]:
 def pool_state(pool: Pool) -> dict[str, Any]:
     return {"name": pool.name, "gpu_arch": pool.gpu_arch, "kind": pool.kind, "namespace": pool.namespace,
             "node_selector": dict(pool.node_selector), "runtime_image": pool.runtime_image,
-            "trt_version": pool.trt_version}
+            "trt_version": pool.trt_version, "allowed_endpoints": list(pool.allowed_endpoints or []),
+            "engine_credentials": pool.engine_credentials}
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -174,15 +189,56 @@ async def list_versions(session: AsyncSession, *, model: Model) -> Sequence[Vers
     )).all()
 
 
+def _check_engine_uris(engines: Sequence[EngineCreate], *, allow_http: bool, field: str) -> None:
+    problems = [{"field": field.format(i=i), "reason": "http:// engine URIs are refused here (a plain-HTTP fetch can "
+                                                      "be tampered with on the way); use s3://, gs:// or https://"}
+                for i, e in enumerate(engines) if e.uri.startswith("http://") and not allow_http]
+    if problems:
+        raise InvalidInput(f"{problems[0]['field']}: {problems[0]['reason']}", problems)
+
+
 def _engine(body: EngineCreate, default_trt: str) -> Engine:
     return Engine(gpu_arch=body.gpu_arch, uri=body.uri, sha256=body.sha256, size_bytes=body.size_bytes,
                   trt_version=body.trt_version or default_trt,
                   benchmark=body.benchmark.model_dump(exclude_none=True) if body.benchmark else None)
 
 
+def _check_signature(signature: Signature | None, batching: DynamicBatching | None) -> None:
+    """Rules across fields that Triton would otherwise refuse at load time, inside a pod."""
+    problems: list[dict[str, str]] = []
+    if signature is not None:
+        for side in ("inputs", "outputs"):
+            tensors = getattr(signature, side)
+            names = [t.name for t in tensors]
+            for i, tensor in enumerate(tensors):
+                if names.index(tensor.name) != i:
+                    problems.append({"field": f"signature.{side}[{i}].name",
+                                     "reason": f"{tensor.name!r} is named twice"})
+                if signature.max_batch_size > 0 and (not tensor.shape or tensor.shape[0] != -1):
+                    problems.append({"field": f"signature.{side}[{i}].shape",
+                                     "reason": "with max_batch_size > 0 the first dimension is the batch and "
+                                               "must be -1"})
+                elif not tensor.shape and side == "inputs":
+                    problems.append({"field": f"signature.{side}[{i}].shape", "reason": "needs a dimension"})
+    if batching is not None:
+        limit = signature.max_batch_size if signature is not None else 0
+        if limit == 0:
+            problems.append({"field": "dynamic_batching",
+                             "reason": "needs a signature with max_batch_size > 0 (there is nothing to batch)"})
+        else:
+            for i, size in enumerate(batching.preferred_batch_size):
+                if size > limit:
+                    problems.append({"field": f"dynamic_batching.preferred_batch_size[{i}]",
+                                     "reason": f"{size} exceeds max_batch_size {limit}"})
+    if problems:
+        raise InvalidInput("; ".join(f"{p['field']}: {p['reason']}" for p in problems), problems)
+
+
 async def create_version(session: AsyncSession, *, model_name: str, body: VersionCreate, actor: Actor,
-                         publisher: Committer) -> Version:
+                         publisher: Committer, allow_http_engines: bool = False) -> Version:
     """Register a version with its engines; 409 when the label is taken."""
+    _check_engine_uris(body.engines, allow_http=allow_http_engines, field="engines[{i}].uri")
+    _check_signature(body.signature, body.dynamic_batching)
     model = await get_model_or_raise(session, name=model_name, for_update=True)
     if await get_version(session, model=model, version=body.version) is not None:
         raise Conflict(f"version {body.version!r} of model {model.name!r} already exists",
@@ -196,6 +252,9 @@ async def create_version(session: AsyncSession, *, model_name: str, body: Versio
     version = Version(model_id=model.id, version=body.version, precision=body.precision,
                       trt_version=body.trt_version, source_uri=body.source_uri, source_sha256=body.source_sha256,
                       notes=body.notes, warm=body.warm, registered_by=actor.name,
+                      signature=body.signature.model_dump(mode="json") if body.signature else None,
+                      dynamic_batching=(body.dynamic_batching.model_dump(mode="json")
+                                        if body.dynamic_batching else None),
                       engines=[_engine(e, body.trt_version) for e in body.engines])
     session.add(version)
     await flush_or_raise(session, Conflict(f"version {body.version!r} of model {model.name!r} already exists"))
@@ -257,8 +316,9 @@ async def retire_version(session: AsyncSession, *, model_name: str, version: str
 
 
 async def add_engine(session: AsyncSession, *, model_name: str, version: str, body: EngineCreate, actor: Actor,
-                     publisher: Committer) -> Engine:
+                     publisher: Committer, allow_http_engines: bool = False) -> Engine:
     """Add the engine for another GPU architecture; 409 when that architecture has one."""
+    _check_engine_uris([body], allow_http=allow_http_engines, field="uri")
     model = await get_model_or_raise(session, name=model_name)
     found = await get_version_or_raise(session, model=model, version=version)
     if found.status == VersionStatus.RETIRED:
@@ -303,13 +363,21 @@ async def list_pools(session: AsyncSession) -> Sequence[Pool]:
     return (await session.scalars(select(Pool).order_by(Pool.name))).all()
 
 
-async def _upsert_pool(session: AsyncSession, *, name: str, body: PoolPut,
-                       actor: Actor) -> tuple[Pool, bool, bool]:
+async def _upsert_pool(session: AsyncSession, *, name: str, body: PoolPut, actor: Actor,
+                       registered: RegisteredEndpoints) -> tuple[Pool, bool, bool]:
     """(pool, created, changed)."""
     pool = (await session.scalars(select(Pool).where(Pool.name == name).with_for_update())).first()
     if body.kind == PoolKind.KUBERNETES and not body.runtime_image:
         raise InvalidInput.field("runtime_image", "required for kubernetes pools (the Triton image to run)")
+    if body.allowed_endpoints and body.kind != PoolKind.EXTERNAL:
+        raise InvalidInput.field("allowed_endpoints", "only external pools take endpoints "
+                                                      "(the reconciler manages the others)")
+    if body.engine_credentials is not None and body.kind != PoolKind.KUBERNETES:
+        raise InvalidInput.field("engine_credentials", f"only kubernetes pools fetch engines; a {body.kind.value} "
+                                                       "pool has nothing to give them to")
     values = body.model_dump()
+    values["engine_credentials"] = (body.engine_credentials.model_dump(exclude_none=True)
+                                    if body.engine_credentials else None)
     if pool is None:
         pool = Pool(name=name, **values)
         session.add(pool)
@@ -319,6 +387,9 @@ async def _upsert_pool(session: AsyncSession, *, name: str, body: PoolPut,
                                    after=pool_state(pool))
         return pool, True, True
     before = pool_state(pool)
+    if body.allowed_endpoints != before["allowed_endpoints"]:
+        await _check_registered_endpoints_stay_allowed(session, pool=pool, allowed=body.allowed_endpoints,
+                                                       registered=registered)
     for field, value in values.items():
         setattr(pool, field, value)
     after = pool_state(pool)
@@ -328,10 +399,21 @@ async def _upsert_pool(session: AsyncSession, *, name: str, body: PoolPut,
     return pool, False, before != after
 
 
-async def put_pool(session: AsyncSession, *, name: str, body: PoolPut, actor: Actor,
-                   publisher: Committer) -> tuple[Pool, bool]:
+async def _check_registered_endpoints_stay_allowed(session: AsyncSession, *, pool: Pool, allowed: list[str],
+                                                   registered: RegisteredEndpoints) -> None:
+    # Every registered endpoint stays within its pool's list, so the list always says where traffic goes.
+    outside = sorted(f"{what}: {url}" for what, url in await registered.on_pool(session, pool_id=pool.id)
+                     if url_problem(url, allowed) is not None)
+    if outside:
+        raise Conflict(f"allowed_endpoints would exclude endpoints registered on pool {pool.name!r}: "
+                       f"{', '.join(outside[:5])}{' …' if len(outside) > 5 else ''}; replace those first",
+                       {"field": "allowed_endpoints", "outside": outside})
+
+
+async def put_pool(session: AsyncSession, *, name: str, body: PoolPut, actor: Actor, publisher: Committer,
+                   registered: RegisteredEndpoints) -> tuple[Pool, bool]:
     """Create or replace a pool; returns (pool, created)."""
-    pool, created, changed = await _upsert_pool(session, name=name, body=body, actor=actor)
+    pool, created, changed = await _upsert_pool(session, name=name, body=body, actor=actor, registered=registered)
     if changed:
         await bump(session)
     await publisher.commit(session)
@@ -339,11 +421,11 @@ async def put_pool(session: AsyncSession, *, name: str, body: PoolPut, actor: Ac
 
 
 async def import_pools(session: AsyncSession, *, pools: dict[str, PoolPut], actor: Actor,
-                       publisher: Committer) -> int:
+                       publisher: Committer, registered: RegisteredEndpoints) -> int:
     """Upsert many pools in one transaction (Helm install); returns how many changed."""
     changed = 0
     for name, body in pools.items():
-        _, _, did_change = await _upsert_pool(session, name=name, body=body, actor=actor)
+        _, _, did_change = await _upsert_pool(session, name=name, body=body, actor=actor, registered=registered)
         changed += did_change
     if changed:
         await bump(session)

@@ -1,4 +1,4 @@
-"""Stats endpoints: routers push windows; any authenticated caller reads merged figures."""
+"""Stats endpoints: routers push windows (and only that); people read merged figures."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 
-from control_plane.deps import CurrentActor, SessionDep, StatsReporter
-from control_plane.errors import ERROR_RESPONSES
+from control_plane.deps import Reader, SessionDep, StatsReporter
+from control_plane.errors import ERROR_RESPONSES, InvalidInput
 from control_plane.registry import service as registry_service
 from control_plane.registry.router import ModelPath
 from control_plane.stats import service as stats_service
-from control_plane.errors import InvalidInput
 from control_plane.stats.schemas import ModelSeries, ModelStats, ReportAccepted, StatsReport
 
 router = APIRouter(prefix="/api/v1", tags=["stats"], responses=ERROR_RESPONSES)
@@ -32,7 +31,7 @@ async def post_report(report: StatsReport, store: StatsStoreDep, _actor: StatsRe
 
 @router.get("/models/{model}/stats", response_model=ModelStats)
 async def get_model_stats(
-    model: ModelPath, session: SessionDep, store: StatsStoreDep, _actor: CurrentActor,
+    model: ModelPath, session: SessionDep, store: StatsStoreDep, _actor: Reader,
     window: Annotated[int, Query(ge=1, le=7 * 24 * 3600, description="seconds to look back (at most the "
                                                                      "retention period)")] = 60,
 ) -> ModelStats:
@@ -45,7 +44,7 @@ async def get_model_stats(
 
 @router.get("/models/{model}/stats/series", response_model=ModelSeries)
 async def get_model_series(
-    model: ModelPath, session: SessionDep, store: StatsStoreDep, _actor: CurrentActor,
+    model: ModelPath, session: SessionDep, store: StatsStoreDep, _actor: Reader,
     window: Annotated[int | None, Query(ge=1, le=7 * 24 * 3600, description="seconds to look back from now; "
                                                                             "or give since")] = None,
     since: Annotated[float | None, Query(ge=0, le=1e11, description="start, seconds since the epoch")] = None,

@@ -13,7 +13,7 @@ from router.stats import LATENCY_BOUNDS_MS
 Count = Annotated[int, Field(ge=0, le=2**53 - 1)]
 # Version, pool and architecture labels become parts of stored field names: no control characters.
 Label = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[^\x00-\x1f\x7f]+$")]
-ErrorKind = Literal["connect", "timeout", "protocol", "stale", "http_5xx", "no_backend"]
+ErrorKind = Literal["connect", "connect_timeout", "timeout", "protocol", "stale", "http_5xx", "no_backend", "shed"]
 
 
 class _Counts(BaseModel):
@@ -117,8 +117,8 @@ class VersionStats(BaseModel):
     share_of_requests: float = Field(description="this version's requests / all the model's requests")
     errors: int
     error_rate: float = Field(description="errors / requests (5xx answers, including the router's own)")
-    error_kinds: dict[str, int] = Field(description="errors by kind: connect, timeout, protocol, stale, "
-                                                    "http_5xx, no_backend")
+    error_kinds: dict[str, int] = Field(description="errors by kind: connect, connect_timeout, timeout, protocol, "
+                                                    "stale, http_5xx, no_backend, shed")
     fallbacks: int = Field(description="requests another version served because this one had no backend")
     p50_ms: float | None
     p95_ms: float | None

@@ -13,7 +13,7 @@ from control_plane.registry.router import ModelPath
 from control_plane.traffic import service as traffic_service
 from control_plane.traffic.publisher import SnapshotPublisherDep
 from control_plane.traffic.models import TrafficRevision
-from control_plane.traffic.schemas import ActionIn, RouteExplanation, TrafficPut, TrafficRead
+from control_plane.traffic.schemas import ActionIn, RouteExplanation, TrafficPut, TrafficRead, TrafficWritten
 
 router = APIRouter(prefix="/api/v1", tags=["traffic"], responses=ERROR_RESPONSES)
 
@@ -30,14 +30,26 @@ async def get_traffic(model: ModelPath, session: SessionDep, _actor: Reader, res
     return _read(found.name, current)
 
 
-@router.put("/models/{model}/traffic", response_model=TrafficRead, responses=error_responses(412, 428))
+@router.put("/models/{model}/traffic", response_model=TrafficWritten, responses=error_responses(412, 428))
 async def put_traffic(model: ModelPath, body: TrafficPut, session: SessionDep, actor: TrafficWriter,
                       publisher: PublisherDep, response: Response,
-                      if_match: Annotated[str | None, Header()] = None) -> TrafficRead:
+                      if_match: Annotated[str | None, Header()] = None) -> TrafficWritten:
+    """Write a new revision of the policy.
+
+    A policy identical to the live one (default version, splits in order, rules;
+    the reason aside) writes nothing: 200 with the live revision and
+    ``"created": false``, so retries and re-submits leave no noise in the history.
+    """
     revision = await traffic_service.put(session, model_name=model, body=body, if_match=if_match, actor=actor,
                                          publisher=publisher)
     response.headers["ETag"] = traffic_service.etag(revision.revision)
-    return _read(model, revision)
+    created = revision.revision != traffic_service.parse_etag(if_match or "")
+    message = (f"revision {revision.revision} is live" if created else
+               f"identical to the live revision {revision.revision}: nothing was written")
+    found = await registry_service.get_model_or_raise(session, name=model)
+    note = traffic_service.default_note(revision, anonymous=found.anonymous)
+    return TrafficWritten(**_read(model, revision).model_dump(), created=created, message=message,
+                          notes=[note] if note else [])
 
 
 @router.post("/models/{model}/traffic/{action}", response_model=TrafficRead, responses=error_responses(412, 428))

@@ -50,6 +50,28 @@ def revision_state(revision: TrafficRevision | None) -> dict[str, Any] | None:
     return {"revision": revision.revision, **revision.policy.to_json()}
 
 
+def audit_states(previous: TrafficRevision | None,
+                 revision: TrafficRevision) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(before, after) for the audit log: weights and revision numbers, and only which rules changed.
+
+    The revisions themselves are immutable and kept, so the event refers to them rather than holding two
+    copies of allow-lists that may run to thousands of values.
+    """
+    def summary(r: TrafficRevision) -> dict[str, Any]:
+        policy = r.policy
+        return {"revision": r.revision, "default_version": policy.default_version,
+                "splits": [split.to_json() for split in policy.splits], "rule_count": len(policy.rules)}
+
+    old_rules = {rule.name: rule for rule in previous.policy.rules} if previous else {}
+    new_rules = {rule.name: rule for rule in revision.policy.rules}
+    rule_changes = {"added": sorted(new_rules.keys() - old_rules.keys()),
+                    "removed": sorted(old_rules.keys() - new_rules.keys()),
+                    "changed": sorted(n for n in new_rules.keys() & old_rules.keys() if new_rules[n] != old_rules[n])}
+    # Not "rules": readers take before/after as a policy, and a policy's rules are a list.
+    after = {**summary(revision), "rule_changes": {k: v for k, v in rule_changes.items() if v}}
+    return (summary(previous) if previous else None), after
+
+
 async def get_current(session: AsyncSession, *, model: Model) -> TrafficRevision | None:
     """The live revision of ``model``'s policy, or None before the first."""
     return (await session.scalars(
@@ -141,9 +163,28 @@ async def _validate(session: AsyncSession, *, model: Model, policy: Policy) -> l
     return policy.bucket_counts()
 
 
+def default_note(revision: TrafficRevision, *, anonymous: str) -> str | None:
+    """What the default version does when the split gives it 0% (None when it has a share).
+
+    The rule, the same in the API and the UI: the default version must be
+    deployable, and it is the fallback. With 0% of the split it serves no user
+    by choice, only requests whose version has no ready backend (and, under the
+    'default' anonymous policy, requests without a routing key).
+    """
+    default = revision.policy.default_version
+    if default is None or revision.policy.weights().get(default, 0) > 0:
+        return None
+    also = " and requests without a routing key" if anonymous == "default" else ""
+    return (f"default version {default} has 0% of the split: it is the fallback only, serving requests whose "
+            f"version has no ready backend{also}")
+
+
 async def put(session: AsyncSession, *, model_name: str, body: TrafficPut, if_match: str | None, actor: Actor,
               publisher: Committer) -> TrafficRevision:
-    """Write a new revision if ``if_match`` names the live one (optimistic concurrency)."""
+    """Write a new revision if ``if_match`` names the live one (optimistic concurrency).
+
+    A policy identical to the live one writes nothing and returns the live revision.
+    """
     if if_match is None:
         raise PreconditionRequired("PUT traffic needs If-Match with the ETag from GET "
                                    "(so two release managers never overwrite each other)")
@@ -159,6 +200,8 @@ async def put(session: AsyncSession, *, model_name: str, body: TrafficPut, if_ma
         )
     policy = body.policy()
     counts = await _validate(session, model=model, policy=policy)
+    if current is not None and current.policy == policy:
+        return current  # a revision identical to the live one would only be noise in the history
     previous: list[Range] | None = None
     if current is not None and current.salt == model.salt:
         previous = [(s, e, v) for s, e, v in current.allocation]
@@ -176,10 +219,10 @@ async def put(session: AsyncSession, *, model_name: str, body: TrafficPut, if_ma
                               Version.status == VersionStatus.REGISTERED)
     )).all():
         version.status = VersionStatus.ACTIVE
+    before, after = audit_states(current, revision)
     await audit_service.record(
         session, actor=actor, action="traffic.reapply" if body.reapplied_from else "traffic.update",
-        target_type="traffic", target=model.name, model=model.name, before=revision_state(current),
-        after=revision_state(revision), reason=body.reason,
+        target_type="traffic", target=model.name, model=model.name, before=before, after=after, reason=body.reason,
     )
     await changes.bump(session, model_id=model.id)
     await publisher.commit(session)
@@ -199,9 +242,9 @@ async def rebucket(session: AsyncSession, *, model: Model, actor: Actor, reason:
     )
     session.add(revision)
     await session.flush()
+    before, after = audit_states(current, revision)
     await audit_service.record(session, actor=actor, action="traffic.rebucket", target_type="traffic",
-                               target=model.name, model=model.name, before=revision_state(current),
-                               after=revision_state(revision), reason=reason)
+                               target=model.name, model=model.name, before=before, after=after, reason=reason)
     return revision
 
 
@@ -271,10 +314,12 @@ async def action_put(session: AsyncSession, *, model: Model, current: TrafficRev
     rules = live.rules
     reapplied_from = None
     if action is Action.PROMOTE:
+        already = weights.get(version) == 100
         weights.setdefault(version, Decimal(0))
         weights = {v: Decimal(100) if v == version else Decimal(0) for v in weights}
         default = version
-        what = f"{version} gets 100% of traffic and becomes the default version."
+        what = (f"{version} already has 100% of traffic; it becomes the default version (the fallback)." if already
+                else f"{version} gets 100% of traffic and becomes the default version.")
     elif action is Action.ROLLBACK:
         if version == default:
             raise InvalidInput.field("version", f"{version} is the default version; promote another version instead")

@@ -170,7 +170,8 @@ def wrk(port: int, script: Path, duration: int, connections: int, threads: int,
 
 async def _paced(port: int, rate: int, seconds: float) -> list[float]:
     """Open-loop load at ``rate`` req/s; returns latencies in ms (send to full response)."""
-    backend = Backend(f"http://127.0.0.1:{port}", max_idle=256)
+    # a load generator queues rather than sheds: every request is sent and timed
+    backend = Backend(f"http://127.0.0.1:{port}", max_connections=256, max_pending=1_000_000, queue_timeout=60.0)
     body = BODY.encode()
     latencies: list[float] = []
     loop = asyncio.get_running_loop()

@@ -80,6 +80,9 @@ class Api:
     # --- seeding through the real API ------------------------------------------------------
     def pool(self, name: str = "a100", gpu_arch: str = "sm_80", trt_version: str = "10.3", kind: str = "external",
              **extra: Any) -> dict[str, Any]:
+        if kind == "external":
+            # The private network the tests' fake backends live on, and loopback for the real ones.
+            extra.setdefault("allowed_endpoints", ["10.0.0.0/8", "127.0.0.1"])
         body = {"gpu_arch": gpu_arch, "kind": kind, "trt_version": trt_version, **extra}
         response = self.as_("admin").put(f"/pools/{name}", json=body)
         assert response.status_code in (200, 201), response.text

@@ -54,9 +54,9 @@ def raw(api: Api, method: str, path: str, text: str | bytes, **headers: str) -> 
     ("PUT", "/models/resnet50/versions/3/endpoints", {"pool": "a100", "urls": [f"http://{NUL}"]}, "urls"),
     ("PUT", "/models/resnet50/traffic", {**TRAFFIC, "reason": NUL}, "reason"),
     ("PUT", "/models/resnet50/traffic", {**TRAFFIC, "rules": [
-        {"name": "beta", "match": {"header": "x-beta", "in": [NUL]}, "version": "4"}]}, "rules[0].match.HeaderMatchIn.in"),
+        {"name": "beta", "match": {"header": "x-beta", "in": [NUL]}, "version": "4"}]}, "rules[0].match.in"),
     ("PUT", "/models/resnet50/traffic", {**TRAFFIC, "rules": [
-        {"name": "beta", "match": {"key_in": [NUL]}, "version": "4"}]}, "rules[0].match.KeyMatchIn.key_in"),
+        {"name": "beta", "match": {"key_in": [NUL]}, "version": "4"}]}, "rules[0].match.key_in"),
 ])
 def test_nul_in_stored_text_is_a_422_naming_the_field(api: Api, method: str, path: str, body: dict[str, Any],
                                                       field: str) -> None:

@@ -36,7 +36,7 @@ def test_register_creates_model_version_and_hashes_engine_files(
     assert [e["gpu_arch"] for e in api.get("/models/resnet50/versions/7").json()["engines"]] == ["sm_80", "sm_90"]
 
     # A different engine under a registered architecture is refused: engines are immutable.
-    with pytest.raises(SystemExit, match="already has a different sm_90 engine"):
+    with pytest.raises(SystemExit, match=r"differs from what is registered: the sm_90 engine's sha256 is eeeeeeeeeeee…, this run has ffffffffffff…"):
         main([*argv[:7], "--engine", "sm_90=s3://x", "--sha256", f"sm_90={'f' * 64}"])
 
 

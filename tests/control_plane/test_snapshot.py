@@ -119,7 +119,7 @@ def test_incremental_snapshot_equals_a_full_rebuild(api: Api, cp_settings) -> No
     # Changes to one model at a time: the server rebuilds only that model's part.
     api.traffic("resnet50", {"3": 80, "4": 20}, default="3")
     api.as_("publisher").put("/models/bert/versions/2/endpoints", json={"pool": "a100", "urls": ["http://10.1.0.1:1"]})
-    api.as_("publisher").patch("/models/bert", json={"key_header": "x-session"})
+    api.as_("release-manager").patch("/models/bert", json={"key_header": "x-session"})
     served = orjson.loads(api.as_("router").get("/snapshot").content)
 
     async def fresh() -> dict:

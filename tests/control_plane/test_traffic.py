@@ -59,9 +59,9 @@ def test_model_without_policy_has_revision_zero(api: Api) -> None:
     (_body({"3": 100}, rules=[{"name": "qa", "match": {"header": "X-User-Id", "in": ["u1"]}, "version": "4"}]),
      "rules[0].match.header", "routing key header"),
     (_body({"3": 100}, rules=[{"name": "qa", "match": {"key_in": []}, "version": "4"}]),
-     "rules[0].match.KeyMatchIn.key_in", "at least 1"),
-    ({"default_version": "3", "splits": []}, "splits", "at least 1"),
-    ({"splits": [{"version": "3", "weight": 100}]}, "default_version", "Field required"),
+     "rules[0].match.key_in", "must not be empty"),
+    ({"default_version": "3", "splits": []}, "splits", "must not be empty"),
+    ({"splits": [{"version": "3", "weight": 100}]}, "default_version", "required"),
 ])
 def test_every_validation_rule_names_field_and_reason(api: Api, body: dict[str, Any], field: str,
                                                      reason_part: str) -> None:

@@ -35,6 +35,8 @@ _KINDS = {
     "services": ("v1", "Service"),
     "endpointslices": ("discovery.k8s.io/v1", "EndpointSlice"),
     "leases": ("coordination.k8s.io/v1", "Lease"),
+    # Only listed by the reconciler; tests put them where kubelet would (see put_pod).
+    "pods": ("v1", "Pod"),
 }
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
@@ -174,6 +176,12 @@ class FakeApiServer:
     def names(self, plural: str, namespace: str | None = None) -> set[str]:
         with self._lock:
             return {k[2] for k in self.objects if k[0] == plural and (namespace is None or k[1] == namespace)}
+
+    def put_pod(self, namespace: str, name: str, pod: dict[str, Any]) -> None:
+        """Store a pod as kubelet reports it (metadata and status), e.g. with a failed init container."""
+        with self._lock:
+            created = ("pods", namespace, name) not in self.objects
+            self._store("pods", namespace, name, self._new("pods", namespace, name, pod), created)
 
     def set_ready(self, namespace: str, deployment: str, ready: int) -> None:
         with self._lock:
@@ -440,6 +448,7 @@ class FakeApiServer:
                 obj
                 for (p, n, _), obj in sorted(self.objects.items())
                 if p == plural and n == ns and _matches(obj["metadata"].get("labels", {}), query.get("labelSelector"))
+                and _fields_match(obj, query.get("fieldSelector"))
             ]
             return 200, {"apiVersion": api_version, "kind": f"{kind}List",
                          "metadata": {"resourceVersion": str(self._rv)}, "items": items}
@@ -480,6 +489,18 @@ class FakeApiServer:
             self._remove(key)
             return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}
         return 405, _status(405, "MethodNotAllowed", verb)
+
+
+def _fields_match(obj: dict[str, Any], selector: str | None) -> bool:
+    """Field selectors of the form ``a.b=value`` (what the reconciler sends: status.phase=Pending)."""
+    for term in filter(None, (selector or "").split(",")):
+        path, _, wanted = term.partition("=")
+        value: Any = obj
+        for part in path.strip().split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value != wanted.strip():
+            return False
+    return True
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:

@@ -72,7 +72,7 @@ async def test_version_added_scaled_drained_and_deleted(apiserver: FakeApiServer
         assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "A100"}
         assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert pod["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/v2/models/resnet/ready"
-        assert "sm_80.plan" in json.dumps(pod["initContainers"][0]["env"])
+        assert pod["initContainers"][0]["args"][:3] == ["engine", "fetch", "https://artifacts.example/sm_80.plan"]
         assert apiserver.counts["apply"] == 4
 
         await r.reconcile_once()  # observes what the controllers made ready

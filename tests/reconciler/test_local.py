@@ -258,3 +258,34 @@ def test_onnx_variants_are_deterministic_and_differ_in_precision(tmp_path: Path)
     assert np.allclose(outs["fp32"], outs["fp16"], atol=1e-2)
     assert not np.array_equal(outs["fp32"], outs["fp16"])
     assert (outs["fp32"].argmax(1) == outs["fp16"].argmax(1)).mean() >= 0.75
+
+
+def test_engine_warms_up_with_a_request_shaped_like_its_inputs(tmp_path: Path) -> None:
+    from control_plane.reconciler.engine_server import Engine
+
+    engine = Engine(model="digits", version="v1", precision="fp16", model_dir=tmp_path)
+    assert not engine.ready and engine.warmups == 0
+    request = engine.warmup_request()
+    declared = engine.metadata()["inputs"]
+    assert [(t["name"], t["datatype"]) for t in request["inputs"]] == [(t["name"], t["datatype"]) for t in declared]
+    assert request["inputs"][0]["shape"] == [1 if d == -1 else d for d in declared[0]["shape"]] == [1, 16]
+    engine.warm_up()
+    assert engine.ready and engine.warmups == 1
+
+
+async def test_local_target_reports_ready_only_after_the_warm_up(tmp_path: Path) -> None:
+    store = MemoryStore(inputs(("v1", 100)))
+    target = LocalTarget(state_dir=tmp_path)
+    r = Reconciler(store=store, target=target, resync_seconds=30, drain_seconds=5,
+                   backoff=Backoff(base=0.05, cap=0.5), debounce_seconds=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(r.run(stop))
+    try:
+        await _until(lambda: (10, 1) in store.rows and store.rows[(10, 1)].phase is Phase.READY)
+        # The engine server's log holds its warm-up, written before it answered ready.
+        (log,) = (tmp_path / "logs").glob(f"{D.object_name('digits', 'v1', 'cpu')}-0.log")
+        assert "warm-up inference (input FP32[1, 16])" in log.read_text()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await target.close()

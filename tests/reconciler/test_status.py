@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from control_plane.reconciler import desired as D
 from control_plane.deployments.models import Phase
-from control_plane.reconciler.status import rows
+from control_plane.reconciler.status import drain_deadline, rows
 from control_plane.reconciler.targets import Observed, SyncReport
 from tests.reconciler.conftest import pool, traffic, version
 
@@ -32,6 +32,9 @@ def test_phases() -> None:
     assert by_version[12].phase is Phase.PENDING and by_version[12].endpoints == ()
     assert by_version[13].phase is Phase.DRAINING and by_version[13].draining_since == NOW
     assert "2026-01-01T00:10:00Z" in by_version[13].message and by_version[13].endpoints
+    # The UI reads the drain deadline back from the message to show the time left.
+    assert drain_deadline(by_version[13].message) == NOW + DRAIN
+    assert drain_deadline(by_version[10].message) is None
     assert by_version[20].phase is Phase.FAILED and "sm_75" in by_version[20].message
 
 

@@ -37,6 +37,7 @@ class Behaviour:
     status: int = 200
     record: bool = False
     seen: list[Seen] = field(default_factory=list)
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # added to every answer
 
 
 class _Protocol(asyncio.Protocol):
@@ -112,7 +113,7 @@ class _Protocol(asyncio.Protocol):
         reason = b"OK" if status == 200 else b"ERR"
         head = b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\nx-backend-version: %s\r\n" % (
             status, reason, len(payload), behaviour.version.encode())
-        head += b"".join(b"%s: %s\r\n" % pair for pair in extra)
+        head += b"".join(b"%s: %s\r\n" % pair for pair in [*extra, *behaviour.headers])
         return head + b"\r\n" + payload
 
     def _write(self, answer: bytes, keep_alive: bool) -> None:

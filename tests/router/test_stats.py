@@ -15,7 +15,7 @@ import redis
 
 from control_plane.stats import service as stats_service
 from control_plane.stats.schemas import StatsReport
-from router.stats import LATENCY_BOUNDS_MS, bucket_index, percentile_ms
+from router.stats import LATENCY_BOUNDS_MS, REDIS_KEY_PREFIX, SLOTS, bucket_index, parse_slot, percentile_ms
 from tests.control_plane.conftest import Api, api, cp_server, cp_settings, role_tokens  # noqa: F401 - fixtures
 from tests.router.conftest import (
     ControlPlaneStub,
@@ -26,6 +26,7 @@ from tests.router.conftest import (
     snapshot,
     start_backend,
 )
+from tests.services import RedisServer
 
 
 def _bucket_of_ms(ms: float) -> int:
@@ -192,8 +193,8 @@ async def test_real_control_plane_snapshot_and_stats(
     for v in body["versions"]:  # the router's clock starts later than the client's: within one bucket
         theirs = _client_percentile(timings[v["version"]], 0.5)
         assert abs(_bucket_of_ms(v["p50_ms"]) - _bucket_of_ms(theirs)) <= 1, (v, theirs)
-    # a router token may report and read; a viewer may not report
-    assert api.as_("router").get("/models/ranker/stats").status_code == 200
+    # a router token may report but not read; a viewer may read but not report
+    assert api.as_("router").get("/models/ranker/stats").status_code == 403
     report = {"router": "x", "window_start": 1.0, "window_end": 2.0, "models": {}}
     assert api.as_("viewer").post("/stats/report", json=report).status_code == 403
     assert api.as_(None).get("/models/ranker/stats").status_code == 401
@@ -224,3 +225,83 @@ async def test_merge_across_routers_and_windows() -> None:
     assert v.requests_per_second == pytest.approx(40 / 60)
     assert v.p50_ms is not None and 10 < v.p50_ms <= 15 and v.mean_ms == pytest.approx(12.0)
     assert (await stats_service.get(store, model="other", window=60, now=now)).versions == []
+
+
+@pytest.mark.redis
+async def test_reports_spool_while_redis_and_the_control_plane_are_down(
+    backends: dict, control_plane: ControlPlaneStub, routers: list, tmp_path: Path,
+) -> None:
+    """Both sinks down: windows wait in memory and go out when one is back; a full spool drops the oldest."""
+    store = RedisServer.start()
+    client = redis.Redis.from_url(store.url)
+    try:
+        backend = await start_backend(backends, "3", "3")
+        raw = snapshot(1, resnet50=model_spec({"3": [backend.url]}, [("3", 100)]))
+        control_plane.set(raw)
+        file = tmp_path / "snapshot.json"
+        file.write_bytes(raw)
+        router = RouterProcess("--control-plane", control_plane.url, "--snapshot-file", str(file),
+                               "--stats-interval", "0.3", "--stats-spool", "4", env=router_env(store.url)).start()
+        routers.append(router)
+        await router.wait_ready(1)
+
+        async def sent_in_windows(windows: int, per_window: int) -> int:
+            async with aiohttp.ClientSession() as session:
+                for w in range(windows):
+                    for i in range(per_window):
+                        assert (await infer(session, router, f"u{w}-{i}"))[0] == 200
+                    await asyncio.sleep(0.4)  # past the window's end
+            return windows * per_window
+
+        def in_redis() -> int:
+            """Requests merged into the fine (10 s) slots: each window lands in exactly one."""
+            total = 0
+            for key in client.scan_iter(f"{REDIS_KEY_PREFIX}resnet50:{SLOTS[0][0]}:*"):
+                _routers, cells = parse_slot(client.hgetall(key))
+                total += sum(cell.requests for cell in cells.values())
+            return total
+
+        async def until(check: Any, what: str) -> None:
+            deadline = time.monotonic() + 10
+            while not check():
+                assert time.monotonic() < deadline, what
+                await asyncio.sleep(0.1)
+
+        async def gauges() -> dict[str, float]:
+            async with aiohttp.ClientSession() as session, session.get(router.url + "/metrics") as response:
+                text = await response.text()
+            return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+                    if line.startswith("grayroute_stats_reports_")}
+
+        before = await sent_in_windows(1, 5)
+        await until(lambda: in_redis() == before, "reports reach Redis")
+
+        # both down: three windows of requests wait in the spool
+        store.kill()
+        await control_plane.stop()
+        during = await sent_in_windows(3, 4)
+        assert (await gauges())["grayroute_stats_reports_spooled"] >= 1
+        await control_plane.start()  # one sink back: everything spooled goes out, oldest first
+        def posted() -> int:
+            return sum(c["requests"] for r in control_plane.reports for c in r["models"]["resnet50"].values())
+
+        await until(lambda: posted() == during, "spooled reports reach the control plane")
+        figures = await gauges()
+        assert figures["grayroute_stats_reports_spooled"] == 0
+        assert figures["grayroute_stats_reports_dropped_total"] == 0
+        windows = [r["window_end"] for r in control_plane.reports]
+        assert windows == sorted(windows) and len(windows) >= 3  # one report per window, in order
+
+        # down again, for longer than the spool holds: the oldest windows are dropped and counted
+        await control_plane.stop()
+        await sent_in_windows(8, 1)
+        figures = await gauges()
+        assert figures["grayroute_stats_reports_spooled"] == 4
+        dropped = figures["grayroute_stats_reports_dropped_total"]
+        assert dropped >= 3
+        store.launch()  # an empty Redis (no persistence) on the same port: it gets what was kept
+        await until(lambda: in_redis() == 4, "the kept windows reach Redis")
+        assert (await gauges())["grayroute_stats_reports_spooled"] == 0
+    finally:
+        client.close()
+        store.stop()

@@ -187,7 +187,8 @@ def _window(version: str, requests: int, *, errors: int, shape: tuple[int, ...])
 @pytest.fixture(scope="session")
 def api(server: LiveServer) -> Iterator[Api]:
     client = Api(server.url)
-    response = client.admin.put("/pools/a100", json={"gpu_arch": "sm_80", "kind": "external", "trt_version": "10.3"})
+    response = client.admin.put("/pools/a100", json={"gpu_arch": "sm_80", "kind": "external", "trt_version": "10.3",
+                                                     "allowed_endpoints": ["127.0.0.1"]})
     assert response.status_code in (200, 201), response.text
     yield client
     client.close()

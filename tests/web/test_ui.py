@@ -28,7 +28,7 @@ def test_release_manager_moves_the_canary_from_5_to_10_percent(api: Api, sign_in
     page = sign_in("alice", "release-manager")
     row = page.locator(f"tr[data-model={model}]")
     expect(row).to_contain_text("95%")
-    expect(row).to_contain_text("a100 · 2/2 ready")
+    expect(row).to_contain_text("a100 · 2/2 replicas ready")
     expect(row).to_contain_text("bootstrap-admin")
     screenshot(page, "overview")
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
@@ -43,9 +43,9 @@ def test_release_manager_moves_the_canary_from_5_to_10_percent(api: Api, sign_in
     expect(page.locator("input[name='weight:3']")).to_have_value("90")
     expect(page.locator("[data-movement]")).to_contain_text("+5% of users move from 3 to 4; nobody leaves 4")
     # and the slider moves both fields
-    page.locator("tr[data-version='4'] [data-slider]").fill("7.5")
-    expect(page.locator("input[name='weight:4']")).to_have_value("7.5")
-    expect(page.locator("input[name='weight:3']")).to_have_value("92.5")
+    page.locator("tr[data-version='4'] [data-slider]").fill("9")  # snaps to the nearest common step
+    expect(page.locator("input[name='weight:4']")).to_have_value("10")
+    expect(page.locator("input[name='weight:3']")).to_have_value("90")
     page.fill("input[name='weight:4']", "10")
     expect(page.locator("[data-total]")).to_have_text("100")
     page.fill("#reason", "p99 flat for an hour")
@@ -73,7 +73,8 @@ def test_a_viewer_sees_no_controls_and_a_forged_post_is_refused(api: Api, model:
     page = sign_in("victor", "viewer")
     page.goto(f"/ui/models/{model}")
     expect(page.locator("#traffic")).to_contain_text("can look but not change traffic")
-    for control in ("#traffic-form", "#rules-form", "[data-action]", "[data-warm]", "input[type=range]"):
+    for control in ("#traffic-form", "#rules-form", "[data-action]", "[data-warm]", "input[type=range]",
+                    "[data-retire-open]"):
         expect(page.locator(control)).to_have_count(0)
     screenshot(page, "model-page-viewer")
 
@@ -82,7 +83,8 @@ def test_a_viewer_sees_no_controls_and_a_forged_post_is_refused(api: Api, model:
     for path, form in ((f"/ui/models/{model}/traffic", forged),
                        (f"/ui/models/{model}/actions/promote", {"csrf": token, "revision": "1", "version": "4"}),
                        (f"/ui/models/{model}/rules", {"csrf": token, "revision": "1", "rule-count": "0"}),
-                       (f"/ui/models/{model}/versions/4/warm", {"csrf": token, "warm": "1"})):
+                       (f"/ui/models/{model}/versions/4/warm", {"csrf": token, "warm": "1"}),
+                       (f"/ui/models/{model}/versions/4/retire", {"csrf": token})):
         response = page.request.post(path, form=form, max_redirects=0)
         assert response.status == 403, (path, response.status)
         assert "may not do this" in response.text()
@@ -216,7 +218,7 @@ def test_rules_and_warm_versions(api: Api, model: str, sign_in: Any) -> None:
     page.locator("#rules-form input[name='rule-1-header']").fill("x-debug")
     page.locator("#rules-form input[name='rule-1-name']").fill("Not A Slug")
     page.click("#rules-form button[type=submit]")
-    expect(page.locator("#rules-form tr").nth(2)).to_contain_text("should match pattern")
+    expect(page.locator("#rules-form tr").nth(2)).to_contain_text("use lowercase letters, digits and '-'")
     assert len(api.traffic(model)["rules"]) == 1
 
     page.goto(f"/ui/models/{model}")
@@ -331,7 +333,7 @@ def test_the_first_policy_of_a_new_model(api: Api, sign_in: Any) -> None:
     page.goto("/ui/models/web-fresh-model")
     expect(page.locator("#traffic")).to_contain_text("No traffic policy yet")
     page.click("[data-apply]")  # every weight at 0: refused, with the API's reason
-    expect(page.locator("tfoot")).to_contain_text("at least 1 item")
+    expect(page.locator("tfoot")).to_contain_text("must not be empty")
     page.fill("input[name='weight:1']", "100")
     expect(page.locator("[data-movement]")).to_contain_text("a fresh layout: users are assigned 100% to 1")
     page.click("[data-apply]")
@@ -426,3 +428,20 @@ def test_history_pages_back_through_older_revisions(api: Api, model: str, sign_i
     expect(page.locator("#history tr[data-revision='26']")).to_be_visible()
     page.click("[data-older-events]")
     expect(page.locator("#audit")).to_contain_text("model.create")
+
+
+def test_a_versions_io_signature_is_shown(api: Api, model: str, sign_in: Any) -> None:
+    response = api.admin.post(f"/models/{model}/versions", json={
+        "version": "5", "precision": "fp16", "trt_version": "10.3",
+        "signature": {"inputs": [{"name": "images", "datatype": "FP16", "shape": [-1, 3, 224, 224]}],
+                      "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 1000]}],
+                      "max_batch_size": 16},
+        "dynamic_batching": {"max_queue_delay_microseconds": 100}})
+    assert response.status_code == 201, response.text
+    page = sign_in("vera", "viewer")
+    page.goto(f"/ui/models/{model}")
+    signature = page.locator("[data-signature='5']")
+    expect(signature).to_contain_text("in: images FP16[-1, 3, 224, 224]")
+    expect(signature).to_contain_text("out: probabilities FP32[-1, 1000]")
+    expect(signature).to_contain_text("batch ≤ 16 · dynamic batching")
+    expect(page.locator("[data-signature='3']")).to_have_count(0)  # registered without one

@@ -14,6 +14,14 @@
   const movement = form.querySelector("[data-movement]");
   const defaultSelect = form.querySelector("[data-default-select]");
   const WEIGHT = /^\d{1,3}(\.\d{1,2})?$/;
+  // Where a slider stops (a click, a drag, arrow keys): the usual canary steps and their complements.
+  // The number field keeps any value to 0.01.
+  const STOPS = [0, 0.1, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, 100];
+  const nearestStop = (value) => STOPS.reduce((best, stop) => (Math.abs(stop - value) < Math.abs(best - value) ? stop : best));
+  const stepFrom = (value, direction) => {
+    const ahead = direction > 0 ? STOPS.filter((s) => s > value + 1e-9) : STOPS.filter((s) => s < value - 1e-9).reverse();
+    return ahead.length ? ahead[0] : value;
+  };
 
   // Weights in hundredths of a percent (= buckets), so sums stay exact.
   const cents = (text) => {
@@ -28,9 +36,14 @@
     return text.replace(/\.?0+$/, "") || "0";
   };
 
+  function setSlider(row, text) {
+    row.slider.value = text;
+    row.slider.setAttribute("aria-valuetext", `${text}% of users`);
+  }
+
   function set(row, c) {
     row.number.value = show(c);
-    row.slider.value = show(c);
+    setSlider(row, show(c));
   }
 
   // Two versions: moving one moves the other. More: the default version takes up the rest.
@@ -92,6 +105,17 @@
       const lead = document.createElement("strong");
       lead.textContent = answer.moved_percent === "0" ? "No change for users: " : "Before you apply: ";
       movement.append(lead, answer.sentences.join("; ") + ".");
+      if (answer.warnings && answer.warnings.length) {
+        const list = document.createElement("ul");
+        list.className = "warn-list";
+        list.dataset.warnings = "";
+        for (const warning of answer.warnings) {
+          const li = document.createElement("li");
+          li.textContent = warning;
+          list.append(li);
+        }
+        movement.append(list);
+      }
       if (answer.stale) {
         const stale = document.createElement("div");
         stale.className = "warn-text";
@@ -112,16 +136,30 @@
     }
   }
 
+  function slideTo(row, value) {
+    const c = Math.round(value * 100);
+    row.number.value = show(c);
+    setSlider(row, show(c));
+    balance(row);
+    refreshTotal();
+    schedulePreview();
+  }
+
+  const KEYS = { ArrowUp: 1, ArrowRight: 1, PageUp: 1, ArrowDown: -1, ArrowLeft: -1, PageDown: -1 };
   for (const row of rows) {
-    row.slider.addEventListener("input", () => {
-      row.number.value = show(Math.round(Number(row.slider.value) * 100));
-      balance(row);
-      refreshTotal();
-      schedulePreview();
+    row.slider.addEventListener("input", () => slideTo(row, nearestStop(Number(row.slider.value))));
+    row.slider.addEventListener("keydown", (event) => {
+      let target = null;
+      if (event.key in KEYS) target = stepFrom(Number(row.slider.value), KEYS[event.key]);
+      else if (event.key === "Home") target = 0;
+      else if (event.key === "End") target = 100;
+      if (target === null) return;
+      event.preventDefault(); // the browser's own step would be 1% of the range, or 0.01
+      slideTo(row, target);
     });
     row.number.addEventListener("input", () => {
       const c = cents(row.number.value);
-      if (c !== null) row.slider.value = show(c);
+      if (c !== null) setSlider(row, show(c));
       if (c !== null) balance(row);
       refreshTotal();
       schedulePreview();

@@ -16,6 +16,7 @@ from fastapi import APIRouter, FastAPI, Response
 from fastapi.staticfiles import StaticFiles
 
 from control_plane.errors import NotFound
+from web.headers import SecurityHeaders
 from web.views import model, overview, session, traffic
 from web.views.pages import STATIC, VisitorDep, _PageRoute, _reader
 
@@ -29,6 +30,7 @@ def install(app: FastAPI) -> None:
     for page in (session, overview, model, traffic):
         app.include_router(page.router)
     app.include_router(router)  # last: its catch-all answers unknown /ui paths
+    app.add_middleware(SecurityHeaders)  # static files and /docs too, not only pages
 
 
 @router.get("/{rest:path}")

@@ -20,12 +20,14 @@ from control_plane.errors import (
 )
 from control_plane.registry import service as registry_service
 from control_plane.registry.models import VersionStatus
+from control_plane.registry.router import LivePoliciesDep
 from control_plane.registry.schemas import VersionUpdate
 from control_plane.traffic import service as traffic_service
 from control_plane.traffic.models import TrafficRevision
-from router.policy import Policy
+from web import coverage as version_coverage
 from web import figures as live_figures
 from web import forms
+from web import history
 from web.forms import Errors, RuleRow
 from web.views.pages import (
     HISTORY_PAGE,
@@ -39,7 +41,6 @@ from web.views.pages import (
     _reader,
     _redirect,
     _render,
-    _splits_text,
     fmt_weight,
     templates,
 )
@@ -63,20 +64,6 @@ def _target_label(event: Any, model: str) -> str:
     if event.target == model:
         return str(event.target_type)
     return str(event.target).removeprefix(model + "/")
-
-
-def _change_summary(event: Any) -> str:
-    before, after = event.before or {}, event.after or {}
-    if event.target_type == "traffic":
-        new, old = Policy.from_json(after), Policy.from_json(before)
-        text = _splits_text(new.splits)
-        if new.default_version != old.default_version and new.default_version:
-            text += f"; default {new.default_version}"
-        return text
-    changed = [k for k in after if k in before and after[k] != before[k] and k != "engines"]
-    if changed:
-        return "; ".join(f"{k}: {before[k]} → {after[k]}" for k in changed[:3])
-    return ""
 
 
 @dataclass
@@ -140,9 +127,11 @@ async def _model_page(request: Request, visitor: Visitor, db: Any, name: str, *,
                                                           before=revisions_before),
         "revisions_paged": revisions_before is not None, "events_paged": events_before is not None,
         "page_size": HISTORY_PAGE,
-        "events": [(e, _target_label(e, model.name), _change_summary(e))
+        "events": [(e, _target_label(e, model.name), history.changes(e.before, e.after))
                    for e in await audit_service.list(db, model=model.name, limit=HISTORY_PAGE,
                                                      before_id=events_before)],
+        "coverage": await version_coverage.load(db, model=model, versions=versions),
+        "default_note": traffic_service.default_note(current, anonymous=model.anonymous) if current else None,
         "figures": figures,
         "edit": edit, "errors": edit.errors if edit else {},
         "edit_default": edit.default_version if edit and edit.default_version else default,
@@ -192,5 +181,22 @@ async def set_warm(name: str, version: str, request: Request, visitor: VisitorDe
         await db.rollback()
         visitor.ui.flash("error", exc.message)
     else:
-        visitor.ui.flash("ok", f"Version {version} is {'kept warm' if warm else 'no longer kept warm'}.")
+        visitor.ui.flash(*await version_coverage.warm_message(db, model_name=name, version=version, warm=warm))
+    return _redirect(f"/ui/models/{quote(name)}#versions")
+
+
+@router.post("/models/{name}/versions/{version}/retire")
+async def retire_version(name: str, version: str, request: Request, visitor: VisitorDep, db: SessionDep,
+                         publisher: PublisherDep, policies: LivePoliciesDep) -> Response:
+    await _posted(request, visitor)
+    actor = _reader(visitor)
+    auth_service.authorize(actor, Permission.VERSIONS_OPERATE)
+    try:
+        await registry_service.retire_version(db, model_name=name, version=version, actor=actor,
+                                              publisher=publisher, policies=policies)
+    except Conflict as exc:
+        await db.rollback()
+        visitor.ui.flash("error", f"Not retired: {exc.message}.")
+    else:
+        visitor.ui.flash("ok", f"Version {version} is retired: it gets no traffic and its deployments are removed.")
     return _redirect(f"/ui/models/{quote(name)}#versions")

@@ -26,15 +26,16 @@ router = APIRouter(prefix="/ui", route_class=_PageRoute, include_in_schema=False
 
 
 def _pool_health(deployments: Sequence[tuple[Any, Any, Any]]) -> list[dict[str, Any]]:
-    """Per pool: how many of the model's deployments there are ready, and the worst phase."""
+    """Per pool: how many of the model's replicas there are ready, and the worst phase."""
     rank = {"bad": 3, "warn": 2, "muted": 1, "ok": 0}
     pools: dict[str, dict[str, Any]] = {}
     for deployment, version, pool in deployments:
         entry = pools.setdefault(pool.name, {"pool": pool.name, "gpu_arch": pool.gpu_arch, "ready": 0, "total": 0,
                                              "tone": "ok", "versions": []})
         tone = PHASE_TONE.get(deployment.phase, "warn")
-        entry["total"] += 1
-        entry["ready"] += deployment.phase == "Ready" and deployment.ready_replicas > 0
+        # Replicas, not deployments: "3/4 ready" should mean one replica is missing.
+        entry["total"] += deployment.desired_replicas
+        entry["ready"] += deployment.ready_replicas
         entry["versions"].append(f"{version.version}: {deployment.phase} "
                                  f"{deployment.ready_replicas}/{deployment.desired_replicas}")
         if rank[tone] > rank[entry["tone"]]:

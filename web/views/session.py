@@ -46,14 +46,17 @@ async def login(request: Request, visitor: VisitorDep, db: SessionDep) -> Respon
             if not actor.can(Permission.READ):
                 error = f"Tokens with the role {actor.role.value!r} cannot use the UI."
             else:
-                visitor.ui.sign_in(auth_service.hash_token(token))
+                visitor.ui.sign_in(await auth_service.start_browser_session(
+                    db, actor=actor, max_age_seconds=visitor.settings.session_max_age_seconds))
                 return _redirect(target)
     return _render(request, visitor, "login.html", {"next": target, "error": error}, 401)
 
 
 @router.post("/logout")
-async def logout(request: Request, visitor: VisitorDep) -> Response:
+async def logout(request: Request, visitor: VisitorDep, db: SessionDep) -> Response:
     await _posted(request, visitor, signed_in=False)
+    if visitor.ui.session_id is not None:
+        await auth_service.end_browser_session(db, session_id=visitor.ui.session_id)
     visitor.ui.sign_out()
     visitor.ui.flash("info", "Signed out.")
     return _redirect("/ui/login")

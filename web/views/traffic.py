@@ -31,6 +31,7 @@ from control_plane.traffic.preview import preview
 from control_plane.traffic.schemas import TrafficPut
 from control_plane.traffic.service import Action
 from router.routing import AllocationError, Range
+from web import coverage as version_coverage
 from web import forms
 from web.forms import Errors, FormInvalid, SplitRow
 from web.views.model import _Edit, _model_page
@@ -91,7 +92,10 @@ async def traffic_preview(name: str, request: Request, visitor: VisitorDep, db: 
     except AllocationError as exc:
         return JSONResponse({"ok": False, "errors": {"splits": [str(exc)]}, "live_revision": live})
     page_revision = forms.revision_of(params)
-    return JSONResponse({"ok": True, **result.as_dict(), "live_revision": live,
+    covered = await version_coverage.load(db, model=model)
+    warnings = covered.warnings(splits=version_coverage.weights_of(put), default=default if default != "-" else None,
+                                rule_versions=version_coverage.rule_targets(current.policy.rules if current else ()))
+    return JSONResponse({"ok": True, **result.as_dict(), "live_revision": live, "warnings": warnings,
                          "stale": page_revision is not None and page_revision != live})
 
 
@@ -120,6 +124,9 @@ async def _apply(request: Request, visitor: Visitor, db: Any, publisher: Any, *,
         else:
             errors = {"": [exc.message]}
         return await on_invalid(errors)
+    if written.revision == revision:  # identical to the live policy: nothing was written
+        visitor.ui.flash("info", f"Nothing changed: revision {written.revision} already is this policy.")
+        return _redirect(f"/ui/models/{quote(name)}#traffic")
     visitor.ui.flash("ok", f"{done} Revision {written.revision} is live: {_splits_text(written.policy.splits)}, "
                            f"default {written.policy.default_version}.")
     return _redirect(f"/ui/models/{quote(name)}#traffic")
@@ -169,7 +176,11 @@ async def _confirm_page(request: Request, visitor: Visitor, db: Any, *, name: st
     except AllocationError as exc:
         error = error or str(exc)
     versions = await registry_service.list_versions(db, model=model)
+    covered = await version_coverage.load(db, model=model, versions=versions)
+    warnings = covered.warnings(splits=version_coverage.weights_of(put), default=put.default_version,
+                                rule_versions=version_coverage.rule_targets(put.rules))
     return _render(request, visitor, "confirm.html", {
+        "warnings": warnings, "reason_required": action == "rollback",
         "model": model, "current": current, "action": action, "label": ACTIONS[action], "version": version,
         "source": source, "revision": revision if revision is not None else (current.revision if current else 0),
         "put": put, "after": put.policy().splits,
@@ -213,6 +224,8 @@ async def run_action(name: str, action: str, request: Request, visitor: VisitorD
 
     if len(reason) > 2000:
         return await refused({"reason": ["at most 2000 characters"]})
+    if action == "rollback" and not reason:  # the history must say why a canary was pulled
+        return await refused({"reason": ["say why you roll back; it is kept in the history"]})
     put, _ = await traffic_service.action_put(db, model=model, current=current, action=Action(action),
                                               version=version, source=source, reason=reason)
     done = {"promote": f"Promoted {version}.", "rollback": f"Rolled back {version}.",

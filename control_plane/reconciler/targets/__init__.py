@@ -32,6 +32,8 @@ class Observed:
     applied: bool = False
     # A permanent error for this deployment (the target will not retry it unchanged).
     error: str | None = None
+    # Why pods cannot start, as they report it (e.g. the engine fetch's termination message).
+    problem: str | None = None
 
 
 @dataclass

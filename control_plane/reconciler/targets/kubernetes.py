@@ -27,9 +27,22 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from control_plane.reconciler.desired import LABEL_MANAGED_BY, MANAGED_BY, DeploymentKey, DesiredDeployment
+from control_plane.reconciler.desired import (
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    DeploymentKey,
+    DesiredDeployment,
+)
 from control_plane.reconciler.targets import Observed, SyncReport, Wake
-from control_plane.reconciler.targets.manifests import DEFAULT_FETCH_IMAGE, SPEC_HASH, HTTP_PORT, Rendered, render
+from control_plane.reconciler.targets.manifests import (
+    ANNOTATION_ENGINE_SHA,
+    DEFAULT_FETCH_IMAGE,
+    HTTP_PORT,
+    SPEC_HASH,
+    Rendered,
+    render,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +54,10 @@ _MANAGED = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 _RETRYABLE_4XX = {408, 409, 429}
 # A rejected object is re-sent unchanged only this rarely (an admission policy may have changed).
 _REJECTED_RETRY_SECONDS = 600.0
+# Pods that wait for these reasons will not start without a change (a missing Secret, a bad image).
+_STUCK_REASONS = {"CreateContainerConfigError", "CreateContainerError", "ErrImagePull", "ImagePullBackOff",
+                  "InvalidImageName"}
+_PROBLEM_MAX = 512
 
 
 def load_api_client(*, pool_size: int = 32, kubeconfig: str | None = None) -> client.ApiClient:
@@ -92,6 +109,8 @@ class _Listing:
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Service name -> ready backend URLs.
     endpoints: dict[str, list[str]] = field(default_factory=dict)
+    # (deployment name, engine sha256) -> why its pending pods cannot start.
+    problems: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def _ready_urls(slice_: dict[str, Any]) -> list[str]:
@@ -106,6 +125,26 @@ def _ready_urls(slice_: dict[str, Any]) -> list[str]:
             host = f"[{address}]" if ":" in address else address
             urls.append(f"http://{host}:{port}")
     return urls
+
+
+def pod_problem(pod: dict[str, Any]) -> str | None:
+    """Why a pending pod cannot start, in its own words: a failed init container's termination message
+    (the engine fetch writes its one-line reason there), or a container stuck waiting."""
+    status = pod.get("status") or {}
+    for kind, statuses in (("init container", status.get("initContainerStatuses")),
+                           ("container", status.get("containerStatuses"))):
+        for st in statuses or ():
+            state, last = st.get("state") or {}, st.get("lastState") or {}
+            terminated = state.get("terminated") or (last.get("terminated") if state.get("waiting") else None)
+            if kind == "init container" and terminated and terminated.get("exitCode", 0) != 0:
+                reason = (terminated.get("message") or "").strip() or \
+                    f"{terminated.get('reason') or 'Error'} (exit code {terminated.get('exitCode')})"
+                return f"{kind} {st.get('name')} failed: {reason}"[:_PROBLEM_MAX]
+            waiting = state.get("waiting") or {}
+            if waiting.get("reason") in _STUCK_REASONS:
+                detail = f": {waiting['message']}" if waiting.get("message") else ""
+                return f"{kind} {st.get('name')} {waiting['reason']}{detail}"[:_PROBLEM_MAX]
+    return None
 
 
 def _listing(deployments: dict[str, Any], services: dict[str, Any], slices: dict[str, Any]) -> _Listing:
@@ -202,6 +241,7 @@ class KubernetesTarget:
                 report.transient_errors.append(f"listing namespace {ns}: {describe(exc)}")
         for ns in listings:
             self._ensure_watch(ns)
+        self._read_problems(by_ns, listings, report)
 
         writes: list[tuple[DeploymentKey | None, str, Future[Any]]] = []
         pending: set[DeploymentKey] = set()
@@ -267,8 +307,37 @@ class KubernetesTarget:
                 endpoints=urls,
                 applied=applied and (dep is not None or d.key in pending),
                 error=errors.get(d.key),
+                problem=listing.problems.get((d.name, d.engine.sha256)),
             )
         return report
+
+    def _read_problems(self, by_ns: dict[str, list[DesiredDeployment]], listings: dict[str, _Listing],
+                       report: SyncReport) -> None:
+        """Pending pods' reasons, read only where a deployment is short of ready pods, so a quiet
+        resync costs no extra request."""
+        short = sorted(
+            ns for ns, items in by_ns.items() if ns in listings and any(
+                int(((listings[ns].deployments.get(d.name) or {}).get("status") or {}).get("readyReplicas") or 0)
+                < d.replicas for d in items)
+        )
+        reads = {ns: self._pool.submit(self._raw, self.core.list_namespaced_pod, ns, label_selector=_MANAGED,
+                                       field_selector="status.phase=Pending") for ns in short}
+        for ns, fut in reads.items():
+            try:
+                pods = fut.result().get("items") or []
+            except Exception as exc:  # noqa: BLE001 - reasons are extra; the pass goes on without them
+                if is_transient(exc):
+                    report.transient_errors.append(f"listing pods in {ns}: {describe(exc)}")
+                else:  # e.g. a Role from before pods were read: status just lacks the reason
+                    log.warning("cannot read pods in %s for failure reasons: %s", ns, describe(exc))
+                continue
+            for pod in pods:
+                meta = pod.get("metadata") or {}
+                name = (meta.get("labels") or {}).get(LABEL_DEPLOYMENT)
+                sha = (meta.get("annotations") or {}).get(ANNOTATION_ENGINE_SHA, "")
+                problem = pod_problem(pod)
+                if name and problem:
+                    listings[ns].problems.setdefault((name, sha), problem)
 
     def _rendered_for(self, desired: list[DesiredDeployment], key: DeploymentKey, kind: str) -> dict[str, Any] | None:
         for d in desired:

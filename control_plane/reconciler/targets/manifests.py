@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from control_plane.reconciler import triton_config
 from control_plane.reconciler.desired import LABEL_DEPLOYMENT, DesiredDeployment
 
 SPEC_HASH = "grayroute.io/spec-hash"
@@ -19,19 +20,52 @@ HTTP_PORT = 8000
 GRPC_PORT = 8001
 METRICS_PORT = 8002
 DEFAULT_RUNTIME_IMAGE = "nvcr.io/nvidia/tritonserver:24.08-py3"
-# curl plus busybox sha256sum, running as a non-root user.
-DEFAULT_FETCH_IMAGE = "curlimages/curl:8.10.1"
+# The init container runs the grayroute image itself (`grayroute engine fetch`); the chart passes the
+# image it installed, this is the fallback for a reconciler started by hand.
+DEFAULT_FETCH_IMAGE = "grayroute:0.1.0"
 _UID = 1000
+MODEL_REPOSITORY = "/models"
+TERMINATION_LOG = "/dev/termination-log"
+# A credentials Secret's keys become the fetch's environment and files here (a GCS key file, a CA bundle).
+CREDENTIALS_DIR = "/var/run/grayroute/credentials"
+ANNOTATION_ENGINE_SHA = "grayroute.io/engine-sha256"
 
-# Fetches the engine into the model repository and refuses a wrong checksum,
-# so a corrupted or swapped artifact never becomes ready.
-_FETCH_SCRIPT = """set -eu
-dir="/models/$MODEL_NAME/1"
-mkdir -p "$dir"
-curl -fsSL --retry 5 --retry-delay 2 -o "$dir/model.plan" "$ENGINE_URI"
-echo "$ENGINE_SHA256  $dir/model.plan" | sha256sum -c -
-printf 'name: "%s"\\nplatform: "tensorrt_plan"\\n' "$MODEL_NAME" > "/models/$MODEL_NAME/config.pbtxt"
-"""
+
+def fetch_container(d: DesiredDeployment, *, image: str) -> dict[str, Any]:
+    """The init container: fetch and verify the engine, then write Triton's config next to it.
+
+    A failure's one-line reason goes to the termination message, which the
+    target reads back into the deployment's status.
+    """
+    model_dir = f"{MODEL_REPOSITORY}/{d.model}"
+    args = ["engine", "fetch", d.engine.uri, "--sha256", d.engine.sha256]
+    if d.engine.size_bytes is not None:
+        args += ["--size", str(d.engine.size_bytes)]
+    args += [
+        "--dest", f"{model_dir}/1/model.plan",
+        "--model-config", f"{model_dir}/config.pbtxt",
+        "--model-config-text", triton_config.render(d.model, d.signature, d.batching),
+        "--message-file", TERMINATION_LOG,
+    ]
+    container: dict[str, Any] = {
+        "name": "fetch-engine",
+        "image": image,
+        "command": ["grayroute"],
+        "args": args,
+        # Cloud SDKs look for config and caches under $HOME; only /tmp is writable.
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "File",
+        "volumeMounts": [{"name": "models", "mountPath": MODEL_REPOSITORY}, {"name": "tmp", "mountPath": "/tmp"}],
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": _container_security(),
+    }
+    if d.pool.credentials_secret:
+        # By reference only: the Secret's values never pass through grayroute.
+        container["envFrom"] = [{"secretRef": {"name": d.pool.credentials_secret}}]
+        container["volumeMounts"].append({"name": "engine-credentials", "mountPath": CREDENTIALS_DIR,
+                                          "readOnly": True})
+    return container
 
 
 @dataclass(frozen=True)
@@ -70,18 +104,25 @@ def render(d: DesiredDeployment, *, namespace: str, fetch_image: str = DEFAULT_F
     labels = dict(d.labels)
     meta = {"name": d.name, "namespace": namespace, "labels": labels}
     image = d.pool.runtime_image or DEFAULT_RUNTIME_IMAGE
+    volumes: list[dict[str, Any]] = [{"name": "models", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    if d.pool.credentials_secret:
+        volumes.append({"name": "engine-credentials", "secret": {"secretName": d.pool.credentials_secret}})
     deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": dict(meta, annotations={"grayroute.io/engine-sha256": d.engine.sha256}),
+        "metadata": dict(meta, annotations={ANNOTATION_ENGINE_SHA: d.engine.sha256}),
         "spec": {
             "replicas": d.replicas,
             "selector": {"matchLabels": {LABEL_DEPLOYMENT: d.name}},
             # Never drop below the desired count while new pods warm up.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
-                "metadata": {"labels": labels},
+                # The annotation tells this engine's pods from those of a replaced one.
+                "metadata": {"labels": labels, "annotations": {ANNOTATION_ENGINE_SHA: d.engine.sha256}},
                 "spec": {
+                    # IRSA and GKE Workload Identity bind the cloud identity to this account; the
+                    # Kubernetes API token itself is never needed.
+                    **({"serviceAccountName": d.pool.service_account} if d.pool.service_account else {}),
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": {
@@ -93,20 +134,7 @@ def render(d: DesiredDeployment, *, namespace: str, fetch_image: str = DEFAULT_F
                     },
                     "nodeSelector": dict(d.pool.node_selector),
                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                    "initContainers": [
-                        {
-                            "name": "fetch-engine",
-                            "image": fetch_image,
-                            "command": ["sh", "-c", _FETCH_SCRIPT],
-                            "env": [
-                                {"name": "MODEL_NAME", "value": d.model},
-                                {"name": "ENGINE_URI", "value": d.engine.uri},
-                                {"name": "ENGINE_SHA256", "value": d.engine.sha256},
-                            ],
-                            "volumeMounts": [{"name": "models", "mountPath": "/models"}],
-                            "securityContext": _container_security(),
-                        }
-                    ],
+                    "initContainers": [fetch_container(d, image=fetch_image)],
                     "containers": [
                         {
                             "name": "triton",
@@ -147,7 +175,7 @@ def render(d: DesiredDeployment, *, namespace: str, fetch_image: str = DEFAULT_F
                             "securityContext": _container_security(),
                         }
                     ],
-                    "volumes": [{"name": "models", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+                    "volumes": volumes,
                 },
             },
         },

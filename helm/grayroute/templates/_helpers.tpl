@@ -104,14 +104,22 @@ fromJsonArray.
 {{- if and (not $namespace) (eq .kind "kubernetes") -}}
 {{- $namespace = $.Release.Namespace -}}
 {{- end -}}
-{{- $pools = append $pools (dict
+{{- $pool := dict
       "name" .name
       "gpu_arch" .gpuArch
       "kind" .kind
       "namespace" ($namespace | default nil)
       "node_selector" (.nodeSelector | default dict)
       "runtime_image" (.runtimeImage | default nil)
-      "trt_version" (.trtVersion | default nil)) -}}
+      "trt_version" (.trtVersion | default nil)
+      "allowed_endpoints" (.allowedEndpoints | default list) -}}
+{{- with .engineCredentials -}}
+{{- $credentials := dict -}}
+{{- with .serviceAccount }}{{ $_ := set $credentials "service_account" . }}{{ end -}}
+{{- with .secret }}{{ $_ := set $credentials "secret" . }}{{ end -}}
+{{- $_ := set $pool "engine_credentials" $credentials -}}
+{{- end -}}
+{{- $pools = append $pools $pool -}}
 {{- end -}}
 {{- toPrettyJson $pools -}}
 {{- end -}}
@@ -122,8 +130,25 @@ fromJsonArray.
 - name: {{ index . 0 }}
   valueFrom:
     secretKeyRef:
-      name: {{ required (printf "%s.name is required: the name of an existing Secret" (index . 2)) $ref.name | quote }}
+      name: {{ required (printf "Set %s.name to the name of an existing Secret (see the chart's README, Install)." (index . 2)) $ref.name | quote }}
       key: {{ $ref.key | quote }}
+{{- end -}}
+
+{{/*
+The Secrets the chart reads but never creates; a missing name stops rendering
+with one sentence naming every missing value (a JSON-schema "required" would
+only say "missing property 'name'").
+*/}}
+{{- define "grayroute.checkSecrets" -}}
+{{- $missing := list -}}
+{{- range $key := list "database" "redis" "sessionKey" "routerToken" -}}
+{{- if not (get (get $.Values.secrets $key | default dict) "name") -}}
+{{- $missing = append $missing (printf "secrets.%s.name" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- if $missing -}}
+{{- fail (printf "Set %s to the names of existing Secrets in the release namespace: the chart reads credentials only from Secrets you create (see the chart's README, Install; ci/default-values.yaml holds names for linting)." (join ", " $missing)) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "grayroute.env.logLevel" -}}
@@ -136,6 +161,7 @@ fromJsonArray.
 {{- end -}}
 
 {{- define "grayroute.env.redis" -}}
+{{- include "grayroute.checkSecrets" . -}}
 {{ include "grayroute.secretEnv" (list "GRAYROUTE_REDIS_URL" .Values.secrets.redis "secrets.redis") }}
 {{- end -}}
 
@@ -149,6 +175,7 @@ Jobs, reconciler). The session key goes with the database URL because the
 settings object refuses a default secret outside the embedded demo.
 */}}
 {{- define "grayroute.env.backend" -}}
+{{- include "grayroute.checkSecrets" . -}}
 {{ include "grayroute.env.logLevel" . }}
 {{ include "grayroute.env.database" . }}
 {{ include "grayroute.env.redis" . }}
