@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     # Secure cookies need HTTPS; the embedded demo runs on plain loopback HTTP.
     cookie_secure: bool = False
     # Stats merged from routers are kept this long.
-    stats_retention_seconds: int = 3600
+    stats_retention_seconds: int = 6 * 3600
     state_dir: Path = Path(".grayroute")
     # Largest request body accepted (413 above), checked from Content-Length and while a chunked body
     # streams. 1 MiB holds the largest traffic policy the schema admits (about 0.55 MB) twice over.

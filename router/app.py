@@ -26,12 +26,13 @@ import redis.asyncio as aioredis
 from router import errors
 from router.budget import RetryBudget
 from router.config import SnapshotSource
-from router.metrics import Recorder, SharedDirectory, merge_dumps, render
+from router.metrics import NOWHERE, Recorder, SharedDirectory, Where, merge_dumps, render
 from router.parity import ParityRecorder, ParityReporter
 from router.reporter import StatsReporter
-from router.routing import Route, decide
+from router.routing import Decision, Route, decide
 from router.settings import CREDENTIAL_HEADERS, RouterSettings
 from router.shadow import Mirror
+from router.stats import NO_BACKEND, SHED
 from router.table import Backends, ModelTable, RoutingTable, VersionGroup
 from router.upstream import Backend, Response
 
@@ -93,6 +94,8 @@ class RouterApp:
     def _swap(self, table: RoutingTable) -> None:
         self.table = table  # one assignment: requests see the old table or the new one
         self.recorder.revision = table.revision
+        self.recorder.defaults = {name: m.routing.default_version for name, m in table.models.items()
+                                  if m.routing.default_version is not None}
 
     async def startup(self) -> None:
         settings = self.settings
@@ -306,6 +309,8 @@ class RouterApp:
                         f"no such version: model {model.name!r} has no version {explicit!r}",
                         {"model": model.name, "version": explicit},
                     )
+                # the assigned version counts the failure: the last retried one's kind, else "no backend"
+                self._unserved(model, decision, explicit, started, failure.kind if failure is not None else NO_BACKEND)
                 if failure is not None:
                     raise failure  # what went wrong says more than "no backend left"
                 if decision.route is Route.UNKNOWN_VERSION:
@@ -324,13 +329,14 @@ class RouterApp:
                 ready = ready - {version}
                 decision = decide(model.routing, decision_headers, ready, explicit_version=explicit)
                 continue
+            where = group.where.get(backend, NOWHERE)
             if group.panic:
                 self.recorder.panicked(model.name, version)
             try:
                 response = await backend.request(scope["method"], target, forwarded, body, self.timeout)
             except errors.ConnectError as exc:
                 # nothing was sent: another backend or the fallback version may take it, within the budget
-                self._upstream_failed(model, group, version, backend, exc)
+                self._upstream_failed(model, group, version, backend, exc, where)
                 tried.append(backend)
                 if retries < _MAX_RETRIES:
                     if budget.withdraw():
@@ -340,23 +346,25 @@ class RouterApp:
                         self.recorder.retried(model.name, version, exc.kind)
                         continue
                     self.recorder.retry_denied(model.name, version)
-                await self._failed(send, exc, model, version, decision.route_header, decision.chosen, started)
+                await self._failed(send, exc, model, decision, version, where, exc.kind, started)
                 return
             except errors.Overloaded as exc:
                 self.recorder.shed_load(model.name, version, exc.reason)
-                await self._failed(send, exc, model, version, decision.route_header, decision.chosen, started)
+                await self._failed(send, exc, model, decision, version, where, SHED, started)
                 return
             except errors.UpstreamError as exc:
-                self._upstream_failed(model, group, version, backend, exc)
-                await self._failed(send, exc, model, version, decision.route_header, decision.chosen, started)
+                self._upstream_failed(model, group, version, backend, exc, where)
+                await self._failed(send, exc, model, decision, version, where, exc.kind, started)
                 return
             backend.failures = 0
             break
 
         route = decision.route_header
         await self._respond(send, response, version, route)
+        # assigned: what the split, rule or explicit path chose, even when another version served
         self.recorder.observe(
-            model.name, version, route, response.status, time.perf_counter() - started, decision.chosen
+            model.name, decision.chosen or version, version, where, route, response.status,
+            time.perf_counter() - started,
         )
         shadow = model.shadow
         if shadow is not None and response.status == 200 and version != shadow.version and scope["method"] == "POST":
@@ -369,20 +377,33 @@ class RouterApp:
                        arch.get(mirror_backend.url, "") if mirror_backend is not None else "")
                 self.mirror.offer(key, mirror_backend, scope["method"], target, forwarded, body, response)
 
-    def _upstream_failed(
-        self, model: ModelTable, group: VersionGroup, version: str, backend: Backend, exc: errors.UpstreamError
-    ) -> None:
-        self.recorder.upstream_error(model.name, version, exc.kind)
-        group.failed(backend, exc, eject_after=self.eject_after)
-
     async def _failed(
-        self, send: Send, exc: errors.RouterError, model: ModelTable, version: str, route: str,
-        chosen: str | None, started: float,
+        self, send: Send, exc: errors.RouterError, model: ModelTable, decision: Decision, version: str,
+        where: Where, kind: str, started: float,
     ) -> None:
-        """Answer a request the version it was routed to could not serve (it still counts there)."""
-        self.recorder.observe(model.name, version, route, exc.status, time.perf_counter() - started, chosen)
+        """Answer a request the version it was routed to could not serve: it counts against the assigned
+        version (with ``kind``), served by ``version`` at ``where``."""
+        self.recorder.observe(
+            model.name, decision.chosen or version, version, where, decision.route_header, exc.status,
+            time.perf_counter() - started, kind,
+        )
         exc.details = {"model": model.name, "version": version}
-        await _send_error(send, exc, version, route)
+        await _send_error(send, exc, version, decision.route_header)
+
+    def _unserved(
+        self, model: ModelTable, decision: Decision, explicit: str | None, started: float, kind: str
+    ) -> None:
+        """No version could serve: the assigned one (if the snapshot knows it) counts the failure."""
+        assigned = explicit if decision.route is Route.UNKNOWN_VERSION else decision.chosen
+        if assigned is not None and assigned in model.groups:  # never a label a client made up
+            self.recorder.unserved(model.name, assigned, decision.route.value, time.perf_counter() - started, kind)
+
+    def _upstream_failed(
+        self, model: ModelTable, group: VersionGroup, version: str, backend: Backend, exc: errors.UpstreamError,
+        where: Where,
+    ) -> None:
+        self.recorder.upstream_error(model.name, version, where, exc.kind)
+        group.failed(backend, exc, eject_after=self.eject_after)
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         message = await receive()

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from router.metrics import Recorder
-from router.stats import LATENCY_BOUNDS_MS, REDIS_KEY_PREFIX, REDIS_TTL_SECONDS
+from router.stats import LATENCY_BOUNDS_MS, CellKey, VersionWindow, queue_slot_writes, report_models
 
 log = logging.getLogger("grayroute.router.reporter")
 
@@ -44,7 +44,7 @@ class StatsReporter:
         self.control_plane = control_plane
         self.token = token
         self.sent = 0
-        self.spool: deque[dict[str, Any]] = deque()
+        self.spool: deque[tuple[dict[str, Any], dict[str, dict[CellKey, VersionWindow]]]] = deque()
         self.spool_size = spool
         self.dropped = 0
         self._http: aiohttp.ClientSession | None = None
@@ -58,33 +58,35 @@ class StatsReporter:
             await asyncio.sleep(self.interval)
             await self.flush()
 
-    def build(self) -> dict[str, Any] | None:
+    def build(self) -> tuple[dict[str, Any], dict[str, dict[CellKey, VersionWindow]]] | None:
+        """Close the current window: the report to POST, and its cells per model for Redis."""
         start, end, window = self.recorder.take_window()
         if not window:
             return None
-        models: dict[str, dict[str, Any]] = {}
-        for (model, version), cell in window.items():
-            models.setdefault(model, {})[version] = cell.as_report()
-        return {
+        cells: dict[str, dict[CellKey, VersionWindow]] = {}
+        for (model, *key), cell in window.items():
+            cells.setdefault(model, {})[(key[0], key[1], key[2], key[3])] = cell
+        report = {
             "router": self.router_id,
             "window_start": start,
             "window_end": end,
             "bounds_ms": list(LATENCY_BOUNDS_MS),
-            "models": models,
+            "models": report_models(window),
         }
+        return report, cells
 
     async def flush(self) -> bool:
         """Close the current window and deliver it with any spooled ones; False when some wait on."""
         latest = self.build()
         if latest is not None:
-            self.spool.append(latest)
+            self.spool.append(latest)  # the report and its slot cells: Redis needs the cells, the POST the report
         use_redis = self.redis is not None
         while self.spool:
-            report = self.spool[0]
+            report, cells = self.spool[0]
             delivered = False
             if use_redis:
                 try:
-                    await asyncio.wait_for(self._to_redis(report), 2.0)
+                    await asyncio.wait_for(self._to_redis(report, cells), 2.0)
                     delivered = True
                 except (RedisError, OSError, TimeoutError) as exc:
                     log.warning("stats to redis failed (%s); posting to the control plane", exc)
@@ -105,21 +107,12 @@ class StatsReporter:
         if self.dropped == 1 or self.dropped % 100 == 0:
             log.warning("stats spool full: %d reports dropped so far", self.dropped)
 
-    async def _to_redis(self, report: dict[str, Any]) -> None:
+    async def _to_redis(self, report: dict[str, Any], cells: dict[str, dict[CellKey, VersionWindow]]) -> None:
         assert self.redis is not None
-        end = report["window_end"]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for model, versions in report["models"].items():
-                key = REDIS_KEY_PREFIX + model
-                member = orjson.dumps({
-                    "router": report["router"],
-                    "window_start": report["window_start"],
-                    "window_end": end,
-                    "versions": versions,
-                })
-                pipe.zadd(key, {member: end})
-                pipe.zremrangebyscore(key, "-inf", end - REDIS_TTL_SECONDS)
-                pipe.expire(key, REDIS_TTL_SECONDS)
+            for model, model_cells in cells.items():
+                queue_slot_writes(pipe, model=model, router=report["router"], window_end=report["window_end"],
+                                  cells=model_cells)
             await pipe.execute()
 
     async def _to_control_plane(self, report: dict[str, Any]) -> bool:

@@ -245,7 +245,9 @@ class Decision(NamedTuple):
     route: Route
     bucket: int | None = None
     rule: str | None = None
-    chosen: str | None = None  # what rules or split picked before a fallback
+    # what rules or split picked before a fallback; also set when a matching rule's version had
+    # no ready backend and a later rule or the split served instead (the users the rule assigned)
+    chosen: str | None = None
 
     @property
     def route_header(self) -> str:
@@ -277,13 +279,16 @@ def decide(
 
     key = headers.get(model.key_header) or None
     rules = model.rules
+    missed = None  # the version of the first matching rule that had no ready backend
     # most requests match no rule: two C-level set probes instead of walking every rule
     # (isdisjoint walks ``headers``, which the router fills with just the headers rules read)
     if rules and (key in model.rule_keys or not model.rule_headers.isdisjoint(headers)):
         for rule in rules:
             value = key if rule.header is None else headers.get(rule.header)
-            if value is not None and value in rule.values and rule.version in ready:
-                return Decision(rule.version, Route.RULE, rule=rule.name)
+            if value is not None and value in rule.values:
+                if rule.version in ready:
+                    return Decision(rule.version, Route.RULE, rule=rule.name, chosen=missed)
+                missed = missed or rule.version
 
     bucket: int | None
     chosen: str | None
@@ -292,7 +297,7 @@ def decide(
         owner_of = model.owner_of
         chosen = owner_of[keyed] if owner_of else model.owner(keyed)
         if chosen in ready:
-            return _new_decision(Decision, (chosen, _SPLIT, keyed, None, None))
+            return _new_decision(Decision, (chosen, _SPLIT, keyed, None, missed))
         bucket, route = keyed, _SPLIT
     else:
         if model.anonymous_default:
@@ -301,8 +306,9 @@ def decide(
             bucket, route = (rng or random).randrange(BUCKETS), Route.ANONYMOUS
         chosen = model.default_version if bucket is None else model.owner(bucket)
         if chosen is not None and chosen in ready:
-            return Decision(chosen, route, bucket=bucket)
+            return Decision(chosen, route, bucket=bucket, chosen=missed)
 
+    chosen = missed or chosen  # a rule's users stay that rule's version's users while it is down
     default = model.default_version
     if default is not None and default in ready:
         return Decision(default, Route.FALLBACK, bucket=bucket, chosen=chosen)

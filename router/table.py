@@ -28,11 +28,14 @@ class VersionGroup:
     version's backends are down it is not ready, and routing falls back.
     """
 
-    __slots__ = ("backends", "live", "max_ejected", "panic", "version")
+    __slots__ = ("backends", "live", "max_ejected", "panic", "version", "where")
 
-    def __init__(self, version: str, backends: Sequence[Backend], *, max_ejected_share: float = 0.5) -> None:
+    def __init__(self, version: str, backends: Sequence[Backend], where: Sequence[tuple[str, str]] = (), *,
+                 max_ejected_share: float = 0.5) -> None:
         self.version = version
         self.backends = tuple(backends)
+        # each backend's (pool, gpu_arch) from the snapshot: the labels its requests are counted under
+        self.where: dict[Backend, tuple[str, str]] = dict(zip(self.backends, where or [("", "")] * len(backends)))
         # at most this many ejected at once; never all (the last healthy one stays in)
         self.max_ejected = int(max_ejected_share * len(self.backends))
         self.live: list[Backend] = []
@@ -162,6 +165,7 @@ class Backends:
             arch: dict[str, str] = {}
             for version, routes in spec.versions.items():
                 backends = []
+                where = []
                 for endpoint in routes.endpoints:
                     arch[endpoint.url] = endpoint.gpu_arch
                     backend = self.by_url.get(endpoint.url)
@@ -171,7 +175,8 @@ class Backends:
                                           max_pending=self.max_pending, queue_timeout=self.queue_timeout)
                         self.by_url[endpoint.url] = backend
                     backends.append(backend)
-                groups[version] = VersionGroup(version, backends, max_ejected_share=self.max_ejected_share)
+                    where.append((endpoint.pool, endpoint.gpu_arch))
+                groups[version] = VersionGroup(version, backends, where, max_ejected_share=self.max_ejected_share)
             shadow = ShadowTarget(spec.salt, spec.shadow.version, spec.shadow.percent) if spec.shadow else None
             models[name] = ModelTable(name, spec.routing(name), groups, shadow, arch)
         return RoutingTable(snapshot.revision, models, raw)

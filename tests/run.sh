@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # The test command. On a fresh Debian machine (as root) it installs what the
-# tests need — Postgres, Redis, Chromium, nginx and wrk for the benchmarks —
+# tests need — Postgres, Redis, Chromium, promtool, nginx and wrk for the benchmarks —
 # builds a virtual environment from pyproject.toml and runs pytest. The tests
 # start their own Postgres and Redis on loopback (tests/services.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debian_packages=(postgresql redis-server chromium nginx wrk)
+debian_packages=(postgresql redis-server chromium nginx wrk prometheus)
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v chromium >/dev/null || missing+=(chromium)
 { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null || missing+=(nginx)  # benchmarks only
 command -v wrk >/dev/null || missing+=(wrk)  # benchmarks only
+command -v promtool >/dev/null || missing+=(prometheus)  # promtool checks and unit-tests the chart's alert rules
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages: ${missing[*]} (run as root, or install them: apt-get install -y ${debian_packages[*]})" >&2

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from html import escape
 
@@ -63,5 +65,68 @@ def sparkline(series: Sequence[tuple[str, str, Sequence[float | None]]], *, titl
             pen_down = True
         if path:
             parts.append(f'<path d="{" ".join(path)}" fill="none" stroke="{escape(color)}" stroke-width="1.6"/>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    label: str
+    color: str
+    points: Sequence[float | None]  # one per timestamp; None: no figure there (a gap in the line)
+    dashed: bool = False
+
+
+def _ticks(top: float) -> list[float]:
+    """Three or four round values from 0 to at least ``top``."""
+    if top <= 0:
+        return [0.0, 1.0]
+    raw = top / 3
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    return [step * i for i in range(int(math.ceil(top / step - 1e-9)) + 1)]
+
+
+def timeseries(lines: Sequence[Line], timestamps: Sequence[float], *, title: str,
+               fmt: Callable[[float], str], width: int = 560, height: int = 170) -> Markup:
+    """Lines over time with a value axis (round ticks) and a UTC time axis; gaps where a point is None."""
+    left, right, top_pad, bottom = 56, 10, 8, 22
+    plot_w, plot_h = width - left - right, height - top_pad - bottom
+    values = [v for line in lines for v in line.points if v is not None]
+    ticks = _ticks(max(values, default=0.0))
+    top = ticks[-1] or 1.0
+    n = len(timestamps)
+    parts = [f'<svg class="chart series" role="img" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>']
+    for tick in ticks:
+        y = top_pad + plot_h * (1 - tick / top)
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" class="chart-grid"/>'
+                     f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="chart-tick">'
+                     f"{escape(fmt(tick))}</text>")
+    parts.append(f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{width - right}" y2="{top_pad + plot_h}" '
+                 f'class="chart-axis"/>')
+    if n:
+        step = plot_w / max(1, n - 1)
+        for i in sorted({0, n // 3, 2 * n // 3, n - 1}):
+            x = left + i * step
+            label = time.strftime("%H:%M", time.gmtime(timestamps[i]))
+            anchor = "start" if i == 0 else "end" if i == n - 1 else "middle"
+            parts.append(f'<text x="{x:.1f}" y="{height - 6}" text-anchor="{anchor}" class="chart-tick">{label}'
+                         f"{' UTC' if i == n - 1 else ''}</text>")
+        for line in lines:
+            path: list[str] = []
+            pen_down = False
+            for i, value in enumerate(line.points):
+                if value is None:
+                    pen_down = False
+                    continue
+                x = left + i * step
+                y = top_pad + plot_h * (1 - value / top)
+                path.append(f"{'L' if pen_down else 'M'}{x:.1f},{y:.1f}")
+                pen_down = True
+            if path:
+                dash = ' stroke-dasharray="5 3"' if line.dashed else ""
+                parts.append(f'<path d="{" ".join(path)}" fill="none" stroke="{escape(line.color)}" '
+                             f'stroke-width="1.8"{dash}><title>{escape(line.label)}</title></path>')
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import threading
@@ -25,6 +26,8 @@ import numpy as np
 
 from control_plane.reconciler import onnx_model
 from control_plane.reconciler.warmup import sample_shape
+
+log = logging.getLogger("grayroute.engine_server")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -155,8 +158,9 @@ def _wants_binary(body: dict[str, Any]) -> bool:
 class App:
     """The v2 HTTP surface over one :class:`Engine`."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, where: str = "") -> None:
         self.engine = engine
+        self.where = where
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -189,9 +193,14 @@ class App:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 # Warm-up runs before the server reports ready; it is quick but CPU bound.
+                started = time.perf_counter()
                 await asyncio.get_running_loop().run_in_executor(None, self.engine.warm_up)
+                log.info("%s version %s (%s) ready on %s: warm-up took %.0f ms", self.engine.model,
+                         self.engine.version, self.engine.precision, self.where,
+                         (time.perf_counter() - started) * 1000)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                log.info("%s version %s on %s stopping", self.engine.model, self.engine.version, self.where)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -218,6 +227,7 @@ class App:
         if method == "GET" and tail == []:
             return 200, engine.metadata()
         if method == "GET" and tail == ["ready"]:
+            log.debug("readiness probe: %s", "ready" if engine.ready else "not ready")  # every few seconds
             return (200 if engine.ready else 503), {"name": name, "ready": engine.ready}
         if method == "POST" and tail == ["infer"]:
             raw = await _read_body(receive)
@@ -249,6 +259,7 @@ def _exit_with_parent(parent_pid: int) -> None:
     def watch() -> None:
         while True:
             if os.getppid() != parent_pid:
+                log.warning("the reconciler that started this server is gone; exiting")
                 os._exit(0)
             time.sleep(0.5)
 
@@ -265,12 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, default=Path(".grayroute") / "models")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is no longer the parent")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="debug: every readiness probe too")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import uvicorn
 
     if args.parent_pid:
         _exit_with_parent(args.parent_pid)
+    log.info("loading %s version %s (%s)", args.model, args.version, args.precision)
     engine = Engine(
         model=args.model,
         version=args.version,
@@ -278,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir=args.model_dir,
         threads=args.threads,
     )
-    uvicorn.run(App(engine), host=args.host, port=args.port, log_level="warning", lifespan="on", access_log=False)
+    uvicorn.run(App(engine, f"{args.host}:{args.port}"), host=args.host, port=args.port, log_level="warning", lifespan="on", access_log=False)
     return 0
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from control_plane.deployments.models import Phase
 from control_plane.reconciler import desired, status
 from control_plane.reconciler.desired import DeploymentKey, Inputs
 from control_plane.reconciler.targets import SyncReport, Target
@@ -94,6 +95,8 @@ class Reconciler:
         self.last_success: float | None = None
         self.heartbeat = time.monotonic()
         self._wake = asyncio.Event()
+        # each deployment's last (phase, name), to log what changed rather than every pass
+        self._seen: dict[DeploymentKey, tuple[Phase, str]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------ waking
@@ -126,9 +129,34 @@ class Reconciler:
         report = await self.target.sync(plan.deployments)
         rows = status.rows(plan, report, drain=self.drain)
         changed = await self.store.save(rows, plan.removed, kind=kind)
+        self._log_events(plan, rows)
         result = PassResult(report, changed, time.monotonic() - started, list(report.transient_errors))
         self.passes += 1
         return result
+
+    def _log_events(self, plan: desired.Plan, rows: list[status.StatusRow]) -> None:
+        """One line per change a person cares about: started, ready, draining, failed, deleted."""
+        names = {d.key: d.name for d in plan.deployments}
+        for row in rows:
+            name = names.get(row.key, f"version {row.version_id} on pool {row.pool_id}")
+            before = self._seen.get(row.key)
+            self._seen[row.key] = (row.phase, name)
+            if before is not None and before[0] is row.phase:
+                continue
+            if row.phase is Phase.READY:
+                log.info("deployment %s ready (%s)", name, row.message)
+            elif row.phase is Phase.DRAINING:
+                log.info("deployment %s draining: %s", name, row.message)
+            elif row.phase is Phase.FAILED:
+                log.warning("deployment %s failed: %s", name, row.message)
+            elif before is None:
+                log.info("deployment %s started (%d replica%s)", name, row.desired_replicas,
+                         "" if row.desired_replicas == 1 else "s")
+            else:
+                log.info("deployment %s not ready: %s", name, row.message)
+        for key in plan.removed:
+            gone = self._seen.pop(key, None)
+            log.info("deployment %s deleted", gone[1] if gone else f"version {key[0]} on pool {key[1]}")
 
     # ------------------------------------------------------------ the loop
 

@@ -13,6 +13,8 @@ What it measures, on one machine (the load generator shares the CPU with what it
   paced generator (asyncio + uvloop, keep-alive connections, latency timed from each
   request's send) drives direct, nginx and router in turn; added = router - direct;
 - the in-process routing decision: ``decide`` with 3 versions and 3 rules;
+- the in-process accounting of one answered request: the backend's (pool, gpu_arch)
+  lookup and ``Recorder.observe`` (assigned and serving version, pool, architecture);
 - propagation: 4 router processes subscribed to a real Redis; the time from a
   published traffic change (SET + PUBLISH) until each router serves the new revision.
 """
@@ -238,6 +240,40 @@ def decision_time(rounds: int = 15, per_round: int = 100_000) -> float:
     return best * 1e6
 
 
+def accounting_time(rounds: int = 15, per_round: int = 100_000) -> float:
+    """Best of ``rounds`` of ``per_round`` accounted requests (the per-request work after the answer), in us."""
+    return asyncio.run(_accounting_time(rounds, per_round))
+
+
+async def _accounting_time(rounds: int, per_round: int) -> float:
+    import gc
+
+    from router.metrics import NOWHERE, Recorder
+    from router.table import VersionGroup
+
+    groups = {v: VersionGroup(v, [Backend(f"http://127.0.0.1:{9000 + i}/{v}") for i in range(2)],
+                              [("a100", "sm_80"), ("h100", "sm_90")]) for v in ("3", "4")}
+    recorder = Recorder()
+    # 95/5 split, two pools each, 1% fallbacks to the default
+    requests = []
+    for i in range(1000):
+        served = "4" if i % 20 == 0 else "3"
+        chosen = "4" if i % 100 == 1 else None
+        requests.append((groups[served], groups[served].backends[i % 2], served, chosen, 0.0012 + (i % 7) / 1000))
+    gc.collect()
+    gc.freeze()
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(per_round // len(requests)):
+            for group, backend, version, chosen, seconds in requests:
+                where = group.where.get(backend, NOWHERE)
+                recorder.observe("resnet50", chosen or version, version, where, "split", 200, seconds)
+        best = min(best, (time.perf_counter() - started) / per_round)
+    gc.unfreeze()
+    return best * 1e6
+
+
 async def _propagation(ports: list[int], redis_url: str, b3: int, b4: int, rounds: int) -> list[float]:
     import redis.asyncio as aioredis
 
@@ -350,8 +386,9 @@ def main() -> int:
             for _, router in router_ports.values():
                 procs.stop(router)
 
-            print("decision time…", file=sys.stderr)
+            print("decision and accounting time…", file=sys.stderr)
             decision_us = decision_time()
+            accounting_us = accounting_time()
 
             print("propagation (4 routers, real Redis)…", file=sys.stderr)
             redis = RedisServer.start()
@@ -392,6 +429,8 @@ def main() -> int:
               f"{r['p50_ms'] - direct['p50_ms']:>10.3f} {r['p99_ms'] - direct['p99_ms']:>10.3f}")
     print()
     print(f"routing decision (3 versions, 3 rules, in process): {decision_us * 1000:.0f} ns")
+    print(f"accounting one request (assigned + served version, pool, gpu_arch; in process): "
+          f"{accounting_us * 1000:.0f} ns")
     print(f"snapshot propagation to 4 routers via Redis ({len(propagation)} samples): "
           f"p50 {percentile(propagation, 0.5):.1f} ms, p99 {percentile(propagation, 0.99):.1f} ms, "
           f"max {max(propagation):.1f} ms")

@@ -41,7 +41,7 @@ MISSING_SECRETS_SENTENCE = (
 
 # Kinds validated by the Prometheus Operator's CRD, for which
 # kubernetes-validate has no schema: these alone skip schema validation.
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 # Exactly what the reconciler may do, per (API group, resource).
 RECONCILER_WORKLOAD_GRANTS = {
@@ -178,11 +178,12 @@ def test_every_object_is_valid_kubernetes(rendered: Rendered, kube_version: str)
 
 
 def test_only_crd_kinds_skip_schema_validation(full: Rendered) -> None:
-    """The ServiceMonitor is skipped above because no built-in schema exists for it."""
-    (monitor,) = full.of_kind("ServiceMonitor")
-    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
-        kubernetes_validate.validate(monitor, KUBE_VERSIONS[-1], strict=True)
-    assert {obj["kind"] for _, obj in full.objects} & CRD_KINDS == {"ServiceMonitor"}
+    """The ServiceMonitor and PrometheusRule are skipped above because no built-in schema exists for them."""
+    for kind in CRD_KINDS:
+        (obj,) = full.of_kind(kind)
+        with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+            kubernetes_validate.validate(obj, KUBE_VERSIONS[-1], strict=True)
+    assert {obj["kind"] for _, obj in full.objects} & CRD_KINDS == CRD_KINDS
 
 
 def test_schema_validation_catches_a_broken_object(full: Rendered) -> None:
@@ -219,10 +220,11 @@ def test_full_objects(full: Rendered) -> None:
         "ServiceAccount": 1,
         "Role": 4,
         "RoleBinding": 4,
-        "ConfigMap": 1,
+        "ConfigMap": 2,
         "Ingress": 1,
         "NetworkPolicy": 3,
         "ServiceMonitor": 1,
+        "PrometheusRule": 1,
     }
     assert not full.of_kind("Secret")
     assert not full.of_kind("ClusterRole") and not full.of_kind("ClusterRoleBinding")
@@ -417,7 +419,7 @@ def test_migration_hook_runs_before_install_and_upgrade(rendered: Rendered) -> N
 
 
 def test_pools_are_rendered_and_imported(full: Rendered) -> None:
-    (configmap,) = full.of_kind("ConfigMap")
+    configmap = full.one("ConfigMap", "pools")
     pools = json.loads(configmap["data"]["pools.json"])
     assert pools == [
         {
@@ -477,7 +479,7 @@ def test_pools_are_rendered_and_imported(full: Rendered) -> None:
 def test_pool_files_are_what_the_api_accepts(full: Rendered) -> None:
     from control_plane.registry.schemas import PoolPut
 
-    (configmap,) = full.of_kind("ConfigMap")
+    configmap = full.one("ConfigMap", "pools")
     for pool in json.loads(configmap["data"]["pools.json"]):
         TypeAdapter(PoolPut).validate_python({k: v for k, v in pool.items() if k != "name"})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -61,7 +62,9 @@ async def infer(url: str, path: str, rows: np.ndarray) -> dict:
     return response.json()
 
 
-async def test_local_target_starts_restarts_and_stops_engine_servers(tmp_path: Path) -> None:
+async def test_local_target_starts_restarts_and_stops_engine_servers(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="control_plane.reconciler")
     store = MemoryStore(inputs(("v1", 90), ("v2", 10)))
     target = LocalTarget(state_dir=tmp_path)
     r = Reconciler(store=store, target=target, resync_seconds=30, drain_seconds=0.5,
@@ -111,6 +114,49 @@ async def test_local_target_starts_restarts_and_stops_engine_servers(tmp_path: P
     for p in pids:
         await _until(lambda p=p: not _alive(p), timeout=10)
     assert target.pids() == {}
+
+    # What a person reads: one line per event, probes only at debug level.
+    v2 = D.object_name("digits", "v2", "cpu")
+    events = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    for expected in (f"deployment {v2} started", f"deployment {v2} ready", f"deployment {v2} draining",
+                     f"deployment {v2} deleted", f"engine server {v2}/0 started", f"engine server {v2}/0 exited"):
+        assert any(e.startswith(expected) for e in events), (expected, events)
+    assert sum(e.startswith(f"deployment {v2} ready") for e in events) == 2  # first start, and after the kill
+    assert not [e for e in events if "probe" in e]
+    assert [r for r in caplog.records if r.levelno == logging.DEBUG and "probe of" in r.getMessage()]
+    server_log = (tmp_path / "logs" / f"{v2}-0.log").read_text()
+    assert "digits version v2 (fp16) ready on 127.0.0.1:" in server_log and "readiness probe" not in server_log
+
+
+async def test_failed_probes_withdraw_a_server_with_one_line_and_bring_it_back(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="control_plane.reconciler")
+    store = MemoryStore(inputs(("v1", 100)))
+    target = LocalTarget(state_dir=tmp_path, probe_timeout=0.3)
+    r = Reconciler(store=store, target=target, resync_seconds=0.2, drain_seconds=30,
+                   backoff=Backoff(base=0.05, cap=0.5), debounce_seconds=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(r.run(stop))
+    pid = 0
+    try:
+        await _until(lambda: (10, 1) in store.rows and store.rows[(10, 1)].phase is Phase.READY)
+        pid = target.pids()[f"{D.object_name('digits', 'v1', 'cpu')}/0"]
+        os.kill(pid, signal.SIGSTOP)  # hangs: every probe times out
+        await _until(lambda: store.rows[(10, 1)].phase is not Phase.READY)
+        os.kill(pid, signal.SIGCONT)
+        await _until(lambda: store.rows[(10, 1)].phase is Phase.READY)
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGCONT)
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await target.close()
+    events = [r.getMessage() for r in caplog.records]
+    withdrawn = [e for e in events if "failed 3 readiness probes in a row; withdrawn from routing" in e]
+    assert len(withdrawn) == 1, events
+    assert any("ready again after" in e for e in events), events
+    name = D.object_name("digits", "v1", "cpu")
+    assert any(e.startswith(f"deployment {name} not ready") for e in events), events
 
 
 async def test_replicas_and_warm_versions_run_as_processes(tmp_path: Path) -> None:

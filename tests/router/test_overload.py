@@ -196,6 +196,11 @@ async def test_retries_never_exceed_the_budget(slow: dict, routers: list, tmp_pa
     # every dead backend was marked down by its first refusal: the rest of the burst had no errors
     assert _errors(answers[-600:]) == []
     assert _total(samples, "grayroute_backends", health="down") == 30
+    # each request counts once against its assigned version, however many retries it took; those that
+    # could not be retried count as refused connections
+    assert _total(samples, "grayroute_assigned_requests_total", assigned_version="3") == 1000
+    assert _total(samples, "grayroute_assigned_requests_total", assigned_version="3",
+                  outcome="connect") == len(_errors(answers))
 
 
 def test_slow_backend_is_slow_to_accept(slow: dict) -> None:
@@ -239,3 +244,6 @@ async def test_load_is_shed_only_past_the_queue_bound_or_deadline(backends: dict
     assert _total(samples, "grayroute_shed_total", reason="queue_full") == 10
     assert _total(samples, "grayroute_shed_total", reason="queue_timeout") == 2
     assert _total(samples, "grayroute_requests_total", status="503", version="3") == 12
+    # the shed requests count against the version their users were assigned, as shed
+    assert _total(samples, "grayroute_assigned_requests_total", assigned_version="3", outcome="shed") == 12
+    assert _total(samples, "grayroute_assigned_requests_total", assigned_version="3", outcome="ok") == 4

@@ -181,7 +181,8 @@ async def test_killed_backend_is_invisible_and_probed_back(backends: dict, route
     async with session.get(router.url + "/metrics") as response:
         text = await response.text()
     assert 'grayroute_fallbacks_total{chosen="4",model="resnet50",version="3"}' in text
-    assert 'grayroute_upstream_errors_total{kind="connect",model="resnet50",version="4"}' in text
+    assert ('grayroute_upstream_errors_total{gpu_arch="sm_80",kind="connect",model="resnet50",pool="cpu",'
+            'version="4"}') in text
 
 
 async def test_metrics_are_summed_across_workers(backends: dict, routers: list, tmp_path: Path,

@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 import redis
 
 from control_plane.stats import service as stats_service
 from control_plane.stats.schemas import StatsReport
-from router.stats import LATENCY_BOUNDS_MS, REDIS_KEY_PREFIX, bucket_index, percentile_ms
+from router.stats import LATENCY_BOUNDS_MS, REDIS_KEY_PREFIX, SLOTS, bucket_index, parse_slot, percentile_ms
 from tests.control_plane.conftest import Api, api, cp_server, cp_settings, role_tokens  # noqa: F401 - fixtures
 from tests.router.conftest import (
     ControlPlaneStub,
@@ -123,7 +122,8 @@ def test_bad_reports_are_refused() -> None:
 @pytest.fixture
 def clean_stats(cp_settings: Any) -> Iterator[None]:  # noqa: F811
     client = redis.Redis.from_url(cp_settings.redis_url)
-    client.delete("grayroute:stats:ranker")
+    for key in client.scan_iter("grayroute:stats:ranker:*"):
+        client.delete(key)
     yield
     client.close()
 
@@ -254,8 +254,12 @@ async def test_reports_spool_while_redis_and_the_control_plane_are_down(
             return windows * per_window
 
         def in_redis() -> int:
-            members = client.zrange(REDIS_KEY_PREFIX + "resnet50", 0, -1)
-            return sum(orjson.loads(m)["versions"]["3"]["requests"] for m in members)
+            """Requests merged into the fine (10 s) slots: each window lands in exactly one."""
+            total = 0
+            for key in client.scan_iter(f"{REDIS_KEY_PREFIX}resnet50:{SLOTS[0][0]}:*"):
+                _routers, cells = parse_slot(client.hgetall(key))
+                total += sum(cell.requests for cell in cells.values())
+            return total
 
         async def until(check: Any, what: str) -> None:
             deadline = time.monotonic() + 10

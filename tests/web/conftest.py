@@ -140,16 +140,18 @@ class Api:
     def weights(self, model: str) -> dict[str, float]:
         return {s["version"]: s["weight"] for s in self.traffic(model)["splits"]}
 
-    def report_stats(self, model: str, *, minutes: int = 5) -> None:
-        """Router windows for the last few minutes: 3 steady, 4 a little faster but with more errors."""
+    def report_stats(self, model: str, *, minutes: int = 5, canary: int = 52) -> None:
+        """Router windows for the last few minutes: 3 steady, 4 a little faster but with more errors; each
+        served from two pools of different GPU architectures. ``canary``: version 4's requests per window."""
         router = httpx.Client(base_url=self.base_url + "/api/v1", timeout=30, headers={
             "Authorization": f"Bearer {self.token('edge-router-1', 'router')}"})
         now = time.time()
         for i in range(minutes * 6):
             end = now - (minutes * 6 - 1 - i) * 10
             wobble = 1 + 0.15 * ((i * 7) % 5 - 2) / 2
-            versions = {"3": _window(int(940 * wobble), errors=1, shape=(5, 28, 40, 19, 6, 2)),
-                        "4": _window(int(52 * wobble), errors=1 if i % 2 else 0, shape=(22, 45, 24, 6, 2, 1))}
+            versions = {"3": _window("3", int(940 * wobble), errors=1, shape=(5, 28, 40, 19, 6, 2)),
+                        "4": _window("4", int(canary * wobble), errors=1 if i % 2 else 0,
+                                     shape=(22, 45, 24, 6, 2, 1))}
             response = router.post("/stats/report", json={
                 "router": "edge-router-1", "window_start": end - 10, "window_end": end,
                 "models": {model: versions}})
@@ -160,16 +162,26 @@ class Api:
         self.admin.close()
 
 
-def _window(requests: int, *, errors: int, shape: tuple[int, ...]) -> dict[str, Any]:
-    # Spread requests over the 4-20 ms buckets in proportions ``shape``.
+def _window(version: str, requests: int, *, errors: int, shape: tuple[int, ...]) -> dict[str, Any]:
+    # Spread requests over the 4-20 ms buckets in proportions ``shape``; 60% served on a100, 40% on h100.
     first = LATENCY_BOUNDS_MS.index(5.0)
     buckets = [0] * (len(LATENCY_BOUNDS_MS) + 1)
     total = sum(shape)
     for offset, part in enumerate(shape):
         buckets[first + offset] = requests * part // total
     buckets[first + 1] += requests - sum(buckets)
-    latency = sum(count * LATENCY_BOUNDS_MS[i] for i, count in enumerate(buckets) if i < len(LATENCY_BOUNDS_MS))
-    return {"requests": requests, "errors": errors, "fallbacks": 0, "latency_sum_ms": latency, "buckets": buckets}
+
+    def cell(counts: list[int], errors: int) -> dict[str, Any]:
+        latency = sum(n * LATENCY_BOUNDS_MS[i] for i, n in enumerate(counts) if i < len(LATENCY_BOUNDS_MS))
+        kinds = {"http_5xx": errors} if errors else {}
+        return {"requests": sum(counts), "errors": errors, "fallbacks": 0, "latency_sum_ms": latency,
+                "buckets": counts, "error_kinds": kinds}
+
+    a100 = [n * 3 // 5 for n in buckets]
+    h100 = [n - m for n, m in zip(buckets, a100)]
+    served = [{"version": version, "pool": "a100", "gpu_arch": "sm_80", **cell(a100, errors)},
+              {"version": version, "pool": "h100", "gpu_arch": "sm_90", **cell(h100, 0)}]
+    return {**cell(buckets, errors), "served": [s for s in served if s["requests"]]}
 
 
 @pytest.fixture(scope="session")
@@ -236,8 +248,13 @@ def screenshot(page: Any, name: str, *, docs: str | None = None) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     if docs:
-        target = ROOT / "docs" / docs
-        if os.environ.get("GRAYROUTE_UPDATE_DOCS") == "1" or not target.exists():
-            target.parent.mkdir(exist_ok=True)
-            shutil.copyfile(path, target)
+        publish_doc(path, docs)
     return path
+
+
+def publish_doc(path: Path, docs: str) -> None:
+    """Copy a screenshot to docs/ when missing or when GRAYROUTE_UPDATE_DOCS=1."""
+    target = ROOT / "docs" / docs
+    if os.environ.get("GRAYROUTE_UPDATE_DOCS") == "1" or not target.exists():
+        target.parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, target)

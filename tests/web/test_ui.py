@@ -10,7 +10,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.web.conftest import ARTIFACTS, Api, run_async, screenshot
+from tests.web.conftest import ARTIFACTS, Api, publish_doc, run_async, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.postgres, pytest.mark.redis]
 
@@ -36,7 +36,7 @@ def test_release_manager_moves_the_canary_from_5_to_10_percent(api: Api, sign_in
     row.get_by_role("link", name=model).click()
     expect(page.locator("h1")).to_have_text(model)
     expect(page.locator("#versions")).to_contain_text("p99 6.90 ms")
-    expect(page.locator("#figures .card")).to_have_count(4)
+    expect(page.locator("#figures .series-card")).to_have_count(4)
 
     # the number field moves the slider and, with two versions, the other version
     page.fill("input[name='weight:4']", "10")
@@ -66,6 +66,7 @@ def test_release_manager_moves_the_canary_from_5_to_10_percent(api: Api, sign_in
     expect(page.locator("[data-movement]")).to_contain_text("+15% of users move from 3 to 4")
     screenshot(page, "model-page", docs="ui-model-page.png")
     page.locator("#figures").screenshot(path=str(ARTIFACTS / "live-figures.png"))
+    publish_doc(ARTIFACTS / "live-figures.png", "ui-live-figures.png")
 
 
 def test_a_viewer_sees_no_controls_and_a_forged_post_is_refused(api: Api, model: str, sign_in: Any) -> None:
@@ -348,12 +349,35 @@ def test_live_figures_compare_versions_with_the_default(api: Api, model: str, si
     panel = page.request.get(f"/ui/models/{model}/figures")  # what the page fetches to refresh itself
     assert panel.status == 200
     html = panel.text()
-    assert html.count("<svg") == 8  # a bar chart and a trend line per figure
-    assert re.search(r"4: \+0\.\d\d pp vs 3", html)  # error rate: worse than the default
-    assert "tone-worse" in html and "tone-better" in html  # latency: better than the default
+    assert html.count("<svg") == 4  # requests/s, error rate, p99 per version; p99 per pool and architecture
+    # error rate: worse than the default, with the interval of the difference, never a bare percentage
+    assert re.search(r"\+0\.\d\d pp vs 3 \(95% CI \+0\.\d\d to \+\d\.\d\d\)", html), html
+    assert "tone-worse" in html
     page.reload()
-    expect(page.locator("#figures .card")).to_have_count(4)
+    expect(page.locator("#figures .series-card")).to_have_count(4)
     expect(page.locator("#figures")).to_contain_text("1 router reporting")
+    row = page.locator("#figures tr[data-figures-version='4']")
+    expect(row).to_contain_text("5%")  # share of users next to its share of requests
+    expect(page.locator("#figures-pools tr[data-deployment='4/h100/sm_90']")).to_be_visible()
+    expect(page.locator("#figures-pools tr[data-deployment='3/a100/sm_80']")).to_be_visible()
+    # the window choice redraws the panel in place
+    page.click("#figures [data-window='3600']")
+    expect(page.locator("#figures .window-choice .current")).to_have_text("1 h")
+    expect(page.locator("#figures")).to_contain_text("Last 1 h")
+
+
+def test_a_comparison_on_too_few_requests_says_so(api: Api, model: str, sign_in: Any) -> None:
+    api.report_stats(model, minutes=1, canary=6)
+    stats = api.admin.get(f"/models/{model}/stats", params={"window": 300}).json()
+    canary = next(v for v in stats["versions"] if v["version"] == "4")
+    assert 0 < canary["errors"] and canary["requests"] < 200
+    page = sign_in("victor", "viewer")
+    page.goto(f"/ui/models/{model}")
+    row = page.locator("#figures tr[data-figures-version='4']")
+    expect(row.locator("[data-compare=errors]")).to_have_text(f"not enough data, {canary['requests']} requests")
+    expect(row.locator("[data-compare=latency]")).to_contain_text("not enough data")
+    expect(row).not_to_contain_text("pp vs")
+    page.locator("#figures").screenshot(path=str(ARTIFACTS / "live-figures-too-few.png"))
 
 
 def test_a_stale_rules_form_is_a_conflict_that_names_both_rule_sets(api: Api, model: str, sign_in: Any) -> None:

@@ -134,7 +134,8 @@ async def _model_page(request: Request, visitor: Visitor, db: Any, name: str, *,
     rule_rows = [*rule_rows, RuleRow(len(rule_rows))]  # one empty row to add a rule
     candidates = [v for v in (current.policy.weighted_versions() if current else []) if v != default]
     figures = await live_figures.load(request.app.state, model=model.name, default_version=default,
-                                      versions=[v.version for v in versions], colors=colors)
+                                      versions=[v.version for v in versions], colors=colors,
+                                      weights=current.policy.weights() if current else {})
     context = {
         "model": model, "current": current, "default": default, "colors": colors,
         "versions": version_rows, "traffic_rows": traffic_rows, "rule_rows": rule_rows,
@@ -179,8 +180,9 @@ async def model_page(name: str, request: Request, visitor: VisitorDep, db: Sessi
 
 
 @router.get("/models/{name}/figures")
-async def figures_panel(name: str, request: Request, visitor: VisitorDep, db: SessionDep) -> Response:
-    """The live-figures panel alone, for the page to refresh in place."""
+async def figures_panel(name: str, request: Request, visitor: VisitorDep, db: SessionDep,
+                        window: str = "") -> Response:
+    """The live-figures panel alone (over ``window`` seconds), for the page to refresh in place."""
     _reader(visitor)
     model = await registry_service.get_model_or_raise(db, name=name)
     versions = [v.version for v in await registry_service.list_versions(db, model=model)]
@@ -188,7 +190,8 @@ async def figures_panel(name: str, request: Request, visitor: VisitorDep, db: Se
     colors = _colors(versions)
     figures = await live_figures.load(request.app.state, model=model.name,
                                       default_version=current.policy.default_version if current else None,
-                                      versions=versions, colors=colors)
+                                      versions=versions, colors=colors, window=live_figures.window_of(window),
+                                      weights=current.policy.weights() if current else {})
     return templates.TemplateResponse(request, "_figures.html", {"model": model, "figures": figures,
                                                                  "colors": colors})
 

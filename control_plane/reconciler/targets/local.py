@@ -52,6 +52,7 @@ class _Replica:
     log_path: Path
     ready: bool = False
     probe_failures: int = 0
+    withdrawn: bool = False  # was ready, then failed enough probes to leave the routers
     watchers: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -172,6 +173,8 @@ class LocalTarget:
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
             )
         replica = _Replica((d.model, d.version, d.precision), process, port, time.monotonic(), log_path)
+        log.info("engine server %s/%d started: pid %d on port %d (log %s)", slot[0], slot[1], process.pid, port,
+                 log_path)
         replica.watchers = [
             asyncio.create_task(self._on_exit(replica)),
             asyncio.create_task(self._until_ready(replica)),
@@ -189,36 +192,49 @@ class LocalTarget:
         while replica.running and time.monotonic() < deadline:
             if await self._ready(replica):
                 replica.ready = True
+                log.info("engine server %s ready after %.1fs", replica.url, time.monotonic() - replica.started)
                 if self._wake is not None:
                     self._wake()  # routable now: publish the endpoint without waiting for a resync
                 return
             await asyncio.sleep(0.1)
+        if replica.running and not replica.ready:
+            log.warning("engine server %s not ready after %.0fs; see %s", replica.url, _STARTUP_SECONDS,
+                        replica.log_path)
 
     async def _ready(self, replica: _Replica) -> bool:
         if self._http is None:
             return False
         try:
             response = await self._http.get(f"{replica.url}/v2/models/{replica.fingerprint[0]}/ready")
-        except httpx.HTTPError:
+        except httpx.HTTPError as exc:
+            log.debug("probe of %s failed: %s", replica.url, exc or type(exc).__name__)
             return False
+        log.debug("probe of %s: %d", replica.url, response.status_code)
         return response.status_code == 200
 
     async def _probe(self, replica: _Replica) -> None:
         if not replica.running:
             replica.ready = False
         elif await self._ready(replica):
-            replica.ready, replica.probe_failures = True, 0
+            if replica.withdrawn:
+                log.info("engine server %s ready again after %d failed probes", replica.url, replica.probe_failures)
+            replica.ready, replica.probe_failures, replica.withdrawn = True, 0, False
         else:
             # Like a Kubernetes readiness probe's failureThreshold: one slow answer
             # on a busy machine must not withdraw a backend from the routers.
             replica.probe_failures += 1
             if replica.probe_failures >= _PROBE_FAILURE_THRESHOLD:
+                if replica.ready:
+                    replica.withdrawn = True
+                    log.warning("engine server %s failed %d readiness probes in a row; withdrawn from routing",
+                                replica.url, replica.probe_failures)
                 replica.ready = False
 
     async def _stop(self, replica: _Replica) -> None:
         for task in replica.watchers:
             task.cancel()
         if replica.running:
+            log.info("engine server %s (pid %d) stopping", replica.url, replica.process.pid)
             with contextlib.suppress(ProcessLookupError):
                 replica.process.terminate()
             try:
