@@ -22,10 +22,11 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from router.reporter import ReportPoster
 
 if TYPE_CHECKING:  # numpy is imported on the first comparison: a router without a shadow never loads it
     import numpy as np
@@ -263,10 +264,8 @@ class ParityReporter:
         self.router_id = router_id
         self.interval = interval
         self.redis = redis
-        self.control_plane = control_plane
-        self.token = token
         self.sent = 0
-        self._http: aiohttp.ClientSession | None = None
+        self.poster = ReportPoster(control_plane, token, REPORT_PATH, "parity")
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -309,23 +308,7 @@ class ParityReporter:
             await pipe.execute()
 
     async def _to_control_plane(self, report: dict[str, Any]) -> bool:
-        if self.control_plane is None:
-            return False
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
-        headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        try:
-            async with self._http.post(self.control_plane + REPORT_PATH, data=orjson.dumps(report), headers=headers,
-                                       timeout=aiohttp.ClientTimeout(total=5.0)) as response:
-                if response.status >= 300:
-                    log.warning("parity report answered %d: %s", response.status, (await response.text())[:200])
-                    return False
-                return True
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.warning("parity report failed: %s", exc or type(exc).__name__)
-            return False
+        return await self.poster.post(report)
 
     async def stop(self) -> None:
         if self._task is not None and not self._task.done():
@@ -333,5 +316,4 @@ class ParityReporter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.flush()
-        if self._http is not None:
-            await self._http.close()
+        await self.poster.close()

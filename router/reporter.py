@@ -25,6 +25,42 @@ log = logging.getLogger("grayroute.router.reporter")
 REPORT_PATH = "/api/v1/stats/report"
 
 
+class ReportPoster:
+    """POSTs report documents to one control-plane path with the router's token (stats and parity)."""
+
+    def __init__(self, control_plane: str | None, token: str | None, path: str, what: str) -> None:
+        self.url = control_plane + path if control_plane else None
+        self.token = token
+        self.what = what
+        self._http: aiohttp.ClientSession | None = None
+
+    async def post(self, report: dict[str, Any]) -> bool:
+        """True when the control plane took the report; failures are logged, never raised."""
+        if self.url is None:
+            return False
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            async with self._http.post(self.url, data=orjson.dumps(report), headers=headers,
+                                       timeout=aiohttp.ClientTimeout(total=5.0)) as response:
+                if response.status >= 300:
+                    log.warning("%s report answered %d: %s", self.what, response.status,
+                                (await response.text())[:200])
+                    return False
+                return True
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("%s report failed: %s", self.what, exc or type(exc).__name__)
+            return False
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+
 class StatsReporter:
     def __init__(
         self,
@@ -41,13 +77,11 @@ class StatsReporter:
         self.router_id = router_id
         self.interval = interval
         self.redis = redis
-        self.control_plane = control_plane
-        self.token = token
         self.sent = 0
         self.spool: deque[tuple[dict[str, Any], dict[str, dict[CellKey, VersionWindow]]]] = deque()
         self.spool_size = spool
         self.dropped = 0
-        self._http: aiohttp.ClientSession | None = None
+        self.poster = ReportPoster(control_plane, token, REPORT_PATH, "stats")
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -116,27 +150,7 @@ class StatsReporter:
             await pipe.execute()
 
     async def _to_control_plane(self, report: dict[str, Any]) -> bool:
-        if self.control_plane is None:
-            return False
-        if self._http is None:
-            self._http = aiohttp.ClientSession()
-        headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        try:
-            async with self._http.post(
-                self.control_plane + REPORT_PATH,
-                data=orjson.dumps(report),
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=5.0),
-            ) as response:
-                if response.status >= 300:
-                    log.warning("stats report answered %d: %s", response.status, (await response.text())[:200])
-                    return False
-                return True
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.warning("stats report failed: %s", exc or type(exc).__name__)
-            return False
+        return await self.poster.post(report)
 
     async def stop(self) -> None:
         if self._task is not None and not self._task.done():
@@ -144,7 +158,6 @@ class StatsReporter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.flush()  # last partial window
-        if self._http is not None:
-            await self._http.close()
+        await self.poster.close()
 
 
