@@ -6,8 +6,10 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Count = Annotated[int, Field(ge=0)]
-Error = Annotated[float, Field(ge=0)]
+# A window's counts are small; the bound keeps sums merged across many routers' windows inside the
+# 64 bits JSON encoders (and Postgres) take, so a forged report is a 422, never a 500 later.
+Count = Annotated[int, Field(ge=0, le=10**12)]
+Error = Annotated[float, Field(ge=0, le=1e300)]
 
 
 class _Input(BaseModel):
@@ -44,9 +46,9 @@ class PairWindow(_Input):
 
 class ParityReport(_Input):
     router: Annotated[str, Field(min_length=1, max_length=256)]
-    window_start: float
-    window_end: float
-    error_bounds: Annotated[list[float], Field(max_length=63)]
+    window_start: Annotated[float, Field(ge=0, le=1e11)]
+    window_end: Annotated[float, Field(ge=0, le=1e11, description="seconds since the epoch")]
+    error_bounds: Annotated[list[Annotated[float, Field(ge=0, le=1e300)]], Field(max_length=63)]
     windows: Annotated[list[PairWindow], Field(max_length=4096)]
 
 
