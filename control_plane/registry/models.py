@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Numeric, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from control_plane.db import Base, str_enum, utcnow
@@ -121,5 +122,9 @@ class Pool(Base):
     allowed_endpoints: Mapped[list[Any]] = mapped_column(default=list)
     # Where engine fetches get credentials: {"service_account": name} or {"secret": name}; names only.
     engine_credentials: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # Optional cost of one GPU-hour (ISO 4217 currency) and GPUs a replica holds: the version report's cost figures.
+    gpu_hourly_price: Mapped[Decimal | None] = mapped_column(Numeric(12, 4), default=None)
+    currency: Mapped[str | None] = mapped_column(String(3), default=None)
+    gpus_per_replica: Mapped[int] = mapped_column(default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
