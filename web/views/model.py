@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from web import coverage as version_coverage
 from web import figures as live_figures
 from web import forms
 from web import history
+from web import rollout as rollout_panel
 from web.forms import Errors, RuleRow
 from web.views.pages import (
     HISTORY_PAGE,
@@ -88,12 +90,13 @@ def _target_label(event: Any, model: str) -> str:
 class _Edit:
     """What the person submitted, re-shown with its errors when it was refused."""
 
-    form: str  # "traffic" | "rules"
+    form: str  # "traffic" | "rules" | "rollout"
     errors: Errors
     weights: dict[str, str] | None = None
     default_version: str | None = None
     reason: str = ""
     rules: list[RuleRow] | None = None
+    rollout: rollout_panel.Refusal | None = None
 
 
 async def _model_page(request: Request, visitor: Visitor, db: Any, name: str, *, status: int = 200,
@@ -156,6 +159,9 @@ async def _model_page(request: Request, visitor: Visitor, db: Any, name: str, *,
         "conflict": conflict,
         "can_traffic": actor.can(Permission.TRAFFIC_WRITE),
         "can_operate": actor.can(Permission.VERSIONS_OPERATE),
+        "rollout": await rollout_panel.load(db, model=model, refusal=edit.rollout if edit else None,
+                                            now=datetime.now(UTC)),
+        "can_rollout": actor.can(Permission.TRAFFIC_WRITE),
     }
     return _render(request, visitor, "model.html", context, status)
 
