@@ -1,10 +1,19 @@
-"""``grayroute demo``: everything on one machine, with a live canary and traffic.
+"""``grayroute demo``: everything on one machine, with a rollout judged live on generated traffic.
 
 One process tree on the embedded defaults: this process serves the API and UI
-and drives the demo; children run the reconciler (local target: engine-server
-processes on loopback) and one router. A generator sends requests with many
-user IDs through the router so the UI's figures move. Ctrl-C stops everything
-in order; the SQLite file and tokens stay, so the next run continues.
+(and the rollout controller inside it) and drives the demo; children run the
+reconciler (local target: engine-server processes on loopback) and one router.
+A generator sends requests with many user IDs through the router, so the
+figures move and the rollout has evidence to judge. Scenarios:
+
+    good         version 2 (fp16) is rolled out in steps and reaches 100%
+    bad-canary   version 3 (fp8), whose engine servers fail 20% of requests and
+                 answer 40 ms late (injected through GRAYROUTE_LOCAL_FAULTS), is
+                 rolled back by the controller on its own
+    manual       no rollout: start one from the UI, the API or the CLI
+
+Ctrl-C stops everything in order; the SQLite file and tokens stay, so the next
+run continues (a rollout that was running resumes at its step).
 """
 
 from __future__ import annotations
@@ -30,8 +39,16 @@ import uvicorn
 log = logging.getLogger("grayroute.demo")
 
 MODEL = "demo-classifier"
-STABLE, CANDIDATE = "1", "2"
+STABLE, CANDIDATE, BROKEN = "1", "2", "3"
 POOL = "local-cpu"
+SCENARIOS = {"good": CANDIDATE, "bad-canary": BROKEN, "manual": None}
+# Version 3 is broken by construction: its engine servers fail this share of requests and answer late.
+BROKEN_FAULTS = {"error_rate": 0.2, "extra_latency_ms": 40}
+# Short pauses and a small evidence minimum so a rollout finishes in about two minutes at 40 requests/s;
+# a real rollout keeps the defaults (200 requests a step) and pauses of minutes.
+DEMO_STEPS = [{"weight": 10, "pause_seconds": 20}, {"weight": 25, "pause_seconds": 20},
+              {"weight": 50, "pause_seconds": 20}, {"weight": 100, "pause_seconds": 0}]
+DEMO_ANALYSIS = {"min_requests": 60}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address for the UI/API and the router")
     parser.add_argument("--port", type=int, default=8080, help="UI and API port (default 8080)")
     parser.add_argument("--router-port", type=int, default=8000, help="router port (default 8000)")
-    parser.add_argument("--rps", type=float, default=20.0, help="generated requests per second (0: none)")
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="good",
+                        help="good: version 2 is rolled out to 100%%; bad-canary: version 3, which fails 20%% of "
+                             "requests, is rolled back by itself; manual: no rollout (default: good)")
+    parser.add_argument("--rps", type=float, default=40.0, help="generated requests per second (0: none)")
     parser.add_argument("--users", type=int, default=10_000, help="distinct user IDs the generator uses")
 
 
@@ -51,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ["GRAYROUTE_DATABASE_URL"] = f"sqlite+aiosqlite:///{data_dir / 'grayroute.db'}"
     os.environ["GRAYROUTE_STATE_DIR"] = str(data_dir / "state")
     os.environ.pop("GRAYROUTE_REDIS_URL", None)
+    os.environ["GRAYROUTE_LOCAL_FAULTS"] = json.dumps({f"{MODEL}/{BROKEN}": BROKEN_FAULTS})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("uvicorn.access", "httpx", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -109,13 +130,14 @@ class Demo:
                                   str(self.data_dir / "router-snapshot.json"), "--stats-interval", "2",
                                   env={"GRAYROUTE_TOKEN": tokens["router"]})
                 await self._wait_ready(api)
-            self._banner(tokens["admin"])
-            generator = asyncio.create_task(self._generate())
-            reporter = asyncio.create_task(self._report())
-            await self.stop.wait()
-            generator.cancel()
-            reporter.cancel()
-            await asyncio.gather(generator, reporter, return_exceptions=True)
+                rollout = await self._start_rollout(api)
+                self._banner(tokens["admin"], rollout)
+                tasks = [asyncio.create_task(self._generate()), asyncio.create_task(self._report()),
+                         asyncio.create_task(self._watch_rollouts(api))]
+                await self.stop.wait()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             print("\nstopping: router, reconciler (and its engine servers), control plane …", flush=True)
             await self._stop_children()
@@ -162,34 +184,43 @@ class Demo:
             await asyncio.sleep(0.05)
 
     async def _seed(self, api: httpx.AsyncClient) -> None:
-        """The demo model, on first run only: later runs keep whatever the user changed."""
+        """The demo model, on first run only (later runs keep whatever the user changed); version 3 always."""
         if (await api.get(f"/models/{MODEL}")).status_code == 200:
             log.info("continuing with the existing %s", MODEL)
+            await self._register(api, BROKEN, "fp8", 1.1)
             return
-        log.info("registering %s with an fp32 stable and an fp16 candidate", MODEL)
+        log.info("registering %s with an fp32 stable, an fp16 candidate and a broken fp8 candidate", MODEL)
         steps: list[tuple[str, str, dict[str, Any]]] = [
             ("PUT", f"/pools/{POOL}", {"gpu_arch": "sm_80", "kind": "local", "trt_version": "10.3"}),
             ("POST", "/models", {"name": MODEL, "description": "4-class classifier (ONNX on CPU stands in for "
                                  "TensorRT)", "replicas": {POOL: 2}}),
         ]
-        for version, precision, p50 in ((STABLE, "fp32", 2.1), (CANDIDATE, "fp16", 1.2)):
-            steps.append(("POST", f"/models/{MODEL}/versions", {
-                "version": version, "precision": precision, "trt_version": "10.3",
-                "notes": "stable" if version == STABLE else "candidate: half precision",
-                # Never fetched: the local target serves a generated ONNX model in the engine's place.
-                "engines": [{"gpu_arch": "sm_80", "uri": f"s3://demo-engines/{MODEL}/{version}/sm_80.plan",
-                             "sha256": f"{int(version):064x}", "size_bytes": 24_000_000,
-                             "benchmark": {"p50_ms": p50, "p99_ms": p50 * 1.8, "throughput": 1000 / p50,
-                                           "gpu_mem_mb": 410 if precision == "fp32" else 230}}]}))
         for method, path, body in steps:
             response = await api.request(method, path, json=body)
             if response.status_code >= 300:
                 raise DemoError(f"seeding failed at {method} {path}: {response.text}")
+        for version, precision, p50 in ((STABLE, "fp32", 2.1), (CANDIDATE, "fp16", 1.2), (BROKEN, "fp8", 1.1)):
+            await self._register(api, version, precision, p50)
         response = await api.put(f"/models/{MODEL}/traffic", headers={"If-Match": '"0"'}, json={
-            "default_version": STABLE, "reason": "demo: 5% canary of the fp16 engine",
-            "splits": [{"version": STABLE, "weight": 95}, {"version": CANDIDATE, "weight": 5}]})
+            "default_version": STABLE, "reason": "demo: the fp32 engine serves everyone",
+            "splits": [{"version": STABLE, "weight": 100}]})
         if response.status_code != 200:
             raise DemoError(f"seeding the traffic policy failed: {response.text}")
+
+    async def _register(self, api: httpx.AsyncClient, version: str, precision: str, p50: float) -> None:
+        if (await api.get(f"/models/{MODEL}/versions/{version}")).status_code == 200:
+            return
+        notes = {STABLE: "stable", CANDIDATE: "candidate: half precision",
+                 BROKEN: "candidate: fp8, its calibration broke (the demo injects 20% errors and +40 ms)"}[version]
+        response = await api.post(f"/models/{MODEL}/versions", json={
+            "version": version, "precision": precision, "trt_version": "10.3", "notes": notes,
+            # Never fetched: the local target serves a generated ONNX model in the engine's place.
+            "engines": [{"gpu_arch": "sm_80", "uri": f"s3://demo-engines/{MODEL}/{version}/sm_80.plan",
+                         "sha256": f"{int(version):064x}", "size_bytes": 24_000_000,
+                         "benchmark": {"p50_ms": p50, "p99_ms": p50 * 1.8, "throughput": 1000 / p50,
+                                       "gpu_mem_mb": {"fp32": 410, "fp16": 230, "fp8": 150}[precision]}}]})
+        if response.status_code != 201:
+            raise DemoError(f"registering version {version} failed: {response.text}")
 
     async def _spawn(self, name: str, *command: str, env: dict[str, str] | None = None) -> None:
         log_path = self.data_dir / f"{name}.log"
@@ -213,19 +244,59 @@ class Demo:
                 for process in self.children:
                     if process.returncode is not None:
                         raise DemoError(f"a child exited with {process.returncode}; see the logs in {self.data_dir}")
+                live = (await api.get(f"/models/{MODEL}/traffic")).json()
+                serving = {live["default_version"], *(s["version"] for s in live["splits"] if s["weight"] > 0)}
                 deployments = (await api.get(f"/models/{MODEL}/deployments")).json()
                 ready = {d["version"] for d in deployments if d["ready_replicas"] > 0}
-                if {STABLE, CANDIDATE} <= ready:
+                if serving <= ready:
                     with contextlib.suppress(httpx.HTTPError):
-                        # Ready only once the router itself reaches both versions (its snapshot has the endpoints).
+                        # Ready only once the router itself reaches them (its snapshot has the endpoints).
                         answers = [await client.get(f"{self.router_url}/v2/models/{MODEL}/versions/{v}/ready")
-                                   for v in (STABLE, CANDIDATE)]
+                                   for v in sorted(serving)]
                         if all(a.status_code == 200 for a in answers):
                             return
                 await asyncio.sleep(0.5)
         raise DemoError(f"engines or router not ready after 120 s; see the logs in {self.data_dir}")
 
-    def _banner(self, admin_token: str) -> None:
+    async def _start_rollout(self, api: httpx.AsyncClient) -> str:
+        """The scenario's rollout, unless one is live already (it continues) or there is nothing to roll out."""
+        candidate = SCENARIOS[self.args.scenario]
+        rollouts = (await api.get(f"/models/{MODEL}/rollouts")).json()
+        live = next((r for r in rollouts if r["state"] in ("running", "paused")), None)
+        if live is not None:
+            return f"rollout {live['id']} of version {live['candidate']} continues ({live['state']})"
+        if candidate is None:
+            return "none started (--scenario manual): start one from the UI's Rollout panel or the CLI"
+        default = (await api.get(f"/models/{MODEL}/traffic")).json()["default_version"]
+        if default == candidate:
+            return f"none: version {candidate} already is the default"
+        response = await api.post(f"/models/{MODEL}/rollouts", json={
+            "candidate": candidate, "steps": DEMO_STEPS, "analysis": DEMO_ANALYSIS,
+            "reason": f"demo ({self.args.scenario}): roll out version {candidate} in steps"})
+        if response.status_code != 201:
+            raise DemoError(f"starting the rollout failed: {response.text}")
+        started = response.json()
+        weights = " → ".join(f"{s['weight']:g}%" for s in started["steps"])
+        outcome = "it should reach 100%" if candidate == CANDIDATE else "watch it roll back by itself"
+        return f"rollout {started['id']} of version {candidate} against {started['baseline']}: {weights}; {outcome}"
+
+    async def _watch_rollouts(self, api: httpx.AsyncClient) -> None:
+        """One log line per change of a rollout's state or step, so the terminal tells the story too."""
+        seen: dict[int, tuple[str, int]] = {}
+        while True:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                for rollout in (await api.get(f"/models/{MODEL}/rollouts")).json()[:3]:
+                    now = (rollout["state"], rollout["step_index"])
+                    if seen.get(rollout["id"], now) != now:
+                        steps = rollout["steps"]
+                        where = (f"step {now[1] + 1} of {len(steps)} ({steps[now[1]]['weight']:g}%)"
+                                 if now[1] < len(steps) else "done")
+                        log.info("rollout %d (version %s): %s, %s %s", rollout["id"], rollout["candidate"],
+                                 now[0].replace("_", " "), where, rollout.get("outcome") or "")
+                    seen[rollout["id"]] = now
+            await asyncio.sleep(2)
+
+    def _banner(self, admin_token: str, rollout: str) -> None:
         print(f"""
 grayroute demo is running
   UI and API   {self.api_url}/ui   (API docs: {self.api_url}/docs)
@@ -235,6 +306,8 @@ grayroute demo is running
                  -d '{{"inputs":[{{"name":"input","shape":[1,16],"datatype":"FP32","data":[{",".join(["0.5"] * 16)}]}}]}}' \\
                  -i {self.router_url}/v2/models/{MODEL}/infer
   traffic      {self.args.rps:g} requests/s from {self.args.users} users through the router
+  rollout      {rollout}
+               (watch it in the UI's Rollout panel: {self.api_url}/ui/models/{MODEL}#rollout)
   CLI          export GRAYROUTE_DATABASE_URL={os.environ["GRAYROUTE_DATABASE_URL"]}
                export GRAYROUTE_CONTROL_PLANE_URL={self.api_url} GRAYROUTE_TOKEN={admin_token}
                then e.g. `grayroute token list`, `grayroute register …` use this demo

@@ -1,4 +1,4 @@
-"""The newcomer path: `grayroute demo` runs a live canary and stops without leaving anything behind."""
+"""The newcomer path: `grayroute demo` runs a rollout judged on live traffic and stops without leaving anything behind."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -45,11 +46,11 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _start(data_dir: Path, port: int, router_port: int) -> subprocess.Popen[str]:
+def _start(data_dir: Path, port: int, router_port: int, *options: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRAYROUTE_")}
     return subprocess.Popen(
         [sys.executable, "-m", "control_plane.cli", "demo", "--data-dir", str(data_dir), "--port", str(port),
-         "--router-port", str(router_port), "--rps", "5"],
+         "--router-port", str(router_port), "--rps", "5", *options],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
 
@@ -93,13 +94,28 @@ def _stop(process: subprocess.Popen[str]) -> None:
     assert not [p for p in tree if _alive(p)], "processes left behind after Ctrl-C"
 
 
-def test_demo_runs_a_live_canary_and_stops_cleanly(tmp_path: Path) -> None:
+def _rollout(api: httpx.Client) -> dict:
+    rollouts = api.get(f"/models/{MODEL}/rollouts").json()
+    assert rollouts, "the demo should have started a rollout"
+    return rollouts[0]
+
+
+def _wait_rollout(api: httpx.Client, done: Callable[[dict], bool], timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while not done(rollout := _rollout(api)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert done(rollout), rollout
+    return rollout
+
+
+def test_demo_rolls_out_a_good_candidate_in_steps_and_stops_cleanly(tmp_path: Path) -> None:
     port, router_port = free_port(), free_port()
     router = f"http://127.0.0.1:{router_port}"
-    process = _start(tmp_path, port, router_port)
+    process = _start(tmp_path, port, router_port, "--rps", "30")
     try:
         banner = "".join(_wait_for_banner(process))
         assert f"http://127.0.0.1:{port}/ui" in banner and router in banner
+        assert "rollout 1 of version 2 against 1: 10% → 25% → 50% → 100%" in banner
         admin = json.loads((tmp_path / "tokens.json").read_text())["admin"]
         assert admin in banner
         # The banner tells how to point the CLI at the demo's database, and that works from anywhere.
@@ -111,36 +127,53 @@ def test_demo_runs_a_live_canary_and_stops_cleanly(tmp_path: Path) -> None:
                                 text=True, timeout=60, check=False)
         assert listed.returncode == 0 and "demo-router" in listed.stdout, listed.stderr
 
-        seen = _versions(router, range(2000))
-        assert set(seen) == {"1", "2"}
-        assert 0.03 <= seen["2"] / 2000 <= 0.07, seen  # 5% canary
-
         api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {admin}"})
-        etag = api.get(f"/models/{MODEL}/traffic").headers["etag"]
-        response = api.put(f"/models/{MODEL}/traffic", headers={"If-Match": etag}, json={
-            "default_version": "1", "reason": "test: half", "splits": [{"version": "1", "weight": 50},
-                                                                        {"version": "2", "weight": 50}]})
-        assert response.status_code == 200, response.text
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            seen = _versions(router, range(400))
-            if 0.4 <= seen["2"] / 400 <= 0.6:
-                break
-            time.sleep(0.5)
-        assert 0.4 <= seen["2"] / 400 <= 0.6, seen
+        # The generated traffic is enough evidence: the controller passes step 1 and gives 2 a quarter of users.
+        rollout = _wait_rollout(api, lambda r: r["step_index"] >= 1, timeout=150)
+        assert rollout["state"] in ("running", "succeeded"), rollout
+        assert rollout["latest_verdict"]["per_arch"]["sm_80"]["candidate"]["requests"] > 0
+        seen = _versions(router, range(2000))
+        assert set(seen) == {"1", "2"} and seen["2"] / 2000 >= 0.2, seen
         api.close()
     finally:
         if process.poll() is None:
             _stop(process)
 
-    # A second run continues from the same database.
-    process = _start(tmp_path, port, router_port)
+    # A second run continues from the same database, and the rollout where it was.
+    process = _start(tmp_path, port, router_port, "--rps", "30")
     try:
-        _wait_for_banner(process)
+        banner = "".join(_wait_for_banner(process))
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1",
+                          headers={"Authorization": f"Bearer {admin}"}) as api:
+            again = _rollout(api)
+            assert again["id"] == rollout["id"] and again["step_index"] >= rollout["step_index"]
+            assert len(api.get(f"/models/{MODEL}/rollouts").json()) == 1
+        assert "rollout 1 of version 2 continues" in banner or again["state"] == "succeeded", banner
+    finally:
+        if process.poll() is None:
+            _stop(process)
+
+
+def test_demo_bad_canary_is_rolled_back_by_the_controller_alone(tmp_path: Path) -> None:
+    port, router_port = free_port(), free_port()
+    process = _start(tmp_path, port, router_port, "--scenario", "bad-canary", "--rps", "30")
+    try:
+        banner = "".join(_wait_for_banner(process))
+        assert "rollout 1 of version 3 against 1" in banner and "roll back by itself" in banner
         admin = json.loads((tmp_path / "tokens.json").read_text())["admin"]
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {admin}"}) as api:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1",
+                          headers={"Authorization": f"Bearer {admin}"}) as api:
+            rollout = _wait_rollout(api, lambda r: r["state"] != "running", timeout=150)
+            assert rollout["state"] == "rolled_back" and rollout["step_index"] == 0, rollout
+            assert rollout["latest_verdict"]["verdict"] == "fail"
             traffic = api.get(f"/models/{MODEL}/traffic").json()
-        assert traffic["revision"] == 2 and traffic["reason"] == "test: half"
+            assert traffic["splits"] == [{"version": "1", "weight": 100.0}], traffic
+            assert traffic["created_by"] == f"rollout:{rollout['id']}"
+            events = api.get("/audit", params={"model": MODEL}).json()
+            rolled_back = [e for e in events if e["action"] == "rollout.rolled_back"]
+            assert len(rolled_back) == 1, events
+            assert re.search(r"error rate|p99|hard limit", rolled_back[0]["reason"]), rolled_back  # the verdict
+            assert _versions(f"http://127.0.0.1:{router_port}", range(300)) == Counter({"1": 300})
     finally:
         if process.poll() is None:
             _stop(process)

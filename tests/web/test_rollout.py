@@ -1,0 +1,175 @@
+"""A rollout started, watched and aborted in a real browser, on the whole stack `grayroute demo` runs:
+the control plane with its rollout controller, the reconciler's local engine servers, a router, and
+generated traffic with many user IDs, so every step is judged on real requests."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from tests.services import free_port
+from tests.test_demo import _start, _stop, _wait_for_banner
+from tests.web.conftest import VIEWPORT, screenshot
+from tests.web.test_first_hour import WIDEST, _axe_violations
+
+pytestmark = [pytest.mark.browser]
+
+MODEL = "demo-classifier"
+BODY = {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": [0.25] * 16}]}
+
+
+class Stack:
+    def __init__(self, url: str, router: str, admin: str) -> None:
+        self.url, self.router, self.admin = url, router, admin
+        self.api = httpx.Client(base_url=url + "/api/v1", headers={"Authorization": f"Bearer {admin}"}, timeout=30)
+
+    def token(self, name: str, role: str) -> str:
+        response = self.api.post("/tokens", json={"name": name, "role": role})
+        assert response.status_code == 201, response.text
+        return str(response.json()["token"])
+
+    def served(self, users: range) -> Counter[str]:
+        seen: Counter[str] = Counter()
+        with httpx.Client(base_url=self.router, timeout=10) as client:
+            for n in users:
+                response = client.post(f"/v2/models/{MODEL}/infer", json=BODY, headers={"x-user-id": f"b-{n}"})
+                assert response.status_code == 200, response.text
+                seen[response.headers["x-grayroute-version"]] += 1
+        return seen
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data_dir: Path = tmp_path_factory.mktemp("rollout-demo")
+    port, router_port = free_port(), free_port()
+    process = _start(data_dir, port, router_port, "--scenario", "manual", "--rps", "30")
+    try:
+        _wait_for_banner(process)
+        admin = json.loads((data_dir / "tokens.json").read_text())["admin"]
+        stack = Stack(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{router_port}", admin)
+        yield stack
+        stack.api.close()
+    finally:
+        if process.poll() is None:
+            _stop(process)
+
+
+def _page(browser: Any, stack: Stack, token: str, *, width: int = VIEWPORT["width"]) -> Any:
+    context = browser.new_context(base_url=stack.url, viewport={"width": width, "height": 860}, bypass_csp=True)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    page.goto("/ui/login")
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r"/ui/$"))
+    return page
+
+
+def test_a_rollout_is_started_from_the_panel_advances_and_its_abort_restores_the_policy(browser: Any,
+                                                                                      stack: Stack) -> None:
+    before = stack.api.get(f"/models/{MODEL}/traffic").json()
+    # The gates first: a version slower on paper is refused, with its evidence, and nothing starts.
+    response = stack.api.post(f"/models/{MODEL}/versions", json={
+        "version": "9", "precision": "fp16", "trt_version": "10.3",
+        "engines": [{"gpu_arch": "sm_80", "uri": f"s3://demo-engines/{MODEL}/9/sm_80.plan", "sha256": "9" * 64,
+                     "benchmark": {"p50_ms": 9.0, "p99_ms": 30.0}}]})
+    assert response.status_code == 201, response.text
+
+    page = _page(browser, stack, stack.token("rita", "release-manager"))
+    page.goto(f"/ui/models/{MODEL}")
+    panel = page.locator("#rollout")
+    page.select_option("#ro-candidate", "9")
+    page.fill("#ro-reason", "slow on paper")
+    page.click("[data-start-rollout]")
+    expect(page.locator("#gate-refusal")).to_contain_text("the gates refused 9")
+    expect(page.locator("#gate-refusal")).to_contain_text("sm_80")
+    expect(page.locator("#gate-refusal")).to_contain_text("ratio")
+    assert stack.api.get(f"/models/{MODEL}/rollouts").json() == []
+
+    # A custom plan: 10% then 50%, short pauses, a small evidence minimum, the first step on the local pool.
+    page.select_option("#ro-candidate", "2")
+    page.select_option("#ro-baseline", "1")
+    page.check("input[name=plan][value=custom]")
+    for row, (weight, pause, pools) in enumerate((("10", "10", "local-cpu"), ("50", "10", ""), ("100", "", ""))):
+        page.fill(f"input[name=step-{row}-weight]", weight)
+        page.fill(f"input[name=step-{row}-pause]", pause)
+        page.fill(f"input[name=step-{row}-pools]", pools)
+    page.locator("details.analysis summary").click()
+    page.fill("#ro-min", "30")
+    page.fill("#ro-reason", "fp16 engine, staged")
+    page.click("[data-start-rollout]")
+    expect(page.locator(".flash-ok")).to_contain_text("started: 2 against 1, first step 10%")
+    rollout = stack.api.get(f"/models/{MODEL}/rollouts").json()[0]
+    assert rollout["state"] == "running" and rollout["steps"][0]["pools"] == ["local-cpu"]
+    assert rollout["analysis"]["min_requests"] == 30 and rollout["started_by"] == "rita"
+    current = panel.locator("[aria-current=step]")
+    expect(current).to_contain_text("10%")
+    expect(current).to_contain_text(re.compile(r"left|pause served|here"))
+
+    # The panel refreshes itself: the controller judges step 1 on real requests and moves to 50%.
+    expect(current).to_have_attribute("data-step", "1", timeout=120_000)
+    expect(current).to_contain_text("50%")
+    expect(panel.locator("[data-step='0']")).to_contain_text("done")
+    expect(panel.locator("tr[data-arch='sm_80']")).to_be_visible(timeout=30_000)
+    expect(panel.locator("tr[data-arch='sm_80']")).to_contain_text("candidate")
+    screenshot(page, "rollout-running")
+    _publish_panel(page)
+    assert _axe_violations(page) == []
+
+    # Abort: a confirmation page that wants a reason, then the policy from before the rollout is live again.
+    page.click("[data-rollout-action=abort]")
+    expect(page.locator("h1")).to_contain_text(f"Abort rollout {rollout['id']} of 2?")
+    page.locator("#reason").evaluate("e => e.removeAttribute('required')")  # what a script-less client sends
+    page.click("[data-confirm]")
+    expect(page.locator("[role=alert]")).to_contain_text("say why you abort the rollout")
+    page.fill("#reason", "seen enough")
+    page.click("[data-confirm]")
+    expect(page.locator(".flash-ok")).to_contain_text(f"Rollout {rollout['id']} aborted")
+    after = stack.api.get(f"/models/{MODEL}/traffic").json()
+    assert after["splits"] == before["splits"] and after["default_version"] == before["default_version"]
+    assert after["created_by"] == f"rollout:{rollout['id']}"
+    assert stack.api.get(f"/models/{MODEL}/rollouts/{rollout['id']}").json()["state"] == "aborted"
+    expect(page.locator(f"tr[data-past-rollout='{rollout['id']}']")).to_contain_text("aborted")
+    expect(page.locator("#rollout-form")).to_be_visible()
+    deadline = time.monotonic() + 15
+    while (seen := stack.served(range(300))) != Counter({"1": 300}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert seen == Counter({"1": 300}), seen  # the routers serve the restored policy
+
+    page.goto(f"/ui/models/{MODEL}/rollouts/{rollout['id']}")
+    expect(page.locator("#rollout-detail")).to_contain_text("aborted by rita: seen enough")
+    expect(page.locator("#rollout-detail [data-verdict='pass']").first).to_be_visible()
+
+
+def _publish_panel(page: Any) -> None:
+    from tests.web.conftest import ARTIFACTS, publish_doc
+
+    path = ARTIFACTS / "rollout-panel.png"
+    page.locator("#rollout").screenshot(path=str(path))
+    publish_doc(path, "ui-rollout-panel.png")
+
+
+def test_the_panel_fits_a_phone_and_a_viewer_gets_no_controls(browser: Any, stack: Stack) -> None:
+    for name, role in (("rhea", "release-manager"), ("vera", "viewer")):
+        page = _page(browser, stack, stack.token(name, role), width=390)
+        page.goto(f"/ui/models/{MODEL}")
+        expect(page.locator("#rollout")).to_be_visible()
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, page.evaluate(WIDEST)
+        assert _axe_violations(page) == [], role
+        screenshot(page, f"rollout-panel-390-{role}")
+    expect(page.locator("#rollout")).to_contain_text("can watch rollouts but not start")
+    expect(page.locator("#rollout-form, [data-rollout-action]")).to_have_count(0)
+    csrf = page.locator("input[name=csrf]").first.get_attribute("value")
+    response = page.request.post(f"/ui/models/{MODEL}/rollouts", form={"csrf": csrf, "candidate": "2",
+                                                                       "plan": "fast"})
+    assert response.status == 403
