@@ -21,6 +21,7 @@ MODEL_MODULES = (
     "control_plane.audit.models",
     "control_plane.auth.models",
     "control_plane.deployments.models",
+    "control_plane.rollouts.models",
 )
 
 

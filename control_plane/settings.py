@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     # Engines are fetched over TLS or from object stores; plain http:// only where a deployment says
     # its artifact store sits on a private network (see README, Security).
     allow_http_engine_uris: bool = False
+    # Rollout events (started, step advanced, paused, rolled back, succeeded...) are POSTed here as JSON.
+    webhook_url: str | None = None
+    # The rollout controller: how often it looks (seconds), and whether this process runs one at all
+    # (replicas elect one leader among themselves, so every replica may).
+    rollout_tick_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    rollout_controller: bool = True
 
     @field_validator("database_url")
     @classmethod
@@ -71,7 +77,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql+asyncpg:// or sqlite+aiosqlite://")
         return url
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "webhook_url")
     @classmethod
     def _empty_is_none(cls, url: str | None) -> str | None:
         return url or None

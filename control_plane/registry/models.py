@@ -49,6 +49,9 @@ class Model(Base):
     salt: Mapped[str] = mapped_column(String(256))
     anonymous: Mapped[AnonymousPolicy] = mapped_column(str_enum(AnonymousPolicy, 16), default=AnonymousPolicy.WEIGHTED)
     replicas: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The actor that alone may change the traffic policy now ("rollout:<id>" while a rollout runs); None: anyone
+    # with traffic:write. A column here rather than a query of rollouts, so traffic (below rollouts) can check it.
+    traffic_held_by: Mapped[str | None] = mapped_column(String(128), default=None)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -19,7 +19,7 @@ from control_plane.audit import service as audit_service
 from control_plane.auth.service import Actor
 from control_plane.changes import Committer
 from control_plane.db import flush_or_raise
-from control_plane.errors import InvalidInput, NotFound, PreconditionFailed, PreconditionRequired
+from control_plane.errors import Conflict, InvalidInput, NotFound, PreconditionFailed, PreconditionRequired
 from control_plane.deployments.models import Deployment
 from control_plane.registry import service as registry_service
 from control_plane.registry.service import LivePolicy
@@ -191,6 +191,15 @@ def default_note(revision: TrafficRevision, *, anonymous: str) -> str | None:
             f"version has no ready backend{also}")
 
 
+def check_not_held(model: Model, *, actor: Actor) -> None:
+    """Refuse a change by anyone but the holder while the policy is held (a running rollout drives it)."""
+    held = model.traffic_held_by
+    if held is not None and held != actor.name:
+        what = held.replace("rollout:", "rollout ", 1)
+        raise Conflict(f"traffic of {model.name!r} is driven by {what}, which is running: pause or abort it "
+                       "before changing traffic by hand", {"held_by": held})
+
+
 async def put(session: AsyncSession, *, model_name: str, body: TrafficPut, if_match: str | None, actor: Actor,
               publisher: Committer) -> TrafficRevision:
     """Write a new revision if ``if_match`` names the live one (optimistic concurrency).
@@ -202,6 +211,7 @@ async def put(session: AsyncSession, *, model_name: str, body: TrafficPut, if_ma
                                    "(so two release managers never overwrite each other)")
     expected = parse_etag(if_match)
     model = await registry_service.get_model_or_raise(session, name=model_name, for_update=True)
+    check_not_held(model, actor=actor)
     current = await get_current(session, model=model)
     live = current.revision if current else 0
     if expected != live:

@@ -25,7 +25,7 @@ from tests.services import LiveServer
 ADMIN_TOKEN = "gr_test-admin-token-0123456789abcdefghijklmnop"
 SECRET_KEY = "test-secret-key-0123456789abcdef"
 ROLES = ("admin", "publisher", "release-manager", "viewer", "router")
-TABLES_RESET_PER_TEST = ("audit_events", "deployments", "traffic_revisions", "engines", "versions", "models", "pools")
+TABLES_RESET_PER_TEST = ("rollout_verdicts", "rollouts", "audit_events", "deployments", "traffic_revisions", "engines", "versions", "models", "pools")
 
 
 def reset_database(url: str) -> None:
