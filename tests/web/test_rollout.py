@@ -18,10 +18,10 @@ from playwright.sync_api import expect
 
 from tests.services import free_port
 from tests.test_demo import _start, _stop, _wait_for_banner
-from tests.web.conftest import VIEWPORT, screenshot
+from tests.web.conftest import VIEWPORT, Api, screenshot
 from tests.web.test_first_hour import WIDEST, _axe_violations
 
-pytestmark = [pytest.mark.browser]
+pytestmark = [pytest.mark.browser, pytest.mark.postgres, pytest.mark.redis]
 
 MODEL = "demo-classifier"
 BODY = {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": [0.25] * 16}]}
@@ -173,3 +173,73 @@ def test_the_panel_fits_a_phone_and_a_viewer_gets_no_controls(browser: Any, stac
     response = page.request.post(f"/ui/models/{MODEL}/rollouts", form={"csrf": csrf, "candidate": "2",
                                                                        "plan": "fast"})
     assert response.status == 403
+
+
+# --- the form and the actions on the web tests' control plane (Postgres, Redis; no traffic needed) -------------
+
+def test_the_start_form_places_refusals_shows_the_gates_and_steers_a_rollout(api: Api, model: str,
+                                                                              sign_in: Any) -> None:
+    api.version(model, "5", benchmark={"p50_ms": 9.0, "p99_ms": 40.0})  # slower on paper than 3 (9.8 ms)
+    page = sign_in("remy", "release-manager")
+    page.goto(f"/ui/models/{model}")
+    panel = page.locator("#rollout")
+    expect(page.locator("#ro-baseline")).to_have_value("3")  # the default version
+
+    # Weights that do not increase: refused, the error next to the row that holds it, nothing started.
+    page.select_option("#ro-candidate", "4")
+    page.check("input[name=plan][value=custom]")
+    for row, weight in enumerate(("50", "10", "100")):
+        page.fill(f"input[name=step-{row}-weight]", weight)
+    page.fill("input[name=step-0-pause]", "soon")
+    page.click("[data-start-rollout]")
+    expect(panel.locator("#rollout-errors")).to_contain_text("Not started")
+    expect(panel.locator("#err-step-0-pause")).to_contain_text("whole seconds")
+    page.fill("input[name=step-0-pause]", "60")
+    page.click("[data-start-rollout]")
+    expect(panel.locator("#err-step-1-weight")).to_contain_text("weights must increase")
+    expect(page.locator("input[name=step-2-weight]")).to_have_value("100")  # what was typed stays
+    assert api.admin.get(f"/models/{model}/rollouts").json() == []
+
+    # The gates: 5's trtexec p99 is 4x 3's on sm_80; refused with the evidence, then overridden with a reason.
+    page.select_option("#ro-candidate", "5")
+    page.check("input[name=plan][value=fast]")
+    page.click("[data-start-rollout]")
+    expect(page.locator("#gate-refusal")).to_contain_text("trtexec p99 40 ms against 9.8 ms on sm_80")
+    page.check("input[name=override_gates]")
+    page.click("[data-start-rollout]")
+    expect(panel.locator("#err-reason")).to_contain_text("say why the gates are overridden")
+    page.select_option("#ro-candidate", "4")
+    page.uncheck("input[name=override_gates]")
+    page.check("input[name=plan][value=standard]")
+    page.fill("#ro-reason", "int8 rebuild")
+    page.click("[data-start-rollout]")
+    expect(page.locator(".flash-ok")).to_contain_text("started: 4 against 3, first step 5%")
+    rollout = api.admin.get(f"/models/{model}/rollouts").json()[0]
+    expect(panel.locator("[aria-current=step]")).to_contain_text("5%")
+    expect(panel.locator("[aria-current=step]")).to_contain_text(re.compile(r"of pause left|here"))
+    expect(panel.locator("[data-verdict=none]")).to_contain_text("No verdict yet")
+
+    # While it runs, a manual change is refused and says why.
+    page.fill("input[name='weight:4']", "20")
+    page.fill("#reason", "by hand")
+    page.click("[data-apply]")
+    expect(page.locator("#form-errors")).to_contain_text(f"rollout {rollout['id']}")
+
+    # Pause, resume, promote: each through its confirmation page.
+    for action, flash in (("pause", "paused"), ("resume", "resumed"), ("promote", "promoted: 4 has 100%")):
+        page.goto(f"/ui/models/{model}")
+        page.click(f"[data-rollout-action={action}]")
+        expect(page.locator("#confirm h1")).to_contain_text(f"rollout {rollout['id']} of 4?")
+        page.fill("#reason", f"{action} from the UI")
+        page.click("[data-confirm]")
+        expect(page.locator(".flash-ok")).to_contain_text(f"Rollout {rollout['id']} {flash}")
+    traffic = api.traffic(model)
+    assert traffic["default_version"] == "4" and {v: w for v, w in api.weights(model).items() if w} == {"4": 100.0}
+    assert api.admin.get(f"/models/{model}/rollouts/{rollout['id']}").json()["state"] == "succeeded"
+    expect(page.locator(f"tr[data-past-rollout='{rollout['id']}']")).to_contain_text("succeeded")
+    expect(page.locator("#audit")).to_contain_text("rollout.promoted")
+    # A finished rollout offers no actions, and a forged one is refused with the reason.
+    page.goto(f"/ui/models/{model}/rollouts/{rollout['id']}/confirm/abort")
+    page.fill("#reason", "too late")
+    page.click("[data-confirm]")
+    expect(page.locator("[role=alert]")).to_contain_text("is succeeded: cannot abort it")

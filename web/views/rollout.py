@@ -32,6 +32,7 @@ templates.env.globals.update(verdict_tone=rollout_panel.VERDICT_TONE, verdict_te
 ROLLOUT_PERMISSION = Permission.TRAFFIC_WRITE  # the API's rule: release managers and admins
 _ACT = {"pause": rollouts_service.pause, "resume": rollouts_service.resume, "abort": rollouts_service.abort,
         "promote": rollouts_service.promote}
+_EVENT = {"pause": "paused", "resume": "resumed", "abort": "aborted", "promote": "promoted"}
 
 
 @router.get("/models/{name}/rollout-panel")
@@ -79,6 +80,7 @@ async def start_rollout(name: str, request: Request, visitor: VisitorDep, db: Se
     except Conflict as exc:
         await db.rollback()
         return await refused(rollout_panel.Refusal(start, {"": [exc.message]}), 409)
+    _announce(request, "rollout.started", model=name, reason=create.reason, actor=actor.name, rollout=started)
     visitor.ui.flash("ok", f"Rollout {started.id} started: {started.candidate} against {started.baseline}, "
                            f"first step {rollout_panel.fmt_number(started.steps[0]['weight'])}%.")
     return _redirect(f"/ui/models/{quote(name)}#rollout")
@@ -86,6 +88,13 @@ async def start_rollout(name: str, request: Request, visitor: VisitorDep, db: Se
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _announce(request: Request, event: str, *, model: str, reason: str, actor: str, rollout: Any) -> None:
+    """The webhook event the API sends for the same action (never blocks: the webhook queues and retries)."""
+    webhook = getattr(request.app.state, "rollout_webhook", None)
+    if webhook is not None:
+        webhook.send(event, model=model, reason=reason, actor=actor, **rollouts_service.event_state(rollout))
 
 
 async def _confirm_page(request: Request, visitor: Any, db: Any, *, name: str, rollout_id: int, action: str,
@@ -144,6 +153,7 @@ async def rollout_action(name: str, rollout_id: str, action: str, request: Reque
     except (Conflict, InvalidInput) as exc:
         await db.rollback()
         return await refused(exc.message, exc.status_code)
+    _announce(request, f"rollout.{_EVENT[action]}", model=name, reason=reason, actor=actor.name, rollout=done)
     text = {"pause": "paused", "resume": "resumed", "abort": "aborted: the traffic policy from before it is live again",
             "promote": f"promoted: {done.candidate} has 100% and is the default"}[action]
     visitor.ui.flash("ok", f"Rollout {number} {text}.")
