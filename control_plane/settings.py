@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Signing key of the embedded demo; refused anywhere else.
@@ -34,6 +34,15 @@ def token_strength_bits(token: str) -> float:
     if len(set(token)) < 8:  # "aaaa…" or "abab…" is not random, whatever its length
         return 0.0
     return len(token) * math.log2(alphabet) if alphabet > 1 else 0.0
+
+
+class LocalFault(BaseModel):
+    """Faults the local target injects into one version's engine servers (demos and tests of rollouts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    extra_latency_ms: Annotated[float, Field(ge=0, le=60_000)] = 0.0
 
 
 class Settings(BaseSettings):
@@ -69,6 +78,9 @@ class Settings(BaseSettings):
     # (replicas elect one leader among themselves, so every replica may).
     rollout_tick_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
     rollout_controller: bool = True
+    # Local target only: faults per version ("4") or per version on one pool ("4@pool-b"), as JSON, e.g.
+    # '{"4": {"error_rate": 0.05}, "4@pool-b": {"extra_latency_ms": 20}}'. For demos and tests of rollouts.
+    local_faults: dict[str, LocalFault] = Field(default_factory=dict)
 
     @field_validator("database_url")
     @classmethod

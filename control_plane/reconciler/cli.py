@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from control_plane.reconciler.engine_server import Fault
 from control_plane.reconciler.loop import Reconciler
 from control_plane.settings import Settings
 
@@ -64,6 +65,11 @@ def _namespace(args: argparse.Namespace) -> str:
     return "default"
 
 
+def local_faults(settings: Settings) -> dict[str, Fault]:
+    """``GRAYROUTE_LOCAL_FAULTS`` as the local target takes it."""
+    return {key: Fault(f.error_rate, f.extra_latency_ms) for key, f in settings.local_faults.items()}
+
+
 async def main(args: argparse.Namespace, settings: Settings, stop: asyncio.Event | None = None) -> None:
     from control_plane.db import create_engine, session_factory
     from control_plane.traffic.publisher import SnapshotPublisher, notifier_for
@@ -97,7 +103,7 @@ async def main(args: argparse.Namespace, settings: Settings, stop: asyncio.Event
     else:
         from control_plane.reconciler.targets.local import LocalTarget
 
-        target = LocalTarget(state_dir=args.state_dir or settings.state_dir)
+        target = LocalTarget(state_dir=args.state_dir or settings.state_dir, faults=local_faults(settings))
 
     reconciler = Reconciler(store=DatabaseStore(sessions, publisher), target=target, elector=elector,
                             drain_seconds=args.drain_seconds, resync_seconds=args.resync_seconds)

@@ -13,6 +13,8 @@ Rules (see the design's reconciler section):
 - Replicas follow the version's traffic share of the model's per-pool budget
   (largest-remainder apportionment, so shares add up to the budget), never
   below 1 while active.
+- A version a rollout step holds to some pools (``ModelSpec.placement``) is
+  deployed on those pools only; elsewhere its deployments drain.
 - A deployment whose version leaves the active set drains: it keeps its
   replicas for the drain period (a rollback is then a routing change, not a
   cold start), after which it is removed.
@@ -102,6 +104,8 @@ class ModelSpec:
     traffic: Policy | None = None  # the live traffic revision's policy
     # Per-pool replica budget {pool_name: n}; a pool not named gets 1.
     replicas: Mapping[str, int] = field(default_factory=dict)
+    # Versions held to some pools {label: pool names}: a rollout step that places its candidate on those only.
+    placement: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -340,7 +344,10 @@ def plan(inputs: Inputs, *, kind: str, now: datetime, drain: timedelta) -> Plan:
             if version.label not in active or not pools:
                 continue
             placed = False
+            held_to = model.placement.get(version.label)
             for pool in pools:
+                if held_to is not None and pool.name not in held_to:
+                    continue
                 engine = engine_for(version, pool)
                 if engine is not None:
                     placed = True
@@ -359,7 +366,7 @@ def plan(inputs: Inputs, *, kind: str, now: datetime, drain: timedelta) -> Plan:
                         f"TensorRT mismatch: the {pool.gpu_arch} engine of {version.label} was built with "
                         f"TensorRT {built}, pool {pool.name} runs TensorRT {pool.trt_version}",
                     )
-            if not placed and not any(f.version_id == version.id for f in failures.values()):
+            if not placed and held_to is None and not any(f.version_id == version.id for f in failures.values()):
                 message = _no_pool_message(version, pools)
                 for pool in pools:
                     failures[(version.id, pool.id)] = Failure(version.id, pool.id, message)

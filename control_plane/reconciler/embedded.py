@@ -11,11 +11,13 @@ traffic change reaches the engine servers without waiting for a resync::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from control_plane.traffic.publisher import SnapshotPublisher
+from control_plane.reconciler.engine_server import Fault
 from control_plane.reconciler.loop import Reconciler
 from control_plane.reconciler.service import DatabaseStore
 from control_plane.reconciler.targets.local import LocalTarget
@@ -28,10 +30,11 @@ def local_reconciler(
     state_dir: Path,
     drain_seconds: float = 600.0,
     resync_seconds: float = 30.0,
+    faults: Mapping[str, Fault] | None = None,
 ) -> Reconciler:
     reconciler = Reconciler(
         store=DatabaseStore(sessions, publisher),
-        target=LocalTarget(state_dir=state_dir),
+        target=LocalTarget(state_dir=state_dir, faults=faults),
         drain_seconds=drain_seconds,
         resync_seconds=resync_seconds,
     )

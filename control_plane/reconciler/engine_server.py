@@ -15,10 +15,12 @@ import asyncio
 import json
 import logging
 import os
+import random
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,12 +157,31 @@ def _wants_binary(body: dict[str, Any]) -> bool:
         isinstance(o, dict) and (o.get("parameters") or {}).get("binary_data") for o in outputs)
 
 
+@dataclass(frozen=True)
+class Fault:
+    """Injected faults, for demos and tests of rollouts: a share of requests answered 500, and added latency."""
+
+    error_rate: float = 0.0
+    extra_latency_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.error_rate <= 1:
+            raise ValueError(f"error_rate must be a fraction in [0, 1], got {self.error_rate}")
+        if not 0 <= self.extra_latency_ms <= 60_000:
+            raise ValueError(f"extra_latency_ms must be in [0, 60000], got {self.extra_latency_ms}")
+
+    def arguments(self) -> list[str]:
+        """The engine server's command-line flags for this fault."""
+        return ["--error-rate", str(self.error_rate), "--extra-latency-ms", str(self.extra_latency_ms)]
+
+
 class App:
     """The v2 HTTP surface over one :class:`Engine`."""
 
-    def __init__(self, engine: Engine, where: str = "") -> None:
+    def __init__(self, engine: Engine, where: str = "", *, fault: Fault | None = None) -> None:
         self.engine = engine
         self.where = where
+        self.fault = fault or Fault()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -237,6 +258,10 @@ class App:
                 return 400, {"error": "body is not JSON"}
             if not isinstance(body, dict):
                 return 400, {"error": "body must be a JSON object"}
+            if self.fault.extra_latency_ms:
+                await asyncio.sleep(self.fault.extra_latency_ms / 1000)
+            if self.fault.error_rate and random.random() < self.fault.error_rate:
+                return 500, {"error": "injected fault (--error-rate)"}
             try:
                 return 200, await asyncio.get_running_loop().run_in_executor(None, engine.handle_infer, body)
             except InferenceError as exc:
@@ -276,9 +301,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, default=Path(".grayroute") / "models")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is no longer the parent")
+    parser.add_argument("--error-rate", type=float, default=0.0,
+                        help="fault injection: the share of inference requests answered 500 (default: 0)")
+    parser.add_argument("--extra-latency-ms", type=float, default=0.0,
+                        help="fault injection: milliseconds added to every inference request (default: 0)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="debug: every readiness probe too")
     args = parser.parse_args(argv)
+    try:
+        fault = Fault(args.error_rate, args.extra_latency_ms)
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import uvicorn
@@ -293,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         model_dir=args.model_dir,
         threads=args.threads,
     )
-    uvicorn.run(App(engine, f"{args.host}:{args.port}"), host=args.host, port=args.port, log_level="warning", lifespan="on", access_log=False)
+    if fault != Fault():
+        log.warning("fault injection: %.1f%% of requests answered 500, %.0f ms added", fault.error_rate * 100,
+                    fault.extra_latency_ms)
+    uvicorn.run(App(engine, f"{args.host}:{args.port}", fault=fault), host=args.host, port=args.port, log_level="warning", lifespan="on", access_log=False)
     return 0
 
 

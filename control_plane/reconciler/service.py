@@ -15,6 +15,7 @@ from control_plane.reconciler import desired
 from control_plane.deployments.models import Deployment
 from control_plane.reconciler.status import StatusRow
 from control_plane.registry.models import Model, Pool, Version
+from control_plane.rollouts import service as rollouts_service
 from control_plane.traffic.models import TrafficRevision
 
 
@@ -37,7 +38,8 @@ def _batching(raw: dict[str, Any] | None) -> desired.Batching | None:
                             preferred_batch_size=tuple(int(n) for n in raw.get("preferred_batch_size") or ()))
 
 
-def _model(model: Model, revision: TrafficRevision | None) -> desired.ModelSpec:
+def _model(model: Model, revision: TrafficRevision | None,
+           placement: dict[str, frozenset[str]] | None = None) -> desired.ModelSpec:
     versions = tuple(
         desired.VersionSpec(
             id=v.id,
@@ -58,7 +60,7 @@ def _model(model: Model, revision: TrafficRevision | None) -> desired.ModelSpec:
     )
     replicas = {str(k): int(n) for k, n in (model.replicas or {}).items() if isinstance(n, int | float)}
     return desired.ModelSpec(id=model.id, name=model.name, versions=versions, traffic=revision.policy if revision is not None else None,
-                             replicas=replicas)
+                             replicas=replicas, placement=placement or {})
 
 
 def _pool(pool: Pool) -> desired.PoolSpec:
@@ -77,7 +79,7 @@ def _pool(pool: Pool) -> desired.PoolSpec:
 
 
 async def load_inputs(session: AsyncSession, *, kind: str) -> desired.Inputs:
-    """Everything ``desired.plan`` needs, in four queries."""
+    """Everything ``desired.plan`` needs, in five queries."""
     models = (await session.scalars(
         select(Model).options(selectinload(Model.versions).selectinload(Version.engines)).order_by(Model.id)
     )).all()
@@ -96,8 +98,9 @@ async def load_inputs(session: AsyncSession, *, kind: str) -> desired.Inputs:
     previous = (await session.scalars(
         select(Deployment).join(Pool, Pool.id == Deployment.pool_id).where(Pool.kind == kind)
     )).all()
+    placements = await rollouts_service.step_pools(session)
     return desired.Inputs(
-        models=tuple(_model(m, revisions.get(m.id)) for m in models),
+        models=tuple(_model(m, revisions.get(m.id), placements.get(m.id)) for m in models),
         pools=tuple(_pool(p) for p in pools),
         previous=tuple(
             desired.PreviousStatus(d.version_id, d.pool_id, d.desired_replicas, d.phase, d.draining_since)

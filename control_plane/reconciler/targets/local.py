@@ -16,13 +16,14 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from control_plane.reconciler.desired import DeploymentKey, DesiredDeployment
+from control_plane.reconciler.engine_server import Fault
 from control_plane.reconciler.targets import Observed, SyncReport, Wake
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,11 @@ class _History:
 class LocalTarget:
     kind = "local"
 
-    def __init__(self, *, state_dir: Path, python: str = sys.executable, probe_timeout: float = 1.0) -> None:
+    def __init__(self, *, state_dir: Path, python: str = sys.executable, probe_timeout: float = 1.0,
+                 faults: Mapping[str, Fault] | None = None) -> None:
         self.state_dir = state_dir
+        # Injected faults by "version" or "version@pool" (the more specific wins); for demos and tests.
+        self.faults = dict(faults or {})
         self.python = python
         self.probe_timeout = probe_timeout
         self._replicas: dict[tuple[str, int], _Replica] = {}
@@ -170,6 +174,7 @@ class LocalTarget:
                 "--port", str(port), "--host", HOST,
                 "--model-dir", str(self.state_dir / "models"),
                 "--parent-pid", str(os.getpid()),
+                *self._fault_for(d).arguments(),
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
             )
         replica = _Replica((d.model, d.version, d.precision), process, port, time.monotonic(), log_path)
@@ -180,6 +185,9 @@ class LocalTarget:
             asyncio.create_task(self._until_ready(replica)),
         ]
         return replica
+
+    def _fault_for(self, d: DesiredDeployment) -> Fault:
+        return self.faults.get(f"{d.version}@{d.pool.name}") or self.faults.get(d.version) or Fault()
 
     async def _on_exit(self, replica: _Replica) -> None:
         await replica.process.wait()
