@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ["GRAYROUTE_DATABASE_URL"] = f"sqlite+aiosqlite:///{data_dir / 'grayroute.db'}"
     os.environ["GRAYROUTE_STATE_DIR"] = str(data_dir / "state")
     os.environ.pop("GRAYROUTE_REDIS_URL", None)
-    os.environ["GRAYROUTE_LOCAL_FAULTS"] = json.dumps({f"{MODEL}/{BROKEN}": BROKEN_FAULTS})
+    os.environ["GRAYROUTE_LOCAL_FAULTS"] = json.dumps({BROKEN: BROKEN_FAULTS})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("uvicorn.access", "httpx", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
