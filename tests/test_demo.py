@@ -121,7 +121,9 @@ def test_demo_rolls_out_a_good_candidate_in_steps_and_stops_cleanly(tmp_path: Pa
         # The banner tells how to point the CLI at the demo's database, and that works from anywhere.
         database_url = re.search(r"export GRAYROUTE_DATABASE_URL=(\S+)", banner)
         assert database_url and database_url.group(1) == f"sqlite+aiosqlite:///{tmp_path / 'grayroute.db'}"
+        # PYTHONPATH: from another directory, still this checkout's code (not whichever one is installed).
         env = {k: v for k, v in os.environ.items() if not k.startswith("GRAYROUTE_")}
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
         listed = subprocess.run([sys.executable, "-m", "control_plane.cli", "token", "list"], cwd=tmp_path.parent,
                                 env={**env, "GRAYROUTE_DATABASE_URL": database_url.group(1)}, capture_output=True,
                                 text=True, timeout=60, check=False)
