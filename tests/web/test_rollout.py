@@ -65,7 +65,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def _page(browser: Any, stack: Stack, token: str, *, width: int = VIEWPORT["width"]) -> Any:
     context = browser.new_context(base_url=stack.url, viewport={"width": width, "height": 860}, bypass_csp=True)
-    context.set_default_timeout(15_000)
+    context.set_default_timeout(40_000)  # a busy machine, and the demo's SQLite shared by four processes
     page = context.new_page()
     page.goto("/ui/login")
     page.fill("#token", token)
@@ -95,11 +95,12 @@ def test_a_rollout_is_started_from_the_panel_advances_and_its_abort_restores_the
     expect(page.locator("#gate-refusal")).to_contain_text("ratio")
     assert stack.api.get(f"/models/{MODEL}/rollouts").json() == []
 
-    # A custom plan: 10% then 50%, short pauses, a small evidence minimum, the first step on the local pool.
+    # A custom plan: 10% for 10 s on the local pool, then 50% for 10 min (it is aborted there), a small evidence
+    # minimum.
     page.select_option("#ro-candidate", "2")
     page.select_option("#ro-baseline", "1")
     page.check("input[name=plan][value=custom]")
-    for row, (weight, pause, pools) in enumerate((("10", "10", "local-cpu"), ("50", "10", ""), ("100", "", ""))):
+    for row, (weight, pause, pools) in enumerate((("10", "10", "local-cpu"), ("50", "600", ""), ("100", "", ""))):
         page.fill(f"input[name=step-{row}-weight]", weight)
         page.fill(f"input[name=step-{row}-pause]", pause)
         page.fill(f"input[name=step-{row}-pools]", pools)
