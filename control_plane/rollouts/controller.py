@@ -52,6 +52,7 @@ such fencing of the writes made on other connections.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import os
@@ -105,7 +106,7 @@ def decide(candidate: dict[str, ArmCounts], baseline: dict[str, ArmCounts], *, e
         else:
             alone[arch] = judge(candidate[arch], _EMPTY, elapsed_seconds=elapsed_seconds,
                                 pause_seconds=pause_seconds, config=config)
-    per_arch = {arch: j.as_dict() for arch, j in {**judged, **alone}.items()}
+    per_arch = {arch: _json_safe(j.as_dict()) for arch, j in {**judged, **alone}.items()}
     failed = [(arch, j) for arch, j in judged.items() if j.verdict is Verdict.FAIL]
     failed += [(arch, j) for arch, j in alone.items() if j.verdict is Verdict.FAIL]
     if failed:
@@ -119,6 +120,17 @@ def decide(candidate: dict[str, ArmCounts], baseline: dict[str, ArmCounts], *, e
     return Decision(Verdict.PASS, "; ".join(f"{arch}: {j.reason}" for arch, j in judged.items()), per_arch)
 
 
+def _json_safe(value: Any) -> Any:
+    """Evidence as JSON can hold it: an unbounded interval end (inf) or an unknown ratio becomes null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 class RolloutController:
     def __init__(self, *, sessions: async_sessionmaker[AsyncSession], publisher: Committer,
                  store: stats_service.StatsStore, webhook: Webhook | None = None, tick_seconds: float = 2.0,
@@ -130,8 +142,10 @@ class RolloutController:
         self.tick_seconds = tick_seconds
         self.lease_seconds = lease_seconds or max(5 * tick_seconds, 2.0)
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.leader = False
+        self.leader = False  # as of this replica's last look; the lease row, not this flag, fences the writes
         self.ticks = 0
+        # (rollout id, step index, event) of the transitions this replica made, newest last (diagnostics).
+        self.decisions: collections.deque[tuple[int, int, str]] = collections.deque(maxlen=1000)
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("rollout controller %s started (tick %.1f s)", self.holder, self.tick_seconds)
@@ -207,15 +221,18 @@ class RolloutController:
                               config=rollouts_service.analysis_config(rollout))
             await rollouts_service.record_verdict(session, rollout=rollout, verdict=decision.verdict.value,
                                                   reason=decision.reason, per_arch=decision.per_arch)
+            step_index = rollout.step_index
             if decision.verdict is Verdict.FAIL:
                 await rollouts_service.roll_back(session, model=model, rollout=rollout, verdict_reason=decision.reason,
                                                  per_arch=decision.per_arch, publisher=self.publisher)
+                self.decisions.append((rollout.id, step_index, "rollout.rolled_back"))
                 log.warning("rollout %d of %s rolled back: %s", rollout.id, model.name, decision.reason)
                 self.webhook.send("rollout.rolled_back", model=model.name, reason=decision.reason,
                                   evidence=decision.per_arch, **rollouts_service.event_state(rollout))
             elif decision.verdict is Verdict.PASS:
                 event = await rollouts_service.advance(session, model=model, rollout=rollout,
                                                        verdict_reason=decision.reason, publisher=self.publisher)
+                self.decisions.append((rollout.id, step_index, event))
                 log.info("rollout %d of %s: %s", rollout.id, model.name, event)
                 self.webhook.send(event, model=model.name, reason=decision.reason,
                                   **rollouts_service.event_state(rollout))

@@ -400,12 +400,18 @@ async def promote(session: AsyncSession, *, model_name: str, rollout_id: int, re
 
 
 async def record_verdict(session: AsyncSession, *, rollout: Rollout, verdict: str, reason: str,
-                         per_arch: dict[str, Any]) -> RolloutVerdict | None:
-    """Keep a verdict when the step's outcome changed since the last one kept (not one row per tick)."""
+                         per_arch: dict[str, Any]) -> RolloutVerdict:
+    """One row per step and outcome: a new row when the outcome changed, else the last row brought up to date.
+
+    So the history stays short (waiting for readiness, judging, passed) while the
+    latest verdict always carries the current evidence.
+    """
     last = (await session.scalars(select(RolloutVerdict).where(RolloutVerdict.rollout_id == rollout.id)
                                   .order_by(RolloutVerdict.id.desc()).limit(1))).first()
-    if last is not None and last.step_index == rollout.step_index and last.verdict == verdict:
-        return None
+    if last is not None and last.step_index == rollout.step_index and last.verdict == verdict \
+            and bool(last.per_arch) == bool(per_arch):  # waiting for readiness, then judging figures: two rows
+        last.at, last.reason, last.per_arch = utcnow(), reason[:10000], per_arch
+        return last
     row = RolloutVerdict(rollout_id=rollout.id, step_index=rollout.step_index, verdict=verdict, reason=reason[:10000],
                          per_arch=per_arch)
     session.add(row)
