@@ -202,9 +202,15 @@ def _generator(router: str, model: str, rps: float) -> Iterator[tuple[Any, Any]]
 
 
 def _baseline_p99(api: httpx.Client, model: str) -> float:
-    stats = api.get(f"/models/{model}/stats", params={"window": 30}).json()
-    found = next(v for v in stats["versions"] if v["version"] == "1")
-    return float(found["p99_ms"])
+    """The baseline's p99 as the routers reported it (the figure the analysis compares against)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        stats = api.get(f"/models/{model}/stats", params={"window": 60}).json()
+        found = [v for v in stats.get("versions", []) if v["version"] == "1" and v["p99_ms"]]
+        if found and found[0]["requests"] >= 500:
+            return float(found[0]["p99_ms"])
+        time.sleep(1)
+    raise RuntimeError(f"no baseline figures for {model}: {stats}")
 
 
 def run_case(case: str, *, stack: Stack, api: httpx.Client, router: str, router_token: str, share: float,
@@ -299,6 +305,7 @@ def main() -> None:
     workdir.mkdir(parents=True)
     postgres, redis = PostgresServer.start(), RedisServer.start()
     stack = Stack(workdir)
+    server: LiveServer | None = None
     try:
         migrate.upgrade(postgres.url)
         settings = Settings(database_url=postgres.url, redis_url=redis.url, secret_key="bench-secret-key-0123456789",
@@ -314,8 +321,9 @@ def main() -> None:
         results = [run_case(case, stack=stack, api=api, router=router, router_token=router_token, share=args.share,
                             timeout=args.timeout, rps=args.rps) for case in args.cases.split(",")]
         api.close()
-        server.stop()
     finally:
+        if server is not None:
+            server.stop()
         stack.stop()
         redis.stop()
         postgres.stop()
