@@ -125,6 +125,10 @@ def test_a_rollout_is_started_from_the_panel_advances_and_its_abort_restores_the
     screenshot(page, "rollout-running")
     _publish_panel(page)
     assert _axe_violations(page) == []
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: the running panel fits without sideways scrolling
+    assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0, page.evaluate(WIDEST)
+    screenshot(page, "rollout-running-390")
+    page.set_viewport_size(VIEWPORT)
 
     # Abort: a confirmation page that wants a reason, then the policy from before the rollout is live again.
     page.click("[data-rollout-action=abort]")
