@@ -31,6 +31,7 @@ class Receiver:
         self.attempts = 0
         self.events: list[dict[str, Any]] = []
         self._runner: web.AppRunner | None = None
+        self._released = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -38,7 +39,11 @@ class Receiver:
 
     async def _hook(self, request: web.Request) -> web.Response:
         self.attempts += 1
-        await asyncio.sleep(self.delay)
+        if self.delay:
+            try:
+                await asyncio.wait_for(self._released.wait(), self.delay)
+            except TimeoutError:
+                pass
         if self.attempts <= self.failures:
             return web.Response(status=503)
         self.events.append(await request.json())
@@ -53,6 +58,7 @@ class Receiver:
         return self
 
     async def stop(self) -> None:
+        self._released.set()  # let a held answer go, so shutdown need not wait for it
         if self._runner is not None:
             await self._runner.cleanup()
 
