@@ -11,7 +11,8 @@ Bottom up; each layer imports only the layers below it, and
     registry               models, versions, engines, pools; the TensorRT compatibility rule
     deployments            status per (version, pool), external endpoints
     traffic                policies, revisions, preview, the snapshot and its publisher
-    stats                  merged router figures
+    stats, parity          merged router figures; shadow output parity
+    rollouts               staged rollouts: the step analysis, the API, the leader-elected controller
     reconciler             desired state, deployment targets
     app, cli, demo, migrate  wiring (with ``web``)
 
@@ -19,5 +20,6 @@ Below all of them, ``router`` (the data plane) provides the shared kernel:
 ``router.routing``, ``router.policy``, ``router.snapshot``, ``router.stats``.
 A lower layer that needs an answer from a higher one declares a protocol and
 the wiring passes the implementation in (``changes.Committer``,
-``registry.service.LivePolicies``).
+``registry.service.LivePolicies``). Traffic learns that a rollout holds a
+model's policy from the model's ``traffic_held_by`` column, which rollouts set.
 """

@@ -311,6 +311,7 @@ def _add_component_commands(commands: argparse._SubParsersAction) -> None:  # ty
         ("router", "router.cli", "run the edge router (data plane)"),
         ("reconcile", "control_plane.reconciler.cli", "run the deployment reconciler"),
         ("register", "control_plane.registry.cli", "register a version and its engines (from CI)"),
+        ("rollout", "control_plane.rollouts.cli", "start, watch and steer staged rollouts"),
         ("engine", "control_plane.reconciler.fetch", "fetch and verify an engine (the pods' init container)"),
         ("demo", "control_plane.demo", "run everything on this machine with a live canary"),
     ):

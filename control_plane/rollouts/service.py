@@ -246,6 +246,15 @@ async def start(session: AsyncSession, *, model_name: str, body: RolloutCreate, 
                                  "override_gates": body.override_gates, "steps_spec": rollout.steps},
         reason=body.reason + (" (gates overridden: " + "; ".join(e["detail"] for e in failed) + ")"
                               if failed else ""))
+    if len(rollout.steps) == 1:  # one step, at 100%: nothing to judge against, so a promotion
+        rollout.step_index = 1
+        _finish(rollout, model, RolloutState.SUCCEEDED, "a single step at 100%: the candidate took all traffic")
+        await audit_service.record(session, actor=actor, action="rollout.succeeded", target_type="rollout",
+                                   target=str(rollout.id), model=model.name, after=event_state(rollout),
+                                   reason=rollout.outcome)
+        await apply_step(session, model=model, rollout=rollout, weight=100.0, publisher=publisher,
+                         reason=f"rollout {rollout.id} started with a single step at 100%: {body.reason}")
+        return rollout
     await apply_step(session, model=model, rollout=rollout, reason=f"rollout {rollout.id} started: {body.reason}",
                      publisher=publisher)
     return rollout

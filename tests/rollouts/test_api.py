@@ -176,3 +176,12 @@ def test_a_burst_of_concurrent_starts_yields_one_rollout(seeded: Api) -> None:
                                  .status_code, range(10)))
     assert sorted(statuses) == [201] + [409] * 9
     assert len(seeded.get("/models/resnet50/rollouts").json()) == 1
+
+
+def test_a_single_step_at_100_is_a_promotion(seeded: Api) -> None:
+    response = start(seeded, {"candidate": "4", "steps": [{"weight": 100}]})
+    assert response.status_code == 201, response.text
+    assert (response.json()["state"], response.json()["step_index"]) == ("succeeded", 1)
+    traffic = seeded.get("/models/resnet50/traffic").json()
+    assert traffic["default_version"] == "4" and traffic["created_by"] == f"rollout:{response.json()['id']}"
+    assert seeded.traffic("resnet50", {"3": 100}, default="3").status_code == 200
