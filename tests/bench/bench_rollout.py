@@ -35,6 +35,7 @@ import platform
 import queue
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -169,6 +170,15 @@ def _wait_revision(router: str, revision: int, timeout: float = 30) -> float:
     raise RuntimeError(f"router never reached snapshot revision {revision}")
 
 
+def _swapped_at(log: Path, revision: int) -> float | None:
+    """When the router logged serving ``revision`` or later (its own clock, to the millisecond)."""
+    for line in log.read_text().splitlines():
+        found = re.match(r"(\S+ \S+) INFO grayroute\.router\.config: serving snapshot revision (\d+)", line)
+        if found and int(found.group(2)) >= revision:
+            return datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return None
+
+
 def _snapshot_revision(api: httpx.Client, router_token: str) -> int:
     response = api.get("/snapshot", headers={"Authorization": f"Bearer {router_token}"})
     response.raise_for_status()
@@ -183,6 +193,7 @@ class Result:
     verdict_to_served: float | None
     verdict_to_last: float | None
     candidate_requests: int
+    load_rps: float  # what the generator achieved during the rollout (the machine may not keep up with --rps)
     reason: str
 
 
@@ -237,6 +248,8 @@ def run_case(case: str, *, stack: Stack, api: httpx.Client, router: str, router_
             "steps": [{"weight": share, "pause_seconds": 600}, {"weight": 100}]})
         assert response.status_code == 201, response.text
         rollout_id = response.json()["id"]
+        _drain(events, served)
+        before, started = sum(served.count.values()), time.time()
         deadline = time.time() + timeout
         rollout: dict[str, Any] = {}
         while time.time() < deadline:
@@ -249,15 +262,20 @@ def run_case(case: str, *, stack: Stack, api: httpx.Client, router: str, router_
             api.post(f"/models/{model}/rollouts/{rollout_id}/abort", json={"reason": "bench over"})
             _drain(events, served)
             return Result(case, f"{rollout.get('state')} after {timeout:.0f} s", None, None, None,
-                          served.count.get("2", 0), "")
+                          served.count.get("2", 0), (sum(served.count.values()) - before) / (time.time() - started),
+                          "")
+        load = (sum(served.count.values()) - before) / (time.time() - started)
         rollback_revision = _snapshot_revision(api, router_token)
         served_at = _wait_revision(router, rollback_revision)
         time.sleep(3)  # in-flight candidate requests finish
         _drain(events, served)
+        # The router's log is exact; the /metrics poll above is an upper bound (it starts after this
+        # loop saw the rollback through the API).
+        served_at = min(served_at, _swapped_at(stack.workdir / "router.log", rollback_revision) or served_at)
     fail = next(v for v in reversed(rollout["verdicts"]) if v["verdict"] == "fail")
     verdict_at = datetime.fromisoformat(fail["at"].replace("Z", "+00:00")).timestamp()
     return Result(case, "rolled back", verdict_at - served.first["2"], served_at - verdict_at,
-                  served.last["2"] - verdict_at, served.count.get("2", 0), fail["reason"])
+                  served.last["2"] - verdict_at, served.count.get("2", 0), load, fail["reason"])
 
 
 def _register(api: httpx.Client, model: str, version: str, url: str) -> None:
@@ -327,6 +345,7 @@ def main() -> None:
         stack.stop()
         redis.stop()
         postgres.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
     def secs(value: float | None) -> str:
         return "–" if value is None else f"{value:6.2f} s"
@@ -334,10 +353,10 @@ def main() -> None:
     print(f"\nbad canary at {args.share:g}% of {args.rps:g} requests/s (targets: rolled back within 30 s of the "
           "onset; rollback served within 1 s of the verdict)")
     print(f"{'fault':<9} {'outcome':<22} {'onset→verdict':>14} {'verdict→served':>15} {'verdict→last':>13} "
-          f"{'cand. req.':>10}  reason")
+          f"{'cand. req.':>10} {'load/s':>7}  reason")
     for r in results:
         print(f"{r.case:<9} {r.outcome:<22} {secs(r.onset_to_verdict):>14} {secs(r.verdict_to_served):>15} "
-              f"{secs(r.verdict_to_last):>13} {r.candidate_requests:>10}  {r.reason[:90]}")
+              f"{secs(r.verdict_to_last):>13} {r.candidate_requests:>10} {r.load_rps:>7.0f}  {r.reason[:90]}")
     print(f"reference: a manual traffic PUT → the router serves its revision: {reference * 1000:.0f} ms (median of 5)")
     print("verdict→last includes requests already in flight at the verdict and the router's snapshot swap.")
     if args.sim:
