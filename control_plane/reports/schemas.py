@@ -21,6 +21,7 @@ class Source(enum.StrEnum):
 class Better(enum.StrEnum):
     LOWER = "lower"
     HIGHER = "higher"
+    NEITHER = "neither"  # e.g. requests/s: follows the split, says nothing of the engine
 
 
 class Figure(BaseModel):

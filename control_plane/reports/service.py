@@ -119,13 +119,25 @@ def _throughput_per_replica(side: _Side, pool: Pool, window: int) -> Figure:
                         "a full GPU's capacity)", note=f"live not used: {why}")
 
 
+def _capacity(side: _Side) -> Figure:
+    value = (side.engine.benchmark or {}).get("throughput")
+    if value is None or value <= 0:
+        return _none(f"no trtexec throughput registered with the {side.engine.gpu_arch} engine of version "
+                     f"{side.version.version}", "trtexec runs")
+    return Figure(value=float(value), source=Source.TRTEXEC, sample_size=1, sample_unit="trtexec runs",
+                  basis=f"trtexec throughput of the {side.engine.gpu_arch} engine")
+
+
 def _cost_per_million(tpr: Figure, pool: Pool) -> Figure:
     if tpr.value is None or tpr.value <= 0:
         return tpr.model_copy(update={"value": None, "source": Source.NONE})
     price = float(pool.gpu_hourly_price or 0)
     value = price * pool.gpus_per_replica / (tpr.value * 3600) * 1e6
+    note = tpr.note
+    if tpr.source == Source.LIVE:
+        note = "prices the replicas' utilisation now: a version with a small share of traffic looks dear"
     return Figure(value=value, source=tpr.source, sample_size=tpr.sample_size, sample_unit=tpr.sample_unit,
-                  note=tpr.note,
+                  note=note,
                   basis=f"{price:g} {pool.currency}/GPU-hour x {pool.gpus_per_replica} GPU/replica / "
                         f"({tpr.value:.4g} inferences/s per replica from {tpr.source.value} x 3,600) x 10^6")
 
@@ -197,7 +209,7 @@ def _architecture(arch: str, *, pools: Sequence[Pool], base: _Side, cand: _Side,
         _metric(f"live_{key}", f"live {label}", unit, better, *(live(s, key) for s in sides))
         for key, label, unit, better in (("p50_ms", "p50 latency", "ms", Better.LOWER),
                                          ("p99_ms", "p99 latency", "ms", Better.LOWER),
-                                         ("requests_per_second", "requests/s", "req/s", Better.HIGHER),
+                                         ("requests_per_second", "requests/s", "req/s", Better.NEITHER),
                                          ("error_rate", "error rate", "share", Better.LOWER))
     ]
     if traffic.requests:
@@ -220,6 +232,7 @@ def _architecture(arch: str, *, pools: Sequence[Pool], base: _Side, cand: _Side,
                     _metric("monthly_cost", "monthly cost of those GPUs", "", Better.LOWER, unpriced, unpriced)]
     else:
         tpr = [_throughput_per_replica(s, cost_pool, window) for s in sides]
+        capacity = [_capacity(s) for s in sides]
         gpus = [_gpus_needed(s, traffic_figure, cost_pool.gpus_per_replica) for s in sides]
         currency = cost_pool.currency or ""
         metrics += [
@@ -227,6 +240,10 @@ def _architecture(arch: str, *, pools: Sequence[Pool], base: _Side, cand: _Side,
                     *tpr),
             _metric("cost_per_million", "cost per million inferences", currency, Better.LOWER,
                     *(_cost_per_million(t, cost_pool) for t in tpr)),
+            # beside it, both at full capacity: a canary's replicas carry only its share, so its live cost
+            # says more about the split than about the engine
+            _metric("cost_per_million_at_capacity", "cost per million at trtexec throughput", currency,
+                    Better.LOWER, *(_cost_per_million(c, cost_pool) for c in capacity)),
             _metric("gpus_needed", "GPUs for the current traffic", "GPUs", Better.LOWER, *gpus),
             _metric("monthly_cost", "monthly cost of those GPUs", currency, Better.LOWER,
                     *(_monthly(g, cost_pool) for g in gpus)),

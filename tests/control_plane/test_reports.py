@@ -219,3 +219,47 @@ def test_bad_parameters_are_404_or_422_never_500(api: Api) -> None:  # noqa: F81
                                                                           "different versions"}]
     flipped = _report(api, "checked", baseline="4")
     assert (flipped["baseline"], flipped["candidate"]) == ("4", "3")
+
+
+async def test_a_shadowed_candidate_brings_its_output_parity(
+    api: Api, role_tokens: dict[str, str], fresh: None, backends: dict, routers: list,  # noqa: F811
+) -> None:
+    _seed(api)
+    logits = b'{"model_name":"valuation","model_version":"%s","outputs":[{"name":"logits","datatype":"FP32",' \
+             b'"shape":[1,4],"data":[0.1,0.7,0.%s,0.1]}]}'
+    for version, third in (("3", b"2"), ("4", b"15")):  # the same arg-max; 0.05 apart in one place
+        server = await start_backend(backends, version, version, model="valuation",
+                                     infer_body=logits % (version.encode(), third))
+        response = api.as_("publisher").put(f"/models/valuation/versions/{version}/endpoints",
+                                            json={"pool": "a100", "urls": [server.url]})
+        assert response.status_code == 200, response.text
+    etag = api.as_("release-manager").get("/models/valuation/traffic").headers["etag"]
+    response = api.as_("release-manager").put("/models/valuation/traffic", headers={"If-Match": etag}, json={
+        "default_version": "3", "reason": "shadow the candidate", "splits": [{"version": "3", "weight": 100}],
+        "shadow": {"version": "4", "percent": 100}})
+    assert response.status_code == 200, response.text
+    router = RouterProcess("--control-plane", api.base_url, "--stats-interval", "0.5",
+                           env={"GRAYROUTE_TOKEN": role_tokens["router"]}).start()
+    routers.append(router)
+    await router.wait_ready(int(api.as_("router").get("/snapshot").headers["etag"].strip('"')))
+    async with aiohttp.ClientSession() as session:
+        for i in range(60):
+            assert (await infer(session, router, f"u-{i}", model="valuation"))[:2] == (200, "3")
+
+    deadline = time.monotonic() + 15
+    while True:
+        # the candidate gets no assigned traffic now, so name it: the default would pick the busiest other version
+        report = _report(api, baseline="3", candidate="4")
+        pairs = next(a for a in report["architectures"] if a["gpu_arch"] == "sm_80")["parity"]
+        if pairs and pairs[0]["compared"] == 60:
+            break
+        assert time.monotonic() < deadline, report
+        await asyncio.sleep(0.2)
+    assert report["shadowed"] is True
+    (pair,) = pairs
+    assert (pair["shadow_version"], pair["primary_version"]) == ("4", "3")
+    (output,) = pair["outputs"]
+    assert output["name"] == "logits" and output["top1_agreement"] == 1.0
+    assert output["max_abs_error"] == pytest.approx(0.05, abs=1e-6)
+    sm90 = next(a for a in report["architectures"] if a["gpu_arch"] == "sm_90")
+    assert sm90["parity"] == [] and sm90["parity_note"].startswith("shadowed, but no comparisons on sm_90")
