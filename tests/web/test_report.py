@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -120,7 +121,9 @@ def test_the_report_prints_one_page_per_architecture_and_exports_csv(seeded: str
     assert missing["baseline"] == "" and missing["baseline_note"].startswith("not enough data")
     with page.expect_download() as download:
         page.click("a:has-text('JSON')")
-    assert '"candidate": "4"' in open(download.value.path(), encoding="utf-8").read().replace('":"', '": "')
+    exported = json.loads(open(download.value.path(), encoding="utf-8").read())
+    assert (exported["baseline"], exported["candidate"]) == ("3", "4")
+    assert [a["gpu_arch"] for a in exported["architectures"]] == ["sm_89", "sm_90"]
 
 
 @pytest.mark.parametrize("width", [1280, 390])
