@@ -263,3 +263,47 @@ async def test_a_shadowed_candidate_brings_its_output_parity(
     assert output["max_abs_error"] == pytest.approx(0.05, abs=1e-6)
     sm90 = next(a for a in report["architectures"] if a["gpu_arch"] == "sm_90")
     assert sm90["parity"] == [] and sm90["parity_note"].startswith("shadowed, but no comparisons on sm_90")
+
+
+def test_costs_use_the_priced_pool_that_carries_the_traffic(api: Api, fresh: None) -> None:  # noqa: F811
+    from router.stats import LATENCY_BOUNDS_MS
+
+    api.pool("a100-east", "sm_80", gpu_hourly_price="3.00", currency="USD")
+    api.pool("a100-west", "sm_80", gpu_hourly_price="2.00", currency="EUR")
+    api.pool("a100-spot", "sm_80")  # unpriced: never the cost pool
+    api.model("valuation")
+    for version in ("3", "4"):
+        response = api.as_("publisher").post("/models/valuation/versions", json={
+            "version": version, "precision": "fp16", "trt_version": "10.3",
+            "engines": [{"gpu_arch": "sm_80", "uri": f"s3://e/{version}.plan", "sha256": "a" * 64,
+                         "benchmark": BENCH[(version, "sm_80")]}]})
+        assert response.status_code == 201, response.text
+    assert api.traffic("valuation", {"3": 90, "4": 10}, default="3").status_code == 200
+    (section,) = _report(api)["architectures"]
+    assert section["cost_pool"]["pool"] == "a100-east"  # no traffic: the first priced pool by name
+    assert _metrics(_report(api), "sm_80")["cost_per_million"]["baseline"]["value"] == pytest.approx(
+        3.00 / (BENCH[("3", "sm_80")]["throughput"] * 3600) * 1e6)
+
+    # windows as a router posts them: version 3 served 50 requests on east, 400 on west
+    def served(pool: str, requests: int) -> dict[str, Any]:
+        buckets = [0] * (len(LATENCY_BOUNDS_MS) + 1)
+        buckets[LATENCY_BOUNDS_MS.index(5.0)] = requests
+        return {"version": "3", "pool": pool, "gpu_arch": "sm_80", "requests": requests, "buckets": buckets,
+                "latency_sum_ms": 5.0 * requests}
+
+    parts = [served("a100-east", 50), served("a100-west", 400)]
+    window = {"requests": 450, "buckets": [sum(b) for b in zip(*(p["buckets"] for p in parts))],
+              "latency_sum_ms": 2250.0, "served": parts}
+    now = time.time()
+    response = api.as_("router").post("/stats/report", json={
+        "router": "edge-1", "window_start": now - 10, "window_end": now, "models": {"valuation": {"3": window}}})
+    assert response.status_code == 202, response.text
+    report = _report(api)
+    assert report["architectures"][0]["cost_pool"] == {"pool": "a100-west", "gpu_hourly_price": 2.0,
+                                                       "currency": "EUR", "gpus_per_replica": 1}
+    cost = _metrics(report, "sm_80")["cost_per_million"]
+    # 400 requests on west but no replicas known there (no deployment): trtexec's throughput, saying why
+    assert cost["baseline"]["source"] == "trtexec" and "no ready replicas known on pool a100-west" in \
+        cost["baseline"]["note"]
+    assert cost["baseline"]["value"] == pytest.approx(2.00 / (BENCH[("3", "sm_80")]["throughput"] * 3600) * 1e6)
+    assert _metrics(report, "sm_80")["live_requests_per_second"]["baseline"]["sample_size"] == 450
