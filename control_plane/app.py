@@ -26,6 +26,7 @@ from control_plane.traffic.publisher import SnapshotPublisher, notifier_for
 from control_plane.registry.router import router as registry_router
 from control_plane.settings import Settings, get_settings
 from control_plane.parity import router as parity_routes
+from control_plane.reports.router import router as reports_router
 from control_plane.rollouts import router as rollout_routes
 from control_plane.rollouts.controller import RolloutController
 from control_plane.stats import router as stats_routes
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     stats_routes.install(app)
     parity_routes.install(app)
     rollout_routes.install(app)
+    app.include_router(reports_router)
     web_views.install(app)
 
     @app.get("/healthz", include_in_schema=False)

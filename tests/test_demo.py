@@ -136,6 +136,14 @@ def test_demo_rolls_out_a_good_candidate_in_steps_and_stops_cleanly(tmp_path: Pa
         assert rollout["latest_verdict"]["per_arch"]["sm_80"]["candidate"]["requests"] > 0
         seen = _versions(router, range(2000))
         assert set(seen) == {"1", "2"} and seen["2"] / 2000 >= 0.2, seen
+        # The demo's pool is priced, so its version report prices the demo's engines.
+        report = api.get(f"/models/{MODEL}/report")
+        assert report.status_code == 200, report.text
+        section = report.json()["architectures"][0]
+        assert section["cost_pool"] == {"pool": "local-cpu", "gpu_hourly_price": 2.5, "currency": "USD",
+                                        "gpus_per_replica": 1}
+        cost = next(m for m in section["metrics"] if m["metric"] == "cost_per_million")
+        assert cost["baseline"]["value"] > 0 and cost["candidate"]["value"] > 0, cost
         api.close()
     finally:
         if process.poll() is None:

@@ -72,7 +72,7 @@ from control_plane.deployments.models import Deployment
 from control_plane.errors import is_database_unreachable
 from control_plane.registry.models import Model, Pool, Version
 from control_plane.rollouts import service as rollouts_service
-from control_plane.rollouts.analysis import ArmCounts, Judgement, Verdict, judge
+from control_plane.rollouts.analysis import AnalysisConfig, ArmCounts, Judgement, Verdict, judge
 from control_plane.rollouts.models import Rollout, RolloutState
 from control_plane.rollouts.webhook import Webhook
 from control_plane.stats import service as stats_service
@@ -92,7 +92,7 @@ class Decision:
 
 
 def decide(candidate: dict[str, ArmCounts], baseline: dict[str, ArmCounts], *, elapsed_seconds: float,
-           pause_seconds: float, config: Any) -> Decision:
+           pause_seconds: float, config: AnalysisConfig) -> Decision:
     """The step's verdict from per-architecture counts (pure: the tests call it too)."""
     judged: dict[str, Judgement] = {}
     alone: dict[str, Judgement] = {}

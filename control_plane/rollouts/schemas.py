@@ -40,21 +40,26 @@ class ShadowPhaseIn(_Input):
 
 
 class AnalysisIn(_Input):
-    """``rollouts.analysis.AnalysisConfig`` fields; omitted ones take its defaults."""
+    """``rollouts.analysis.AnalysisConfig`` fields; omitted ones take its defaults (it checks their ranges)."""
+
+    # NaN and infinities are no settings, and counts stay within what every JSON encoder writes exactly.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_error_rate_increase_pp: float | None = None
     max_p99_ratio: float | None = None
-    min_requests: int | None = None
+    min_requests: Annotated[int, Field(le=10**9)] | None = None
     alpha: float | None = None
     variance_inflation: float | None = None
     hard_max_error_rate: float | None = None
-    hard_min_requests: int | None = None
+    hard_min_requests: Annotated[int, Field(le=10**9)] | None = None
     # Parity limits of the shadow phase.
     min_top1_agreement: Annotated[float, Field(ge=0, le=1)] | None = None
-    max_abs_error: Annotated[float, Field(ge=0)] | None = None
+    max_abs_error: Annotated[float, Field(ge=0, le=1e12)] | None = None
 
 
 class GatesIn(_Input):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     max_benchmark_p99_ratio: Annotated[float, Field(ge=1, le=100)] = 1.25
 
 

@@ -270,9 +270,10 @@ def _weight(value: float | Decimal) -> str:
 def step_policy(live: Policy, *, candidate: str, baseline: str, weight: float, default: str | None = None,
                 reason: str) -> TrafficPut:
     """The live policy with the candidate at ``weight`` percent and the baseline at the rest (others at 0)."""
-    splits = {s.version: 0.0 for s in live.splits}
-    splits[baseline] = 100.0 - weight
-    splits[candidate] = weight
+    share = Decimal(str(weight))
+    splits = {s.version: Decimal(0) for s in live.splits}
+    splits[baseline] = Decimal(100) - share  # in decimals: 100 - 33.33 must be 66.67, not 66.670000000000002
+    splits[candidate] = share
     body = {"default_version": default or live.default_version or baseline,
             "splits": [{"version": v, "weight": _weight(w)} for v, w in splits.items()],
             "rules": [r.to_json() for r in live.rules],

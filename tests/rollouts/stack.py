@@ -117,6 +117,7 @@ class Stack:
         self._stop.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.router.stop()
+        self.router.log.unlink(missing_ok=True)
         await self.reconciler.target.close()
         await self.publisher.drain()
         await self.notifier.close()

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from control_plane.app import create_app
+from control_plane.db import create_engine, session_factory
 from control_plane.reconciler.engine_server import Fault
 from control_plane.rollouts import service as rollouts_service
 from control_plane.rollouts.controller import LEASE_NAME
@@ -201,10 +202,11 @@ async def test_two_controllers_never_both_drive(
 
 
 async def test_the_lease_goes_to_one_of_a_burst(cp_settings: Settings, api: Api) -> None:
-    stack = Stack(cp_settings, api, Path("."), {})
+    engine = create_engine(cp_settings)
+    sessions = session_factory(engine)
     try:
         async def attempt(i: int) -> bool:
-            async with stack.sessions() as session:
+            async with sessions() as session:
                 held = await rollouts_service.hold_lease(session, name="burst-test", holder=f"replica-{i}",
                                                          ttl_seconds=30)
                 await session.commit()
@@ -212,7 +214,7 @@ async def test_the_lease_goes_to_one_of_a_burst(cp_settings: Settings, api: Api)
         assert sum(await asyncio.gather(*(attempt(i) for i in range(10)))) == 1
         assert LEASE_NAME != "burst-test"
     finally:
-        await stack.engine.dispose()
+        await engine.dispose()
 
 
 def test_serve_runs_the_controller(tmp_path: Path) -> None:

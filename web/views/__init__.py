@@ -5,6 +5,7 @@
     overview  the models overview
     model     the model page (and its live-figures panel, the warm toggle)
     traffic   traffic changes: preview, apply, rules, quick actions
+    report    the version report: baseline against candidate per GPU architecture, printable, CSV and JSON
     rollout   rollouts: start, watch, pause / resume / abort / promote
 
 The services trust their callers with roles, so each POST calls
@@ -18,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 
 from control_plane.errors import NotFound
 from web.headers import SecurityHeaders
-from web.views import model, overview, rollout, session, traffic
+from web.views import model, overview, report, rollout, session, traffic
 from web.views.pages import STATIC, VisitorDep, _PageRoute, _reader
 
 router = APIRouter(prefix="/ui", route_class=_PageRoute, include_in_schema=False)
@@ -28,7 +29,7 @@ def install(app: FastAPI) -> None:
     """Called by ``create_app``: the pages and the files they need (served here; no CDN)."""
     # The files first: the pages end with a catch-all that answers unknown /ui paths with a page.
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
-    for page in (session, overview, model, traffic, rollout):
+    for page in (session, overview, model, traffic, report, rollout):
         app.include_router(page.router)
     app.include_router(router)  # last: its catch-all answers unknown /ui paths
     app.add_middleware(SecurityHeaders)  # static files and /docs too, not only pages
