@@ -349,7 +349,6 @@ class Refusal:
     form: StartForm
     errors: Errors
     gates: list[dict[str, Any]] = field(default_factory=list)
-    message: str = ""
 
 
 def _reached(rollout: Mapping[str, Any]) -> str:
@@ -381,7 +380,7 @@ def panel(*, rollouts: Sequence[Mapping[str, Any]], versions: Sequence[str], def
         form.candidate = others[-1] if others else ""  # the newest other version, usually the one to roll out
     context: dict[str, Any] = {
         "live": live, "form": form, "errors": refusal.errors if refusal else {},
-        "gates": refusal.gates if refusal else [], "refusal": refusal.message if refusal else "",
+        "gates": refusal.gates if refusal else [],
         "presets": PRESETS, "versions": list(versions), "pools": list(pools),
         "past": [dict(r, reached=_reached(r), ended=_ended(r)) for r in rollouts if r is not live],
         "state_tone": STATE_TONE, "state_text": STATE_TEXT, "action_labels": ACTIONS,

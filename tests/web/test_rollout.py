@@ -18,7 +18,7 @@ from playwright.sync_api import expect
 
 from tests.services import free_port
 from tests.test_demo import _start, _stop, _wait_for_banner
-from tests.web.conftest import VIEWPORT, Api, screenshot
+from tests.web.conftest import ARTIFACTS, VIEWPORT, Api, publish_doc, screenshot
 from tests.web.test_first_hour import WIDEST, _axe_violations
 
 pytestmark = [pytest.mark.browser, pytest.mark.postgres, pytest.mark.redis]
@@ -156,8 +156,6 @@ def test_a_rollout_is_started_from_the_panel_advances_and_its_abort_restores_the
 
 
 def _publish_panel(page: Any) -> None:
-    from tests.web.conftest import ARTIFACTS, publish_doc
-
     path = ARTIFACTS / "rollout-panel.png"
     page.locator("#rollout").screenshot(path=str(path))
     publish_doc(path, "ui-rollout-panel.png")
@@ -210,6 +208,7 @@ def test_the_start_form_places_refusals_shows_the_gates_and_steers_a_rollout(api
     page.check("input[name=plan][value=fast]")
     page.click("[data-start-rollout]")
     expect(page.locator("#gate-refusal")).to_contain_text("trtexec p99 40 ms against 9.8 ms on sm_80")
+    page.locator("#rollout").screenshot(path=str(ARTIFACTS / "rollout-gate-refusal.png"))
     page.check("input[name=override_gates]")
     page.click("[data-start-rollout]")
     expect(panel.locator("#err-reason")).to_contain_text("say why the gates are overridden")

@@ -73,7 +73,7 @@ async def start_rollout(name: str, request: Request, visitor: VisitorDep, db: Se
         await db.rollback()
         gates = rollout_panel.gate_evidence(exc.details)
         if gates:
-            return await refused(rollout_panel.Refusal(start, {}, gates, exc.message), 422)
+            return await refused(rollout_panel.Refusal(start, {}, gates), 422)
         details = exc.details if isinstance(exc.details, list) else []
         errors = rollout_panel.errors_from_details(details, start) if details else {"": [exc.message]}
         return await refused(rollout_panel.Refusal(start, errors), 422)
