@@ -326,3 +326,63 @@ async def test_a_slow_or_dead_shadow_costs_the_client_nothing(
     # shadow failures never eject: the primary keeps its backends, the shadow version is not marked failed
     async with session.get(router.url + "/v2/health/ready") as response:
         assert response.status == 200
+
+
+# --- a badly calibrated int8 engine is caught ---------------------------------------------------------
+
+@pytest.fixture
+def three_engines(tmp_path: Path) -> Iterator[dict[str, EngineServer]]:
+    started = {"3": EngineServer("3", "fp32", tmp_path), "4": EngineServer("4", "fp16", tmp_path),
+               "5": EngineServer("5", "int8", tmp_path)}
+    yield started
+    for engine in started.values():
+        engine.stop()
+
+
+async def test_int8_engine_agrees_less_than_fp16_and_the_shadow_parity_shows_it(
+        three_engines: dict[str, EngineServer], control_plane: ControlPlaneStub, routers: list,
+        session: aiohttp.ClientSession) -> None:
+    engines = three_engines
+    for engine in engines.values():
+        await engine.wait_ready(session)
+    for version, variant in (("3", "fp32"), ("4", "fp16"), ("5", "int8")):
+        async with session.get(engines[version].url + "/v2/models/resnet50") as response:
+            assert (await response.json())["parameters"]["variant"] == variant
+    spec = model_spec({v: [e.url] for v, e in engines.items()}, [("3", 100), ("4", 0), ("5", 0)],
+                      default_version="3")
+    router = await _router(routers, control_plane, snapshot(1, resnet50=_shadowed(spec, "5", 100)))
+    rng = np.random.default_rng(11)
+    # the demo's traffic: features uniform in [-1, 1]
+    batches = [rng.uniform(-1, 1, size=(16, 16)).astype(np.float32) for _ in range(25)]
+    answers: dict[str, list[np.ndarray]] = {v: [] for v in engines}
+    for i, batch in enumerate(batches):
+        body = _request(batch)
+        status, _, _ = await _post(session, router.url, body, f"user-{i}")
+        assert status == 200
+        for version, engine in engines.items():
+            _, direct, headers = await _post(session, engine.url, body)
+            answers[version].append(_probabilities(direct, headers))
+    fp32, fp16, int8 = (np.concatenate(answers[v]) for v in ("3", "4", "5"))
+    agree_fp16 = float((fp32.argmax(1) == fp16.argmax(1)).mean())
+    agree_int8 = float((fp32.argmax(1) == int8.argmax(1)).mean())
+    max_fp16, max_int8 = float(np.abs(fp32 - fp16).max()), float(np.abs(fp32 - int8).max())
+    assert agree_fp16 >= 0.99 and 0 < max_fp16 < 0.01, (agree_fp16, max_fp16)  # small, real fp16 differences
+    assert agree_int8 <= agree_fp16 - 0.05 and max_int8 > 0.1, (agree_int8, max_int8)  # a visible int8 problem
+
+    # the router's parity for the int8 shadow is the same numbers
+    windows = await _parity_windows(control_plane, lambda ws: _total(ws, "compared") >= len(batches))
+    outputs = [w["outputs"]["probabilities"] for w in windows if "probabilities" in w["outputs"]]
+    assert sum(o["top1_rows"] for o in outputs) == fp32.shape[0]
+    assert sum(o["top1_agree"] for o in outputs) / fp32.shape[0] == pytest.approx(agree_int8, abs=1e-12)
+    assert max(o["max_abs_error"] for o in outputs) == pytest.approx(max_int8, rel=1e-6)
+
+
+def test_the_int8_variant_is_built_once_and_the_same_every_time(tmp_path: Path) -> None:
+    from control_plane.reconciler import onnx_model
+
+    first = onnx_model.build("int8")
+    assert first == onnx_model.build("int8")  # calibration is deterministic
+    path = onnx_model.ensure(tmp_path, "int8")
+    assert path.read_bytes() == first
+    assert onnx_model.ensure(tmp_path, "int8") == path and len(list(tmp_path.iterdir())) == 1
+    assert onnx_model.variant_for("INT8") == "int8" and onnx_model.variant_for("bf16") == "fp16"
