@@ -386,3 +386,22 @@ def test_the_int8_variant_is_built_once_and_the_same_every_time(tmp_path: Path) 
     assert path.read_bytes() == first
     assert onnx_model.ensure(tmp_path, "int8") == path and len(list(tmp_path.iterdir())) == 1
     assert onnx_model.variant_for("INT8") == "int8" and onnx_model.variant_for("bf16") == "fp16"
+
+
+async def test_a_shadow_answer_over_the_byte_limit_is_cut_off_and_counted(
+        backends: dict, control_plane: ControlPlaneStub, routers: list, session: aiohttp.ClientSession) -> None:
+    primary = await start_backend(backends, "3", "3")
+    huge = b'{"outputs":[{"name":"y","datatype":"FP32","shape":[1],"data":[1.0]}],"pad":"' + b"x" * 300_000 + b'"}'
+    await start_backend(backends, "4", "4", infer_body=huge)
+    spec = model_spec({"3": [primary.url], "4": [backends["4"].url]}, [("3", 100), ("4", 0)], default_version="3")
+    router = await _router(routers, control_plane, snapshot(1, resnet50=_shadowed(spec, "4", 100)),
+                           "--shadow-max-bytes", "65536")
+    for i in range(20):
+        async with session.post(router.url + "/v2/models/resnet50/infer", json={"inputs": []},
+                                headers={"x-user-id": f"u{i}"}) as response:
+            assert response.status == 200 and b"pad" not in await response.read()
+    windows = await _parity_windows(control_plane, lambda ws: _total(ws, "errors") >= 20)
+    assert _total(windows, "errors") == _total(windows, "mirrored") == 20 and _total(windows, "compared") == 0
+    # the version itself still serves answers of that size to its own clients (the limit is the mirror's)
+    async with session.post(router.url + "/v2/models/resnet50/versions/4/infer", json={"inputs": []}) as response:
+        assert response.status == 200 and len(await response.read()) == len(huge)
