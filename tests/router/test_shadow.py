@@ -405,3 +405,40 @@ async def test_a_shadow_answer_over_the_byte_limit_is_cut_off_and_counted(
     # the version itself still serves answers of that size to its own clients (the limit is the mirror's)
     async with session.post(router.url + "/v2/models/resnet50/versions/4/infer", json={"inputs": []}) as response:
         assert response.status == 200 and len(await response.read()) == len(huge)
+
+
+# --- several worker processes -------------------------------------------------------------------------
+
+async def test_parity_counts_are_whole_with_several_router_workers(
+        backends: dict, control_plane: ControlPlaneStub, routers: list, session: aiohttp.ClientSession) -> None:
+    primary = await start_backend(backends, "3", "3")
+    await start_backend(backends, "4", "4", infer_body=b'{"outputs":[{"name":"y","datatype":"FP32","shape":[1],'
+                                                        b'"data":[1.25]}]}')
+    spec = model_spec({"3": [primary.url], "4": [backends["4"].url]}, [("3", 100), ("4", 0)], default_version="3")
+    router = await _router(routers, control_plane, snapshot(1, resnet50=_shadowed(spec, "4", 100)), "--workers", "2")
+    for _ in range(20):  # each worker fetches the snapshot itself: ready on fresh connections too
+        await router.wait_ready()
+    n = 60
+    room = asyncio.Semaphore(8)  # a concurrent burst the busy test machine's backend pool can take
+
+    async def one(i: int) -> None:
+        async with room, aiohttp.ClientSession() as fresh:  # fresh connections, so both workers take some
+            async with fresh.post(router.url + "/v2/models/resnet50/infer", json={"inputs": []},
+                                  headers={"x-user-id": f"u{i}"}) as response:
+                assert response.status == 200, await response.text()
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    windows = await _parity_windows(control_plane, lambda ws: _total(ws, "compared") >= n)
+    assert _total(windows, "compared") == _total(windows, "mirrored") == n
+    assert len({r["router"] for r in control_plane.parity_reports}) == 2  # each worker reported its own share
+    assert sum(w["outputs"]["y"]["sum_abs_error"] for w in windows) == pytest.approx(0.25 * n)
+    line = ""
+    for _ in range(50):  # workers share their totals every second
+        async with session.get(router.url + "/metrics") as response:
+            text = await response.text()
+        line = next((row for row in text.splitlines()
+                     if row.startswith("grayroute_shadow_total{") and 'outcome="compared"' in row), "")
+        if line.endswith(f" {n}"):
+            break
+        await asyncio.sleep(0.2)
+    assert line.endswith(f" {n}"), line  # /metrics sums every worker's counters, whichever worker answers
