@@ -251,8 +251,8 @@ def shadow_prometheus(row_sets: list[list[list[Any]]]) -> bytes:
     lines = ["# HELP grayroute_shadow_total Mirrored requests by outcome "
              "(mirrored, dropped, errors, timeouts, compared, unreadable, mismatched)",
              "# TYPE grayroute_shadow_total counter"]
-    for (*key, what), value in sorted(totals.items()):
-        model, shadow, primary, primary_arch, shadow_arch = (_label(v) for v in key)
+    for labels, value in sorted(totals.items()):
+        model, shadow, primary, primary_arch, shadow_arch, what = (_label(v) for v in labels)
         lines.append(f'grayroute_shadow_total{{model="{model}",shadow_version="{shadow}",'
                      f'primary_version="{primary}",primary_gpu_arch="{primary_arch}",'
                      f'shadow_gpu_arch="{shadow_arch}",outcome="{what}"}} {value}')
