@@ -170,7 +170,9 @@ class Demo:
             return
         log.info("registering %s with an fp32 stable, an fp16 candidate and a shadowed int8 rebuild", MODEL)
         steps: list[tuple[str, str, dict[str, Any]]] = [
-            ("PUT", f"/pools/{POOL}", {"gpu_arch": "sm_80", "kind": "local", "trt_version": "10.3"}),
+            # priced so the version report shows what the candidate's engine would cost on such a GPU
+            ("PUT", f"/pools/{POOL}", {"gpu_arch": "sm_80", "kind": "local", "trt_version": "10.3",
+                                       "gpu_hourly_price": "2.50", "currency": "USD"}),
             ("POST", "/models", {"name": MODEL, "description": "4-class classifier (ONNX on CPU stands in for "
                                  "TensorRT)", "replicas": {POOL: 2}}),
         ]

@@ -148,6 +148,14 @@ def test_demo_runs_a_live_canary_and_stops_cleanly(tmp_path: Path) -> None:
 
         api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {admin}"})
         _assert_the_int8_shadow_shows_its_problem(api, router)
+        # The demo's pool is priced, so its version report prices the demo's engines.
+        report = api.get(f"/models/{MODEL}/report")
+        assert report.status_code == 200, report.text
+        section = report.json()["architectures"][0]
+        assert section["cost_pool"] == {"pool": "local-cpu", "gpu_hourly_price": 2.5, "currency": "USD",
+                                        "gpus_per_replica": 1}
+        cost = next(m for m in section["metrics"] if m["metric"] == "cost_per_million")
+        assert cost["baseline"]["value"] > 0 and cost["candidate"]["value"] > 0, cost
         etag = api.get(f"/models/{MODEL}/traffic").headers["etag"]
         response = api.put(f"/models/{MODEL}/traffic", headers={"If-Match": etag}, json={
             "default_version": "1", "reason": "test: half", "splits": [{"version": "1", "weight": 50},

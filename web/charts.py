@@ -19,9 +19,9 @@ class Bar:
     color: str
 
 
-def bars(items: Sequence[Bar], *, title: str, width: int = 260) -> Markup:
-    """One horizontal bar per version, scaled to the largest value."""
-    row, label_w, text_w = 20, 44, 78
+def bars(items: Sequence[Bar], *, title: str, width: int = 260, label_w: int = 44) -> Markup:
+    """One horizontal bar per item (a version, or a version and a source), scaled to the largest value."""
+    row, text_w = 20, 78
     track = width - label_w - text_w
     top = max((b.value for b in items if b.value is not None), default=0.0) or 1.0
     parts = [f'<svg class="chart" role="img" width="{width}" height="{row * len(items) + 4}" '
