@@ -35,7 +35,7 @@ import orjson
 
 from router.parity import ParityRecorder
 from router.settings import RouterSettings
-from tests.bench.bench_parity import _binary, _json
+from tests.bench.bench_parity import binary_answer, json_answer
 from tests.bench.bench_router import cpu_seconds, paced, processes
 from tests.services import free_port, wait_for_port
 
@@ -68,7 +68,7 @@ def _compare_cpu_us(repeat: int = 2000) -> dict[str, float]:
     primary = rng.random(ELEMENTS, dtype=np.float32)
     shadow = (primary + rng.normal(0, 1e-3, ELEMENTS)).astype(np.float32)
     result = {}
-    for name, encode in (("json", _json), ("binary", _binary)):
+    for name, encode in (("json", json_answer), ("binary", binary_answer)):
         a, b = encode(primary), encode(shadow)
         recorder = ParityRecorder()
         key = ("m", "4", "3", "sm_80", "sm_80")
