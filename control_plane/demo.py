@@ -7,7 +7,7 @@ A generator sends requests with many user IDs through the router, so the
 figures move and the rollout has evidence to judge. Scenarios:
 
     good         version 2 (fp16) is rolled out in steps and reaches 100%
-    bad-canary   version 3 (fp8), whose engine servers fail 20% of requests and
+    bad-canary   version 4 (fp8), whose engine servers fail 20% of requests and
                  answer 40 ms late (injected through GRAYROUTE_LOCAL_FAULTS), is
                  rolled back by the controller on its own
     manual       no rollout: start one from the UI, the API or the CLI
@@ -39,10 +39,13 @@ import uvicorn
 log = logging.getLogger("grayroute.demo")
 
 MODEL = "demo-classifier"
-STABLE, CANDIDATE, BROKEN = "1", "2", "3"
+STABLE, CANDIDATE = "1", "2"
+# A badly calibrated int8 rebuild, shadowed: the parity panel shows what fp16 and int8 cost in answers.
+SHADOW, SHADOW_PERCENT = "3", 20
+BROKEN = "4"  # the bad canary's candidate
 POOL = "local-cpu"
 SCENARIOS = {"good": CANDIDATE, "bad-canary": BROKEN, "manual": None}
-# Version 3 is broken by construction: its engine servers fail this share of requests and answer late.
+# Version 4 is broken by construction: its engine servers fail this share of requests and answer late.
 BROKEN_FAULTS = {"error_rate": 0.2, "extra_latency_ms": 40}
 # Short pauses and a small evidence minimum so a rollout finishes in about two minutes at 40 requests/s;
 # a real rollout keeps the defaults (200 requests a step) and pauses of minutes.
@@ -184,12 +187,13 @@ class Demo:
             await asyncio.sleep(0.05)
 
     async def _seed(self, api: httpx.AsyncClient) -> None:
-        """The demo model, on first run only (later runs keep whatever the user changed); version 3 always."""
+        """The demo model, on first run only (later runs keep whatever the user changed); the broken version always."""
         if (await api.get(f"/models/{MODEL}")).status_code == 200:
             log.info("continuing with the existing %s", MODEL)
             await self._register(api, BROKEN, "fp8", 1.1)
             return
-        log.info("registering %s with an fp32 stable, an fp16 candidate and a broken fp8 candidate", MODEL)
+        log.info("registering %s with an fp32 stable, an fp16 candidate, a shadowed int8 rebuild and a broken fp8 "
+                 "candidate", MODEL)
         steps: list[tuple[str, str, dict[str, Any]]] = [
             # priced so the version report shows what the candidate's engine would cost on such a GPU
             ("PUT", f"/pools/{POOL}", {"gpu_arch": "sm_80", "kind": "local", "trt_version": "10.3",
@@ -201,11 +205,13 @@ class Demo:
             response = await api.request(method, path, json=body)
             if response.status_code >= 300:
                 raise DemoError(f"seeding failed at {method} {path}: {response.text}")
-        for version, precision, p50 in ((STABLE, "fp32", 2.1), (CANDIDATE, "fp16", 1.2), (BROKEN, "fp8", 1.1)):
+        for version, precision, p50 in ((STABLE, "fp32", 2.1), (CANDIDATE, "fp16", 1.2), (SHADOW, "int8", 0.8),
+                                        (BROKEN, "fp8", 1.1)):
             await self._register(api, version, precision, p50)
         response = await api.put(f"/models/{MODEL}/traffic", headers={"If-Match": '"0"'}, json={
-            "default_version": STABLE, "reason": "demo: the fp32 engine serves everyone",
-            "splits": [{"version": STABLE, "weight": 100}]})
+            "default_version": STABLE, "reason": "demo: the fp32 engine serves everyone, int8 in shadow",
+            "splits": [{"version": STABLE, "weight": 100}],
+            "shadow": {"version": SHADOW, "percent": SHADOW_PERCENT}})
         if response.status_code != 200:
             raise DemoError(f"seeding the traffic policy failed: {response.text}")
 
@@ -213,6 +219,7 @@ class Demo:
         if (await api.get(f"/models/{MODEL}/versions/{version}")).status_code == 200:
             return
         notes = {STABLE: "stable", CANDIDATE: "candidate: half precision",
+                 SHADOW: "int8 rebuild, calibrated on too narrow a sample (shadowed)",
                  BROKEN: "candidate: fp8, its calibration broke (the demo injects 20% errors and +40 ms)"}[version]
         response = await api.post(f"/models/{MODEL}/versions", json={
             "version": version, "precision": precision, "trt_version": "10.3", "notes": notes,
@@ -220,7 +227,7 @@ class Demo:
             "engines": [{"gpu_arch": "sm_80", "uri": f"s3://demo-engines/{MODEL}/{version}/sm_80.plan",
                          "sha256": f"{int(version):064x}", "size_bytes": 24_000_000,
                          "benchmark": {"p50_ms": p50, "p99_ms": p50 * 1.8, "throughput": 1000 / p50,
-                                       "gpu_mem_mb": {"fp32": 410, "fp16": 230, "fp8": 150}[precision]}}]})
+                                       "gpu_mem_mb": {"fp32": 410, "fp16": 230}.get(precision, 130)}}]})
         if response.status_code != 201:
             raise DemoError(f"registering version {version} failed: {response.text}")
 
@@ -250,6 +257,8 @@ class Demo:
                 serving = {live["default_version"], *(s["version"] for s in live["splits"] if s["weight"] > 0)}
                 deployments = (await api.get(f"/models/{MODEL}/deployments")).json()
                 ready = {d["version"] for d in deployments if d["ready_replicas"] > 0}
+                shadow = live.get("shadow")
+                serving |= {shadow["version"]} if shadow else set()
                 if serving <= ready:
                     with contextlib.suppress(httpx.HTTPError):
                         # Ready only once the router itself reaches them (its snapshot has the endpoints).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -94,6 +95,36 @@ def _stop(process: subprocess.Popen[str]) -> None:
     assert not [p for p in tree if _alive(p)], "processes left behind after Ctrl-C"
 
 
+def _int8_pair(api: httpx.Client) -> tuple[int, int, float]:
+    """(rows compared, rows whose top-1 agrees, max abs error) of the int8 shadow against the fp32 stable."""
+    pairs = api.get(f"/models/{MODEL}/parity", params={"window": 600}).json()["pairs"]
+    pair = next((p for p in pairs if (p["shadow_version"], p["primary_version"]) == ("3", "1")), None)
+    if pair is None or not pair["outputs"]:
+        return 0, 0, 0.0
+    output = pair["outputs"][0]
+    return output["top1_rows"], round(output["top1_agreement"] * output["top1_rows"]), output["max_abs_error"]
+
+
+def _assert_the_int8_shadow_shows_its_problem(api: httpx.Client, router: str) -> None:
+    """The seeded policy shadows the int8 rebuild; on traffic like the generator's its answers visibly differ."""
+    rows_before, agree_before, _ = _int8_pair(api)
+    rng = random.Random(3)
+    with httpx.Client(base_url=router, timeout=10) as client:
+        for n in range(300):
+            body = {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
+                                "data": [rng.uniform(-1, 1) for _ in range(16)]}]}
+            assert client.post(f"/v2/models/{MODEL}/infer", json=body, headers={"x-user-id": f"p-{n}"}).is_success
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rows, agree, max_abs = _int8_pair(api)
+        if rows - rows_before >= 40:
+            break
+        time.sleep(0.5)
+    assert rows - rows_before >= 40, (rows_before, rows)  # 20% of 300 users are mirrored
+    agreement = (agree - agree_before) / (rows - rows_before)
+    assert agreement < 0.95 and max_abs > 0.1, (agreement, max_abs)
+
+
 def _rollout(api: httpx.Client) -> dict:
     rollouts = api.get(f"/models/{MODEL}/rollouts").json()
     assert rollouts, "the demo should have started a rollout"
@@ -136,6 +167,7 @@ def test_demo_rolls_out_a_good_candidate_in_steps_and_stops_cleanly(tmp_path: Pa
         assert rollout["latest_verdict"]["per_arch"]["sm_80"]["candidate"]["requests"] > 0
         seen = _versions(router, range(2000))
         assert set(seen) == {"1", "2"} and seen["2"] / 2000 >= 0.2, seen
+        _assert_the_int8_shadow_shows_its_problem(api, router)
         # The demo's pool is priced, so its version report prices the demo's engines.
         report = api.get(f"/models/{MODEL}/report")
         assert report.status_code == 200, report.text
@@ -169,7 +201,7 @@ def test_demo_bad_canary_is_rolled_back_by_the_controller_alone(tmp_path: Path) 
     process = _start(tmp_path, port, router_port, "--scenario", "bad-canary", "--rps", "30")
     try:
         banner = "".join(_wait_for_banner(process))
-        assert "rollout 1 of version 3 against 1" in banner and "roll back by itself" in banner
+        assert "rollout 1 of version 4 against 1" in banner and "roll back by itself" in banner
         admin = json.loads((tmp_path / "tokens.json").read_text())["admin"]
         with httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1",
                           headers={"Authorization": f"Bearer {admin}"}) as api:
