@@ -16,8 +16,9 @@ Per tick and running rollout:
    (cells of ``stats``: assigned == served), with their errors and latency
    histogram. They are read from the stats slots (10 s; 60 s beyond an hour)
    from the one holding ``step_started_at``, so up to one slot before the step
-   counts too: that is the same candidate at the previous weight, or, for the
-   first step, a candidate at 0%.
+   counts too: that is the same candidate at the previous weight. The first
+   step starts at the next slot instead, so nothing from before the rollout
+   (say, a rollout of the same labels rolled back seconds earlier) counts.
 3. :func:`analysis.judge` on each architecture where both serve, with the
    step's elapsed time and pause, ``min_requests``, and ``alpha`` divided among
    the analysed steps. An architecture where only the candidate serves is
@@ -254,7 +255,10 @@ class RolloutController:
         """Per GPU architecture, what each of the two versions served of its own requests since ``since``."""
         now = time.time()
         seconds = stats_service.slot_seconds_for(int(now - since) + 1, self.store.retention)
-        start = int(math.floor(since / seconds)) * seconds
+        # The slot holding the step's start also holds a little before it: the same candidate at the previous
+        # weight, which may count; before the first step it is whatever ran before the rollout, which may not.
+        rounding = math.ceil if rollout.step_index == 0 else math.floor
+        start = int(rounding(since / seconds)) * seconds
         slots = await self.store.slots(model, seconds=seconds, start=start, end=int(now // seconds) * seconds + seconds)
         windows: dict[tuple[str, str], VersionWindow] = {}
         for _, _, cells in slots:
