@@ -142,7 +142,7 @@ def _wait_rollout(api: httpx.Client, done: Callable[[dict], bool], timeout: floa
 def test_demo_rolls_out_a_good_candidate_in_steps_and_stops_cleanly(tmp_path: Path) -> None:
     port, router_port = free_port(), free_port()
     router = f"http://127.0.0.1:{router_port}"
-    process = _start(tmp_path, port, router_port, "--rps", "30")
+    process = _start(tmp_path, port, router_port, "--rps", "12")
     try:
         banner = "".join(_wait_for_banner(process))
         assert f"http://127.0.0.1:{port}/ui" in banner and router in banner
@@ -162,11 +162,12 @@ def test_demo_rolls_out_a_good_candidate_in_steps_and_stops_cleanly(tmp_path: Pa
 
         api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {admin}"})
         # The generated traffic is enough evidence: the controller passes step 1 and gives 2 a quarter of users.
-        rollout = _wait_rollout(api, lambda r: r["step_index"] >= 1, timeout=150)
+        rollout = _wait_rollout(api, lambda r: r["step_index"] >= 1, timeout=240)
         assert rollout["state"] in ("running", "succeeded"), rollout
         assert rollout["latest_verdict"]["per_arch"]["sm_80"]["candidate"]["requests"] > 0
         seen = _versions(router, range(2000))
         assert set(seen) == {"1", "2"} and seen["2"] / 2000 >= 0.2, seen
+        # Little generated traffic (12/s) so the parity check below is about its own inputs.
         _assert_the_int8_shadow_shows_its_problem(api, router)
         # The demo's pool is priced, so its version report prices the demo's engines.
         report = api.get(f"/models/{MODEL}/report")
@@ -182,7 +183,7 @@ def test_demo_rolls_out_a_good_candidate_in_steps_and_stops_cleanly(tmp_path: Pa
             _stop(process)
 
     # A second run continues from the same database, and the rollout where it was.
-    process = _start(tmp_path, port, router_port, "--rps", "30")
+    process = _start(tmp_path, port, router_port, "--rps", "12")
     try:
         banner = "".join(_wait_for_banner(process))
         with httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1",
