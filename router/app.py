@@ -405,33 +405,32 @@ class RouterApp:
         self.recorder.upstream_error(model.name, version, where, exc.kind)
         group.failed(backend, exc, eject_after=self.eject_after)
 
-    async def _read_body(self, receive: Receive) -> bytes | None:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        body: bytes = message.get("body", b"")
-        if not message.get("more_body"):
-            if len(body) > self.max_body:
-                raise errors.BodyTooLarge(f"request body is over the {self.max_body}-byte limit", {"limit": self.max_body})
-            return body
-        chunks = [body]
-        size = len(body)
+    async def _read_body(self, receive: Receive) -> list[bytes | bytearray] | None:
+        """The whole body, as the pieces it arrived in (never joined: they are written upstream as they are).
+
+        Whole before anything is sent: a backend that refuses the connection, or a
+        pooled connection found closed, is retried elsewhere with the same body, and
+        the shadow mirror sends it again after the answer.
+        """
+        chunks: list[bytes | bytearray] = []
+        size = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
                 return None
-            chunk = message.get("body", b"")
+            chunk: bytes | bytearray = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
                 raise errors.BodyTooLarge(f"request body is over the {self.max_body}-byte limit", {"limit": self.max_body})
-            chunks.append(chunk)
+            if chunk:
+                chunks.append(chunk)
             if not message.get("more_body"):
-                return b"".join(chunks)
+                return chunks
 
     async def _respond(self, send: Send, response: Response, version: str, route: str) -> None:
-        body = response.body
+        parts = response.parts
         headers = [
-            (b"content-length", str(len(body)).encode()),
+            (b"content-length", str(response.size).encode()),
             (b"x-grayroute-version", version.encode()),
             (b"x-grayroute-route", route.encode()),
         ]
@@ -440,7 +439,14 @@ class RouterApp:
             if name not in _RESPONSE_DROP and not name.startswith(_OWN):
                 headers.append(pair)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        if len(parts) == 1:
+            await send({"type": "http.response.body", "body": parts[0]})
+            return
+        # a large answer, as it arrived: one message per piece, never joined (content-length frames it)
+        for index, part in enumerate(parts):
+            await send({"type": "http.response.body", "body": part, "more_body": index < len(parts) - 1})
+        if not parts:
+            await send({"type": "http.response.body", "body": b""})
 
 
 async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
