@@ -4,7 +4,10 @@ A script, not a test. Everything runs on 127.0.0.1 and stops by itself:
 
     python -m tests.bench.bench_router_nginx [--duration 10] [--rounds 3] [--baseline DIR]
 
-Backends are nginx ``return 200`` servers (one worker), so what is measured is the proxy:
+Backends are never the bottleneck, so what is measured is the proxy: nginx ``return 200``
+servers (one worker) for small requests; for large ones a small uvloop server that reads each
+whole body without copying it (an inference server cannot answer before its input is in) and
+answers a small JSON.
 
 - small requests: a 200-byte KServe v2 JSON body, ``wrk -t1 -c32`` (a Lua script varies
   ``x-user-id``), nginx ``split_clients`` 95/5 over keep-alive upstreams (one worker) against
@@ -24,6 +27,7 @@ branch) in the same rounds, so before and after are measured side by side.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import shutil
@@ -97,13 +101,80 @@ http {{
   keepalive_requests 1000000;
   upstream v3 {{ server 127.0.0.1:{b3}; keepalive 128; keepalive_requests 1000000; }}
   upstream v4 {{ server 127.0.0.1:{b4}; keepalive 128; keepalive_requests 1000000; }}
+  upstream s3 {{ server 127.0.0.1:{s3}; keepalive 128; keepalive_requests 1000000; }}
+  upstream s4 {{ server 127.0.0.1:{s4}; keepalive 128; keepalive_requests 1000000; }}
   split_clients "resnet50${{http_x_user_id}}" $version {{ 95% v3; * v4; }}
+  split_clients "resnet50${{http_x_user_id}}" $sink {{ 95% s3; * s4; }}
   server {{
     listen 127.0.0.1:{port};
     location / {{ proxy_pass http://$version; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}
+  server {{
+    listen 127.0.0.1:{large_port};
+    location / {{ proxy_pass http://$sink; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
 }}
 """
+
+
+class _Sink(asyncio.BufferedProtocol):
+    """A backend that reads each whole body (as an inference server must) and answers a small JSON."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(1 << 20)
+        self.head = b""
+        self.left = 0  # body bytes still to read; 0: reading a head
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        view = memoryview(self.buffer)[:nbytes]
+        while len(view):
+            if self.left > 0:  # body bytes: counted, never copied
+                take = min(self.left, len(view))
+                self.left -= take
+                view = view[take:]
+                if self.left == 0:
+                    self._answer()
+                continue
+            self.head += bytes(view)
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            length = 0
+            for line in self.head[:end].split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            view = memoryview(self.head[end + 4:])
+            self.head = b""
+            self.left = length
+            if length == 0:
+                self._answer()
+
+    def _answer(self) -> None:
+        assert self.transport is not None
+        self.transport.write(_SINK_ANSWER)
+
+
+_SINK_ANSWER = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(ANSWER), ANSWER.encode()))
+
+
+def sink(port: int) -> None:
+    import uvloop
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(_Sink, "127.0.0.1", port, backlog=1024)
+        await server.serve_forever()
+
+    uvloop.run(main())
 
 
 def tensor_request(size: int, user: int) -> tuple[bytes, bytes]:
@@ -227,7 +298,11 @@ def main() -> int:
     parser.add_argument("--per-round", type=int, default=100, help="large requests per target and round")
     parser.add_argument("--baseline", type=Path, help="another checkout whose router runs beside this one")
     parser.add_argument("--skip", nargs="*", default=[], choices=["small", "large", "memory"])
+    parser.add_argument("--sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.sink:
+        sink(args.sink)
+        return 0
     if shutil.which("wrk") is None:
         print("wrk not found", file=sys.stderr)
         return 1
@@ -236,27 +311,33 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRAYROUTE_")}
     work = Path(tempfile.mkdtemp(prefix="grayroute-bench-"))
     load = os.getloadavg()
-    routers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+    routers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}  # over the return-200 backends
+    large_routers: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}  # over the body-reading sinks
     out: list[str] = []
     try:
         (work / "post.lua").write_text(WRK_SCRIPT)
         with processes() as procs:
-            b3, b4, proxy_port = free_port(), free_port(), free_port()
+            b3, b4, s3, s4, proxy_port, large_port = (free_port() for _ in range(6))
             (work / "backends.conf").write_text(BACKENDS_CONF.format(dir=work, name="backends", b3=b3, b4=b4,
                                                                      answer=ANSWER))
-            (work / "proxy.conf").write_text(PROXY_CONF.format(dir=work, name="proxy", b3=b3, b4=b4, port=proxy_port))
+            (work / "proxy.conf").write_text(PROXY_CONF.format(dir=work, name="proxy", b3=b3, b4=b4, s3=s3, s4=s4,
+                                                               port=proxy_port, large_port=large_port))
             procs.start(nginx, "-c", str(work / "backends.conf"), "-p", str(work))
+            for port in (s3, s4):
+                procs.start(python, "-m", "tests.bench.bench_router_nginx", "--sink", str(port))
             proxy = procs.start(nginx, "-c", str(work / "proxy.conf"), "-p", str(work))
-            snap = work / "snapshot.json"
+            snap, large_snap = work / "snapshot.json", work / "large.json"
             snap.write_bytes(snapshot(1, b3, b4))
-            for port in (b3, b4, proxy_port):
+            large_snap.write_bytes(snapshot(1, s3, s4))
+            for port in (b3, b4, s3, s4, proxy_port, large_port):
                 wait_for_port(port)
             sources = [("grayroute router", Path.cwd())]
             if args.baseline:
                 sources.append(("router, baseline", args.baseline.resolve()))
             for name, source in sources:
                 routers[name] = start_router(procs, python, source, snap, env)
-            for port, _ in routers.values():
+                large_routers[name] = start_router(procs, python, source, large_snap, env)
+            for port, _ in [*routers.values(), *large_routers.values()]:
                 wait_for_port(port)
             time.sleep(1.0)
             out.append(f"machine: {os.cpu_count()} cores ({platform.machine()}), shared and busy: load average "
@@ -266,12 +347,12 @@ def main() -> int:
             if "small" not in args.skip:
                 small(args, work / "post.lua", b3, proxy_port, proxy.pid, routers, out)
             if "large" not in args.skip:
-                large(args, b3, proxy_port, routers, out)
+                large(args, s3, large_port, large_routers, out)
             if "memory" not in args.skip:
                 print("memory (64 concurrent 4.8 MB requests)…", file=sys.stderr)
                 size = 4_816_896
                 out.append("")
-                for name, (port, router) in routers.items():
+                for name, (port, router) in large_routers.items():
                     before, peak = peak_rss_under_burst(port, router.pid, 64, size, waves=4)
                     bound = 64 * size / 1e6 + 100
                     out.append(f"RSS, {name}: {before:.0f} MB idle, peak {peak:.0f} MB with 64 x 4.8 MB requests "
@@ -288,7 +369,7 @@ def start_router(procs: Processes, python: str, source: Path, snap: Path,
                  env: dict[str, str]) -> tuple[int, subprocess.Popen[bytes]]:
     port = free_port()
     # the checkout's own router package first (a baseline checkout is not installed)
-    router_env = {**env, "PYTHONPATH": str(source)}
+    router_env = {**env, "PYTHONPATH": os.pathsep.join([str(source), env.get("PYTHONPATH", "")])}
     process = subprocess.Popen(
         [python, "-m", "router", "--port", str(port), "--workers", "1", "--snapshot-file", str(snap),
          "--log-level", "warning"], cwd=source, env=router_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
