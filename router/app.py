@@ -34,7 +34,7 @@ from router.settings import CREDENTIAL_HEADERS, RouterSettings
 from router.shadow import Mirror
 from router.stats import NO_BACKEND, SHED
 from router.table import Backends, ModelTable, RoutingTable, VersionGroup
-from router.upstream import Backend, Response
+from router.upstream import Backend, Response, StreamedBody
 
 log = logging.getLogger("grayroute.router")
 
@@ -287,9 +287,11 @@ class RouterApp:
                 f"request body of {declared} bytes is over the {self.max_body}-byte limit",
                 {"limit": self.max_body},
             )
-        body = await self._read_body(receive)
-        if body is None:
-            return  # the client went away
+        body: list[bytes | memoryview] | StreamedBody | None = scope.get("extensions", {}).get("grayroute.streamed_body")
+        if body is None:  # else a large body forwarded as it arrives (``router.http``)
+            body = await self._read_body(receive)
+            if body is None:
+                return  # the client went away
 
         ready: frozenset[str] = model.ready
         decision = decide(model.routing, decision_headers, ready, explicit_version=explicit)
@@ -369,7 +371,9 @@ class RouterApp:
         shadow = model.shadow
         if shadow is not None and response.status == 200 and version != shadow.version and scope["method"] == "POST":
             # the client has its answer: whatever happens to the mirror happens after it
-            if shadow.sampled(decision_headers.get(model.routing.key_header)):
+            if isinstance(body, StreamedBody):
+                body = body.pieces if body.complete else None  # answered before its end: nothing to mirror
+            if body is not None and shadow.sampled(decision_headers.get(model.routing.key_header)):
                 shadow_group = model.groups.get(shadow.version)
                 mirror_backend = shadow_group.pick() if shadow_group is not None else None
                 arch = model.arch
@@ -405,20 +409,20 @@ class RouterApp:
         self.recorder.upstream_error(model.name, version, where, exc.kind)
         group.failed(backend, exc, eject_after=self.eject_after)
 
-    async def _read_body(self, receive: Receive) -> list[bytes | bytearray] | None:
+    async def _read_body(self, receive: Receive) -> list[bytes | memoryview] | None:
         """The whole body, as the pieces it arrived in (never joined: they are written upstream as they are).
 
         Whole before anything is sent: a backend that refuses the connection, or a
         pooled connection found closed, is retried elsewhere with the same body, and
         the shadow mirror sends it again after the answer.
         """
-        chunks: list[bytes | bytearray] = []
+        chunks: list[bytes | memoryview] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
                 return None
-            chunk: bytes | bytearray = message.get("body", b"")
+            chunk: bytes | memoryview = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
                 raise errors.BodyTooLarge(f"request body is over the {self.max_body}-byte limit", {"limit": self.max_body})

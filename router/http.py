@@ -9,10 +9,13 @@ idle timeout, ``Expect: 100-continue``, lifespan, graceful shutdown. Response
 head and body go out in one write. ``--http uvicorn`` remains for comparison.
 
 A large body with a declared length (an image model's binary tensor) is read
-straight from the socket into a few buffers of its own (``asyncio.BufferedProtocol``)
-and handed on as those buffers: no parser copy, no join. Measured on 0.6 and
-4.8 MB tensors (``tests/bench/bench_router_nginx.py``), those copies were most of
-what the router added over nginx.
+straight from the socket into a few buffers of its own (``asyncio.BufferedProtocol``),
+and the request is dispatched at its head: the app forwards each read to the
+backend as it lands (``router.upstream.StreamedBody`` says what that means for
+retries and the shadow mirror). No parser copy, no join, and the client's and
+the backend's transfers overlap. Measured on 0.6 and 4.8 MB tensors
+(``tests/bench/bench_router_nginx.py``): the copies and the wait for the whole
+body were most of what the router added over nginx.
 
 Clients are bounded before they cost anything: the request line and header
 lines are counted on the raw bytes *before* httptools sees them (it keeps an
@@ -38,7 +41,9 @@ from typing import Any
 import httptools
 import orjson
 
+from router import errors
 from router.app import Message, RouterApp
+from router.upstream import StreamedBody
 
 log = logging.getLogger("grayroute.router.http")
 
@@ -58,12 +63,10 @@ _BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n
 _LINGER = 2.0
 _DRAIN = 64 * 1024
 _SHEDDING = 1024  # connections over the cap answered at once; past it a flood is just closed
-# A body at least this long, with a declared length, is read into buffers of its own (``_RawBody``).
-# Below it the parser's one copy is cheaper than the extra bookkeeping.
+# A body at least this long, with a declared length, is read past the parser and forwarded as it
+# arrives (``StreamedBody``). Below it the parser's one copy is cheaper than the extra bookkeeping.
 _RAW_BODY = 64 * 1024
 _READ = 64 * 1024  # the head buffer: what one read of a request head (and a small body) may fill
-_FIRST_PIECE = 256 * 1024  # pieces grow with what was received, so memory follows bytes sent, not declared
-_MAX_PIECE = 4 * 1024 * 1024
 
 
 def _refusal(status: int, code: str, message: str, details: dict[str, Any]) -> bytes:
@@ -107,7 +110,8 @@ class _Request:
     __slots__ = ("body", "early", "headers", "keep_alive", "method", "target", "version")
 
     def __init__(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
-                 body: bytes | list[bytes | bytearray], keep_alive: bool, version: str, early: bool) -> None:
+                 body: bytes | list[bytes | memoryview] | StreamedBody, keep_alive: bool, version: str,
+                 early: bool) -> None:
         self.method = method
         self.target = target
         self.headers = headers
@@ -115,35 +119,6 @@ class _Request:
         self.keep_alive = keep_alive
         self.version = version
         self.early = early  # dispatched before its (oversized) body: the connection closes after
-
-
-class _RawBody:
-    """A declared-length body read straight from the socket: pieces that grow as bytes arrive."""
-
-    __slots__ = ("filled", "left", "piece", "pieces", "received")
-
-    def __init__(self, received: list[bytes], left: int) -> None:
-        self.pieces: list[bytes | bytearray] = list(received)  # what the parser already passed on
-        self.received = sum(len(p) for p in received)
-        self.left = left  # bytes still to come
-        self.piece = bytearray()
-        self.filled = 0
-
-    def buffer(self) -> memoryview:
-        if self.filled == len(self.piece):
-            # never past the declared end: the next request's bytes must go to the parser
-            size = min(self.left, _MAX_PIECE, max(_FIRST_PIECE, self.received))
-            self.piece = bytearray(size)
-            self.filled = 0
-            self.pieces.append(self.piece)
-        return memoryview(self.piece)[self.filled:]
-
-    def add(self, size: int) -> bool:
-        """Count ``size`` bytes read into the buffer; True once the body is complete."""
-        self.filled += size
-        self.received += size
-        self.left -= size
-        return self.left == 0
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -169,6 +144,7 @@ class _Connection(asyncio.BufferedProtocol):
         "parser",
         "queue",
         "raw",
+        "raw_dispatched",
         "read_buffer",
         "refusal",
         "server",
@@ -206,7 +182,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.refusal: bytes | None = None  # owed after the answers queued before it
         self.shed = False  # over the connection cap: answered 503, never served
         self.declared = 0  # the current request's declared body length when large enough for ``_RawBody``
-        self.raw: _RawBody | None = None  # set while such a body is read past the parser
+        self.raw: StreamedBody | None = None  # set while such a body is read past the parser
+        self.raw_dispatched = False  # its request is in the app already (else it is dispatched once whole)
         self.read_buffer = memoryview(bytearray(_READ))
         # what the parser said at the head of a body read past it (it cannot say so afterwards)
         self.method_seen = b""
@@ -239,6 +216,9 @@ class _Connection(asyncio.BufferedProtocol):
             self.server.shedding -= 1
         self.closed = True
         self.server.connections.discard(self)
+        if self.raw is not None:
+            self.raw.abort(errors.BodyIncomplete("the client closed the connection before its body ended"))
+            self.raw = None
         if not self.lost.done():
             self.lost.set_result(None)
 
@@ -256,14 +236,18 @@ class _Connection(asyncio.BufferedProtocol):
         elif raw.add(nbytes):
             self._raw_complete(raw)
 
-    def _raw_complete(self, raw: _RawBody) -> None:
-        """The body read past the parser is whole: dispatch it; a new parser reads the next request."""
+    def _raw_complete(self, raw: StreamedBody) -> None:
+        """The body read past the parser is whole; a new parser reads the next request."""
         self.raw = None
         self.declared = 0
         self.in_head = True
         self.deadline = 0.0
         # the old parser still waits for the body it never saw
         self.parser = httptools.HttpRequestParser(self)
+        if self.raw_dispatched:
+            self.raw_dispatched = False
+            return
+        # pipelined behind a request in flight: dispatched whole, in its turn
         self._dispatch(_Request(self.method_seen, self.url, self.headers, raw.pieces, self.keep_alive_seen,
                                 self.version_seen, False))
 
@@ -292,9 +276,14 @@ class _Connection(asyncio.BufferedProtocol):
                 self._reject()
             return
         if self.declared and not self.dispatched_early:
-            # a large body is still to come: read it past the parser (see ``_RawBody``)
-            self.raw = _RawBody(self.chunks, self.declared - self.size)
+            # a large body is still to come: read it past the parser, and forward it as it comes
+            # unless a request before it is still in flight (answers keep request order)
+            self.raw = raw = StreamedBody(self.chunks, self.declared - self.size, self.server.loop.create_future())
             self.chunks = []
+            if not self.busy:
+                self.raw_dispatched = True
+                self._dispatch(_Request(self.method_seen, self.url, self.headers, raw, self.keep_alive_seen,
+                                        self.version_seen, False))
 
     def _head_fits(self, data: bytes) -> bool:
         """Counts the request head on the raw bytes before the parser buffers them.
@@ -341,6 +330,15 @@ class _Connection(asyncio.BufferedProtocol):
         """Answer a request that broke a limit and close; queued answers go first."""
         self.dispatched_early = True
         self.deadline = 0.0
+        raw = self.raw
+        if raw is not None and self.raw_dispatched:
+            # its body was being forwarded: the app answers (408) for it, then the connection closes
+            self.raw = None
+            raw.abort(errors.BodyIncomplete(f"request body not received within {self.server.body_timeout:g} s",
+                                            {"limit_seconds": self.server.body_timeout}))
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return False
         if self.busy:
             self.refusal = answer  # _run writes it after the answers owed before it
             if self.transport is not None:
@@ -488,6 +486,16 @@ class _Connection(asyncio.BufferedProtocol):
         try:
             while True:
                 await self._cycle(request)
+                body = request.body
+                if isinstance(body, StreamedBody):
+                    if not body.complete:
+                        # answered before its body ended (an error, or a backend that did not wait for
+                        # it): the connection is reusable once the rest is in
+                        await body.finished
+                    body.release()  # a mirror keeps its own reference to the pieces
+                    if not body.complete:
+                        self.close()  # too slow, or gone
+                        return
                 if self.closed or not request.keep_alive:
                     if request.early:
                         self._linger(b"")  # the client may still be sending the body we refused
@@ -534,12 +542,26 @@ class _Connection(asyncio.BufferedProtocol):
         }
         state = {"started": False, "done": False}
         response: dict[str, Any] = {}
-        # a body read past the parser comes as its pieces (bytearrays), one message each
-        parts = request.body if isinstance(request.body, list) else [request.body]
+        body = request.body
+        streamed: StreamedBody | None = None
+        parts: list[bytes | memoryview] = []
+        if isinstance(body, StreamedBody):
+            # the router's app forwards it as it arrives; ``receive`` waits for it whole
+            streamed = body
+            scope["extensions"] = {"grayroute.streamed_body": streamed}
+        else:
+            parts = body if isinstance(body, list) else [body]  # pieces (bytearrays) come one message each
         unread = len(parts)
 
         async def receive() -> Message:
-            nonlocal unread
+            nonlocal unread, parts, streamed
+            if streamed is not None:
+                await streamed.finished
+                if not streamed.complete:
+                    await self.lost
+                    return {"type": "http.disconnect"}
+                parts, streamed = streamed.pieces, None
+                unread = len(parts)
             if unread:
                 unread -= 1
                 return {"type": "http.request", "body": parts[-1 - unread], "more_body": unread > 0}
