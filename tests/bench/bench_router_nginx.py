@@ -2,7 +2,7 @@
 
 A script, not a test. Everything runs on 127.0.0.1 and stops by itself:
 
-    python -m tests.bench.bench_router_nginx [--duration 10] [--rounds 3] [--baseline DIR]
+    python -m tests.bench.bench_router_nginx [--duration 10] [--rounds 3] [--baseline NAME=DIR ...]
 
 Backends are never the bottleneck, so what is measured is the proxy: nginx ``return 200``
 servers (one worker) for small requests; for large ones a small uvloop server that reads each
@@ -20,8 +20,8 @@ answers a small JSON.
 - memory: the router's peak RSS while 64 clients send 4.8 MB requests at once;
   target: under 64 x body + 100 MB.
 
-``--baseline DIR`` also runs the router from another checkout (e.g. a worktree of the main
-branch) in the same rounds, so before and after are measured side by side.
+``--baseline NAME=DIR`` also runs the router of another checkout (e.g. the main branch) in the
+same rounds, so before and after are measured side by side.
 """
 
 from __future__ import annotations
@@ -296,8 +296,11 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (wrk and large requests)")
     parser.add_argument("--per-round", type=int, default=100, help="large requests per target and round")
-    parser.add_argument("--baseline", type=Path, help="another checkout whose router runs beside this one")
+    parser.add_argument("--baseline", nargs="*", default=[], metavar="NAME=DIR",
+                        help="other checkouts whose routers run beside this one (before/after in one run)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["small", "large", "memory"])
+    parser.add_argument("--profile", type=Path, metavar="FILE",
+                        help="also sample the router with py-spy under wrk load; raw samples to FILE, a summary printed")
     parser.add_argument("--sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sink:
@@ -332,8 +335,9 @@ def main() -> int:
             for port in (b3, b4, s3, s4, proxy_port, large_port):
                 wait_for_port(port)
             sources = [("grayroute router", Path.cwd())]
-            if args.baseline:
-                sources.append(("router, baseline", args.baseline.resolve()))
+            for item in args.baseline:
+                name, _, directory = item.rpartition("=")
+                sources.append((f"router, {name or 'baseline'}", Path(directory).resolve()))
             for name, source in sources:
                 routers[name] = start_router(procs, python, source, snap, env)
                 large_routers[name] = start_router(procs, python, source, large_snap, env)
@@ -346,6 +350,9 @@ def main() -> int:
 
             if "small" not in args.skip:
                 small(args, work / "post.lua", b3, proxy_port, proxy.pid, routers, out)
+            if args.profile:
+                port, router = routers["grayroute router"]
+                profile(args.profile, work / "post.lua", port, router.pid, out)
             if "large" not in args.skip:
                 large(args, s3, large_port, large_routers, out)
             if "memory" not in args.skip:
@@ -403,6 +410,44 @@ def small(args: argparse.Namespace, script: Path, direct_port: int, proxy_port: 
         ratio = med[name]["rps"] / nginx_rps
         out.append(f"RATIO small, {name}: {ratio:.2f}x nginx's throughput (target >= 0.50) "
                    f"[{'met' if ratio >= 0.5 else 'MISSED'}]")
+
+
+def profile(raw: Path, script: Path, port: int, pid: int, out: list[str], seconds: int = 6) -> None:
+    """Where the router's time goes under wrk load: py-spy's samples, summed per function (self time)."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        out.append("\n(profile skipped: py-spy not found)")
+        return
+    print("profile (py-spy)…", file=sys.stderr)
+    load = subprocess.Popen(["wrk", "-t1", "-c32", f"-d{seconds + 3}s", "-s", str(script), f"http://127.0.0.1:{port}/"],
+                            stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(1)
+        subprocess.run([spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "250", "--native", "-f", "raw",
+                        "-o", str(raw)], capture_output=True, timeout=seconds + 60, check=False)
+    finally:
+        load.wait()
+    if not raw.exists():
+        out.append("\n(profile failed: py-spy wrote nothing)")
+        return
+    own: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if any("thread_run" in f or "Thread._bootstrap" in f for f in frames):
+            continue  # idle helper threads, not the event loop
+        total += int(count)
+        leaf = frames[-1].split(" (")[0]
+        if leaf.startswith(("write", "writev", "read", "epoll_pwait", "sendmsg", "recv")):
+            leaf = f"syscall {leaf} <- {frames[-2].split(' (')[0]}"
+        elif ".py:" not in frames[-1]:
+            leaf = "C code (interpreter, uvloop, httptools)"
+        own[leaf] = own.get(leaf, 0) + int(count)
+    out.append("")
+    out.append(f"router profile under wrk -t1 -c32 (py-spy --native, {total} samples, self time):")
+    for name, count in sorted(own.items(), key=lambda item: -item[1])[:12]:
+        out.append(f"  {count / total * 100:5.1f}%  {name}")
 
 
 def large(args: argparse.Namespace, direct_port: int, proxy_port: int,
