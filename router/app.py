@@ -287,7 +287,9 @@ class RouterApp:
                 f"request body of {declared} bytes is over the {self.max_body}-byte limit",
                 {"limit": self.max_body},
             )
-        body: list[bytes | memoryview] | StreamedBody | None = scope.get("extensions", {}).get("grayroute.streamed_body")
+        extensions = scope.get("extensions")
+        body: list[bytes | memoryview] | StreamedBody | None = (
+            extensions.get("grayroute.streamed_body") if extensions else None)
         if body is None:  # else a large body forwarded as it arrives (``router.http``)
             body = await self._read_body(receive)
             if body is None:

@@ -8,14 +8,12 @@ per request in order (pipelined requests wait their turn), keep-alive with an
 idle timeout, ``Expect: 100-continue``, lifespan, graceful shutdown. Response
 head and body go out in one write. ``--http uvicorn`` remains for comparison.
 
-A large body with a declared length (an image model's binary tensor) is read
-straight from the socket into a few buffers of its own (``asyncio.BufferedProtocol``),
-and the request is dispatched at its head: the app forwards each read to the
-backend as it lands (``router.upstream.StreamedBody`` says what that means for
-retries and the shadow mirror). No parser copy, no join, and the client's and
-the backend's transfers overlap. Measured on 0.6 and 4.8 MB tensors
-(``tests/bench/bench_router_nginx.py``): the copies and the wait for the whole
-body were most of what the router added over nginx.
+A large body with a declared length (an image model's binary tensor) bypasses
+the parser: the request is dispatched at its head and each read is passed on
+to the backend as it arrives, as the same bytes object (``StreamedBody`` in
+``router.upstream`` says what that means for retries and the shadow mirror).
+No parser copy, no join, and the two transfers overlap. Measured on 0.6 and
+4.8 MB tensors (``tests/bench/bench_router_nginx.py``).
 
 Clients are bounded before they cost anything: the request line and header
 lines are counted on the raw bytes *before* httptools sees them (it keeps an
@@ -66,7 +64,6 @@ _SHEDDING = 1024  # connections over the cap answered at once; past it a flood i
 # A body at least this long, with a declared length, is read past the parser and forwarded as it
 # arrives (``StreamedBody``). Below it the parser's one copy is cheaper than the extra bookkeeping.
 _RAW_BODY = 64 * 1024
-_READ = 64 * 1024  # the head buffer: what one read of a request head (and a small body) may fill
 
 
 def _refusal(status: int, code: str, message: str, details: dict[str, Any]) -> bytes:
@@ -121,7 +118,7 @@ class _Request:
         self.early = early  # dispatched before its (oversized) body: the connection closes after
 
 
-class _Connection(asyncio.BufferedProtocol):
+class _Connection(asyncio.Protocol):
     __slots__ = (
         "busy",
         "chunks",
@@ -145,7 +142,6 @@ class _Connection(asyncio.BufferedProtocol):
         "queue",
         "raw",
         "raw_dispatched",
-        "read_buffer",
         "refusal",
         "server",
         "shed",
@@ -184,7 +180,6 @@ class _Connection(asyncio.BufferedProtocol):
         self.declared = 0  # the current request's declared body length when large enough for ``_RawBody``
         self.raw: StreamedBody | None = None  # set while such a body is read past the parser
         self.raw_dispatched = False  # its request is in the app already (else it is dispatched once whole)
-        self.read_buffer = memoryview(bytearray(_READ))
         # what the parser said at the head of a body read past it (it cannot say so afterwards)
         self.method_seen = b""
         self.version_seen = "1.1"
@@ -222,20 +217,6 @@ class _Connection(asyncio.BufferedProtocol):
         if not self.lost.done():
             self.lost.set_result(None)
 
-    # asyncio.BufferedProtocol: heads (and small bodies) through one reused buffer, large bodies
-    # into their own pieces
-    def get_buffer(self, sizehint: int) -> memoryview:
-        raw = self.raw
-        return self.read_buffer if raw is None or self.dispatched_early else raw.buffer()
-
-    def buffer_updated(self, nbytes: int) -> None:
-        raw = self.raw
-        if raw is None or self.dispatched_early:  # refused mid-body (408): the rest is drained
-            self.raw = None
-            self.data_received(bytes(self.read_buffer[:nbytes]))
-        elif raw.add(nbytes):
-            self._raw_complete(raw)
-
     def _raw_complete(self, raw: StreamedBody) -> None:
         """The body read past the parser is whole; a new parser reads the next request."""
         self.raw = None
@@ -258,6 +239,16 @@ class _Connection(asyncio.BufferedProtocol):
             if self.size > _DRAIN and self.transport is not None:
                 self.transport.pause_reading()  # the close timer ends it; reading on costs CPU for nothing
             return
+        raw = self.raw
+        if raw is not None:  # a large body, past the parser
+            left = raw.left
+            if len(data) <= left:
+                if raw.add(data):
+                    self._raw_complete(raw)
+                return
+            raw.add(memoryview(data)[:left])  # the body ends inside this read; the rest is the next request
+            self._raw_complete(raw)
+            data = data[left:]
         if self.in_head:
             # the usual head: whole in this read and shorter than one line's limit
             if not self.head and 0 < data.find(b"\r\n\r\n") <= self.server.short_head:

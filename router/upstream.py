@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import mmap
 import random
 import ssl
 from collections import deque
@@ -59,7 +58,7 @@ class Response:
         self.status = status
         self.headers = headers
         self.parts = parts  # as received: written to the client as they are
-        self.size = sum(len(part) for part in parts)
+        self.size = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
         self._body: bytes | None = parts[0] if len(parts) == 1 else None
 
     @property
@@ -70,34 +69,27 @@ class Response:
         return self._body
 
 
-_JOIN_BELOW = 16 * 1024  # a body this small is sent joined to its head
-_FIRST_PIECE = 256 * 1024  # pieces grow with what was received: memory follows bytes sent, not declared
-_MAX_PIECE = 4 * 1024 * 1024
 
 
 class StreamedBody:
     """A request body still arriving from the client, forwarded upstream as it arrives.
 
-    ``router.http`` reads the client's socket straight into its pieces, which
-    only grow and are never moved: each read is written on to the backend at
-    once (the two transfers overlap instead of following each other, which for
-    a 4.8 MB tensor was most of the router's added latency), and the pieces are
-    kept until the request ends. Keeping them is what lets a pooled connection
-    found closed as it was written be retried from the first byte on a new one,
-    and the shadow mirror send the body again after the answer; the memory is
-    the body's, as when it was buffered whole. A refused connection needs
-    nothing: no byte was sent.
+    ``router.http`` hands each read of the client's socket to ``add`` as it is
+    (no parser copy, no join), and each is written on to the backend at once:
+    the client's and the backend's transfers overlap instead of following each
+    other. The pieces are kept until the request ends. Keeping them is what lets
+    a pooled connection found closed as it was written be retried from the
+    first byte on a new one, and the shadow mirror send the body again after
+    the answer; the memory is the body's, as when it was buffered whole. A
+    refused connection needs nothing: no byte was sent.
     """
 
-    __slots__ = ("aborted", "declared", "filled", "finished", "left", "piece", "pieces", "received", "sink")
+    __slots__ = ("aborted", "declared", "finished", "left", "pieces", "sink")
 
     def __init__(self, received: list[bytes], left: int, finished: asyncio.Future[None]) -> None:
         self.pieces: list[bytes | memoryview] = list(received)  # what the parser had already passed on
-        self.received = sum(len(part) for part in received)
-        self.declared = self.received + left
+        self.declared = sum(len(part) for part in received) + left
         self.left = left  # bytes still to come
-        self.piece = memoryview(b"")
-        self.filled = 0
         self.sink: _Connection | None = None  # the upstream connection it is being written to
         self.finished = finished  # done once whole or aborted
         self.aborted: RouterError | None = None
@@ -106,26 +98,13 @@ class StreamedBody:
     def complete(self) -> bool:
         return self.left == 0
 
-    def buffer(self) -> memoryview:
-        """Where the next read from the client goes: never past the body's declared end."""
-        if self.filled == len(self.piece):
-            size = min(self.left, _MAX_PIECE, max(_FIRST_PIECE, self.received))
-            # an anonymous mapping, not a bytearray: no zero-filling pass, and its pages go back to the
-            # system when the request ends (freed heap blocks of this size stayed in the process's RSS)
-            self.piece = memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
-            self.filled = 0
-            self.pieces.append(self.piece)
-        return self.piece[self.filled:]
-
-    def add(self, size: int) -> bool:
-        """Count ``size`` bytes read into ``buffer()`` and send them on; True once the body is whole."""
-        start = self.filled
-        self.filled += size
-        self.received += size
-        self.left -= size
+    def add(self, piece: bytes | memoryview) -> bool:
+        """One more piece from the client (never past the declared end), sent on; True once whole."""
+        self.pieces.append(piece)
+        self.left -= len(piece)
         sink = self.sink
         if sink is not None and sink.transport is not None:
-            sink.transport.write(self.piece[start:self.filled])
+            sink.transport.write(piece)
         if self.left == 0:
             if not self.finished.done():
                 self.finished.set_result(None)
@@ -136,17 +115,12 @@ class StreamedBody:
         """Write what has arrived so far on ``conn``, and the rest as it arrives."""
         assert conn.transport is not None
         self.sink = conn
-        pieces = self.pieces
-        if pieces and pieces[-1] is self.piece and self.filled < len(self.piece):
-            conn.transport.writelines((*pieces[:-1], self.piece[:self.filled]))
-        elif pieces:
-            conn.transport.writelines(pieces)
+        if self.pieces:
+            conn.transport.writelines(self.pieces)
 
     def release(self) -> None:
         """The request is over: its memory goes now, not whenever a reference cycle is collected."""
         self.pieces = []
-        self.piece = memoryview(b"")
-        self.filled = 0
 
     def abort(self, exc: RouterError) -> None:
         """The client stopped sending: the exchange it feeds fails with ``exc``."""
@@ -294,9 +268,6 @@ class _Connection(asyncio.Protocol):
         if isinstance(body, StreamedBody):
             self.transport.write(head)
             body.attach(self)
-        elif len(body) == 1 and len(body[0]) <= _JOIN_BELOW:
-            # one write() of a joined copy: measured cheaper than writev of two buffers for small bodies
-            self.transport.write(head + body[0])
         elif body:
             self.transport.writelines((head, *body))
         else:
@@ -429,14 +400,14 @@ class Backend:
         whole until the answer (it is the caller's, in pieces): a connection found
         stale as it was written is retried with it on a new one.
         """
-        if isinstance(body, bytes | bytearray):
+        if isinstance(body, (bytes, bytearray)):  # noqa: UP038 - the tuple form is the faster check
             body = (body,) if body else ()
         streamed: StreamedBody | None = None
         if isinstance(body, StreamedBody):
             streamed = body
             length = body.declared
         else:
-            length = sum(len(part) for part in body)
+            length = len(body[0]) if len(body) == 1 else sum(map(len, body))
         head = b"".join((
             method.encode(), b" ", self.prefix, target, b" HTTP/1.1\r\nhost: ", self.host_header,
             b"\r\ncontent-length: ", str(length).encode(), b"\r\n",

@@ -3,14 +3,14 @@
 A script, not a test (CI has no GPU). It needs a CUDA machine with PyTorch (torchvision if
 present; otherwise ResNet-50 is built here) and aiohttp, plus the router's own dependencies:
 
-    python -m tests.bench.bench_gpu [--rounds 5] [--per-round 40] [--baseline DIR] [--out DIR]
+    python -m tests.bench.bench_gpu [--rounds 5] [--per-round 40] [--baseline NAME=DIR ...] [--out DIR]
 
 - the model server: a small KServe v2 server (aiohttp) serving ``resnet50_fp32`` and
   ``resnet50_fp16`` (random weights, nothing downloaded; eager mode, cuDNN autotuning),
   binary tensors in and out (``Inference-Header-Content-Length``);
 - the router: one worker, a 95/5 split between two versions served by that server;
 - one client, requests one after another, batch 1 and 8, rounds alternating between direct,
-  router (and ``--baseline``, the router from another checkout) so drift hits each alike;
+  router (and each ``--baseline``, the router of another checkout) so drift hits each alike;
 - printed: p50, p99, throughput, and the router's added p50 as a share of direct
   inference latency (target: under 5%).
 """
@@ -201,7 +201,8 @@ def main() -> int:
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--per-round", type=int, default=40)
-    parser.add_argument("--baseline", type=Path, help="another checkout whose router runs beside this one")
+    parser.add_argument("--baseline", nargs="*", default=[], metavar="NAME=DIR",
+                        help="other checkouts whose routers run beside this one (before/after in one run)")
     parser.add_argument("--out", type=Path, help="also write the table and a JSON of all figures here")
     args = parser.parse_args()
     if args.serve:
@@ -219,7 +220,10 @@ def main() -> int:
                                         cwd=ROOT, env=env))
         (work / "snapshot.json").write_bytes(snapshot(server))
         targets: dict[str, int] = {"direct": server}
-        sources = [("router", ROOT)] + ([("router, baseline", args.baseline.resolve())] if args.baseline else [])
+        sources = [("router", ROOT)]
+        for item in args.baseline:
+            name, _, directory = item.rpartition("=")
+            sources.append((f"router, {name or 'baseline'}", Path(directory).resolve()))
         for name, source in sources:
             port = free_port()
             path = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
@@ -234,7 +238,7 @@ def main() -> int:
                  f"{torch.__version__}; ResNet-50 eager, random weights; one client, sequential requests; "
                  f"{args.rounds} alternating rounds of {args.per_round}; router: one worker, 95/5 split",
                  "",
-                 f"{'model':<8} {'batch':>5} {'MB':>5}  {'target':<18} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} "
+                 f"{'model':<8} {'batch':>5} {'MB':>5}  {'target':<20} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} "
                  f"{'img/s':>7} {'added p50':>10} {'of direct':>9}"]
         figures: list[dict[str, object]] = []
         for precision in PRECISIONS:
@@ -266,7 +270,7 @@ def main() -> int:
                                     "rps": rps, "added_p50_ms": added, "added_share": share})
                     extra = "" if name == "direct" else (f"{added:>10.3f} {share:>8.1f}%"
                                                          f" [{'met' if share < 5 else 'MISSED'}]")
-                    lines.append(f"{precision:<8} {batch:>5} {len(requests[0][1]) / 1e6:>5.1f}  {name:<18} "
+                    lines.append(f"{precision:<8} {batch:>5} {len(requests[0][1]) / 1e6:>5.1f}  {name:<20} "
                                  f"{p50:>8.3f} {p99:>8.3f} {rps:>7.1f} {rps * batch:>7.1f} {extra}")
     finally:
         for process in reversed(started):
