@@ -25,6 +25,7 @@ from control_plane.traffic.publisher import SnapshotPublisher, notifier_for
 from control_plane.registry.router import router as registry_router
 from control_plane.settings import Settings, get_settings
 from control_plane.parity import router as parity_routes
+from control_plane.reports.router import router as reports_router
 from control_plane.stats import router as stats_routes
 from control_plane.tokens import service as tokens_service
 from control_plane.tokens.router import router as tokens_router
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     stats_routes.install(app)
     parity_routes.install(app)
+    app.include_router(reports_router)
     web_views.install(app)
 
     @app.get("/healthz", include_in_schema=False)

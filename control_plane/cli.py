@@ -241,10 +241,13 @@ FILE is a JSON list of pools; each is created, or updated when the name exists:
 
   [{"name": "a100", "gpu_arch": "sm_80", "kind": "kubernetes", "trt_version": "10.3.0",
     "namespace": "inference", "node_selector": {"gpu": "a100"},
-    "runtime_image": "nvcr.io/nvidia/tritonserver:24.08-py3"}]
+    "runtime_image": "nvcr.io/nvidia/tritonserver:24.08-py3",
+    "gpu_hourly_price": "2.50", "currency": "USD", "gpus_per_replica": 1}]
 
 name, gpu_arch (sm_XY), kind (kubernetes | local | external) and trt_version
-are required; namespace, node_selector and runtime_image are optional. The
+are required; namespace, node_selector and runtime_image are optional.
+gpu_hourly_price (per GPU-hour, with its ISO 4217 currency) and
+gpus_per_replica (default 1) give the version report its cost figures. The
 Helm chart writes this file from its `pools:` value.
 """
 

@@ -31,6 +31,8 @@ log = logging.getLogger("grayroute.demo")
 
 MODEL = "demo-classifier"
 STABLE, CANDIDATE = "1", "2"
+# A badly calibrated int8 rebuild, shadowed: the parity panel shows what fp16 and int8 cost in answers.
+SHADOW, SHADOW_PERCENT = "3", 20
 POOL = "local-cpu"
 
 
@@ -166,28 +168,32 @@ class Demo:
         if (await api.get(f"/models/{MODEL}")).status_code == 200:
             log.info("continuing with the existing %s", MODEL)
             return
-        log.info("registering %s with an fp32 stable and an fp16 candidate", MODEL)
+        log.info("registering %s with an fp32 stable, an fp16 candidate and a shadowed int8 rebuild", MODEL)
         steps: list[tuple[str, str, dict[str, Any]]] = [
-            ("PUT", f"/pools/{POOL}", {"gpu_arch": "sm_80", "kind": "local", "trt_version": "10.3"}),
+            # priced so the version report shows what the candidate's engine would cost on such a GPU
+            ("PUT", f"/pools/{POOL}", {"gpu_arch": "sm_80", "kind": "local", "trt_version": "10.3",
+                                       "gpu_hourly_price": "2.50", "currency": "USD"}),
             ("POST", "/models", {"name": MODEL, "description": "4-class classifier (ONNX on CPU stands in for "
                                  "TensorRT)", "replicas": {POOL: 2}}),
         ]
-        for version, precision, p50 in ((STABLE, "fp32", 2.1), (CANDIDATE, "fp16", 1.2)):
+        notes = {STABLE: "stable", CANDIDATE: "candidate: half precision",
+                 SHADOW: "int8 rebuild, calibrated on too narrow a sample (shadowed)"}
+        for version, precision, p50 in ((STABLE, "fp32", 2.1), (CANDIDATE, "fp16", 1.2), (SHADOW, "int8", 0.8)):
             steps.append(("POST", f"/models/{MODEL}/versions", {
-                "version": version, "precision": precision, "trt_version": "10.3",
-                "notes": "stable" if version == STABLE else "candidate: half precision",
+                "version": version, "precision": precision, "trt_version": "10.3", "notes": notes[version],
                 # Never fetched: the local target serves a generated ONNX model in the engine's place.
                 "engines": [{"gpu_arch": "sm_80", "uri": f"s3://demo-engines/{MODEL}/{version}/sm_80.plan",
                              "sha256": f"{int(version):064x}", "size_bytes": 24_000_000,
                              "benchmark": {"p50_ms": p50, "p99_ms": p50 * 1.8, "throughput": 1000 / p50,
-                                           "gpu_mem_mb": 410 if precision == "fp32" else 230}}]}))
+                                           "gpu_mem_mb": {"fp32": 410, "fp16": 230}.get(precision, 130)}}]}))
         for method, path, body in steps:
             response = await api.request(method, path, json=body)
             if response.status_code >= 300:
                 raise DemoError(f"seeding failed at {method} {path}: {response.text}")
         response = await api.put(f"/models/{MODEL}/traffic", headers={"If-Match": '"0"'}, json={
-            "default_version": STABLE, "reason": "demo: 5% canary of the fp16 engine",
-            "splits": [{"version": STABLE, "weight": 95}, {"version": CANDIDATE, "weight": 5}]})
+            "default_version": STABLE, "reason": "demo: 5% canary of the fp16 engine, int8 in shadow",
+            "splits": [{"version": STABLE, "weight": 95}, {"version": CANDIDATE, "weight": 5}],
+            "shadow": {"version": SHADOW, "percent": SHADOW_PERCENT}})
         if response.status_code != 200:
             raise DemoError(f"seeding the traffic policy failed: {response.text}")
 
@@ -215,7 +221,8 @@ class Demo:
                         raise DemoError(f"a child exited with {process.returncode}; see the logs in {self.data_dir}")
                 deployments = (await api.get(f"/models/{MODEL}/deployments")).json()
                 ready = {d["version"] for d in deployments if d["ready_replicas"] > 0}
-                if {STABLE, CANDIDATE} <= ready:
+                shadow = (await api.get(f"/models/{MODEL}/traffic")).json().get("shadow")
+                if {STABLE, CANDIDATE, *([shadow["version"]] if shadow else [])} <= ready:
                     with contextlib.suppress(httpx.HTTPError):
                         # Ready only once the router itself reaches both versions (its snapshot has the endpoints).
                         answers = [await client.get(f"{self.router_url}/v2/models/{MODEL}/versions/{v}/ready")

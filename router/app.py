@@ -27,7 +27,7 @@ from router import errors
 from router.budget import RetryBudget
 from router.config import SnapshotSource
 from router.metrics import NOWHERE, Recorder, SharedDirectory, Where, merge_dumps, render
-from router.parity import ParityRecorder, ParityReporter
+from router.parity import SHADOW_DUMP_KEY, ParityRecorder, ParityReporter, shadow_prometheus
 from router.reporter import StatsReporter
 from router.routing import Decision, Route, decide
 from router.settings import CREDENTIAL_HEADERS, RouterSettings
@@ -166,7 +166,9 @@ class RouterApp:
         while True:
             await asyncio.sleep(1.0)
             try:
-                await asyncio.to_thread(self.shared.write, self.recorder.dump())
+                # the shadow counters travel with the rest, so any worker's /metrics shows every worker's
+                dump = {**self.recorder.dump(), SHADOW_DUMP_KEY: self.parity.total_rows()}
+                await asyncio.to_thread(self.shared.write, dump)
             except OSError as exc:
                 log.warning("cannot share metrics: %s", exc)
 
@@ -212,7 +214,8 @@ class RouterApp:
             dumps = [self.recorder.dump()]
             if self.shared is not None:
                 dumps += await asyncio.to_thread(self.shared.others)
-            text = render(merge_dumps(dumps) if len(dumps) > 1 else dumps[0]) + self.parity.prometheus()
+            shadow_rows = [self.parity.total_rows(), *(d.get(SHADOW_DUMP_KEY, []) for d in dumps[1:])]
+            text = render(merge_dumps(dumps) if len(dumps) > 1 else dumps[0]) + shadow_prometheus(shadow_rows)
             await _send(send, 200, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")], text)
         else:
             await _send_error(send, errors.NotFound(f"no route for {path}"))

@@ -226,19 +226,37 @@ class ParityRecorder:
         window, self.window, self.window_start = self.window, {}, end
         return start, end, window
 
+    def total_rows(self) -> list[list[Any]]:
+        """Counters since start as JSON-able rows ``[*pair key, outcome, count]`` (shared between workers)."""
+        return [[*key, what, value] for (key, what), value in self.totals.items()]
+
     def prometheus(self) -> bytes:
         """Counters since start, as Prometheus text (appended to the router's /metrics)."""
-        if not self.totals:
-            return b""
-        lines = ["# HELP grayroute_shadow_total Mirrored requests by outcome "
-                 "(mirrored, dropped, errors, timeouts, compared, unreadable, mismatched)",
-                 "# TYPE grayroute_shadow_total counter"]
-        for (key, what), value in sorted(self.totals.items()):
-            model, shadow, primary, primary_arch, shadow_arch = (_label(v) for v in key)
-            lines.append(f'grayroute_shadow_total{{model="{model}",shadow_version="{shadow}",'
-                         f'primary_version="{primary}",primary_gpu_arch="{primary_arch}",'
-                         f'shadow_gpu_arch="{shadow_arch}",outcome="{what}"}} {value}')
-        return ("\n".join(lines) + "\n").encode()
+        return shadow_prometheus([self.total_rows()])
+
+
+SHADOW_DUMP_KEY = "shadow"  # where a worker's shadow counters sit in the metrics it shares
+
+
+def shadow_prometheus(row_sets: list[list[list[Any]]]) -> bytes:
+    """``grayroute_shadow_total`` from the counters of one or several workers, summed."""
+    totals: dict[tuple[str, ...], int] = {}
+    for rows in row_sets:
+        for row in rows:
+            if isinstance(row, list) and len(row) == 7 and isinstance(row[6], int):
+                key = tuple(str(v) for v in row[:6])
+                totals[key] = totals.get(key, 0) + row[6]
+    if not totals:
+        return b""
+    lines = ["# HELP grayroute_shadow_total Mirrored requests by outcome "
+             "(mirrored, dropped, errors, timeouts, compared, unreadable, mismatched)",
+             "# TYPE grayroute_shadow_total counter"]
+    for labels, value in sorted(totals.items()):
+        model, shadow, primary, primary_arch, shadow_arch, what = (_label(v) for v in labels)
+        lines.append(f'grayroute_shadow_total{{model="{model}",shadow_version="{shadow}",'
+                     f'primary_version="{primary}",primary_gpu_arch="{primary_arch}",'
+                     f'shadow_gpu_arch="{shadow_arch}",outcome="{what}"}} {value}')
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _label(value: str) -> str:

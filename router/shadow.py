@@ -9,8 +9,9 @@ primary's answer is sent and only starts a background task. At most
 ``max_inflight`` mirrors run at once and none whose request or primary answer
 is over ``max_bytes``; the rest are dropped and counted. Shadow failures are
 counted, never surfaced, and never mark a backend as failed (the shadow
-version may also carry real traffic). Memory held by mirrors is bounded by
-``max_inflight x (2 x max_bytes + the router's max response size)``.
+version may also carry real traffic). A shadow answer over ``max_bytes`` is
+cut off and counted as an error, so memory held by mirrors is bounded by
+``max_inflight x 3 x max_bytes`` (request, primary answer, shadow answer).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Mirror:
         try:
             self.parity.count(key, "mirrored")
             try:
-                answer = await backend.request(method, target, headers, body, self.timeout)
+                answer = await backend.request(method, target, headers, body, self.timeout, self.max_bytes)
             except errors.UpstreamTimeout:
                 self.parity.count(key, "timeouts")
                 return

@@ -145,6 +145,7 @@ class _Connection(asyncio.Protocol):
         "framed",
         "headers",
         "keep_alive",
+        "limit",
         "parser",
         "received",
         "reused",
@@ -171,6 +172,7 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.framed = True  # False: the body runs until the backend closes (no length, not chunked)
         self.size = 0
+        self.limit = backend.max_response
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -209,8 +211,8 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
-        if self.size > self.backend.max_response:
-            self._fail(UpstreamError(f"{self.backend.url} sent a response over {self.backend.max_response} bytes"))
+        if self.size > self.limit:
+            self._fail(UpstreamError(f"{self.backend.url} sent a response over {self.limit} bytes"))
             return
         self.chunks.append(body)
 
@@ -254,9 +256,10 @@ class _Connection(asyncio.Protocol):
             self.counted = False
             self.backend.connection_gone(self)
 
-    def send(self, head: bytes, body: Body | StreamedBody, timeout: float) -> asyncio.Future[Response]:
+    def send(self, head: bytes, body: Body | StreamedBody, timeout: float, limit: int) -> asyncio.Future[Response]:
         assert self.transport is not None
         loop = self.backend.loop
+        self.limit = limit
         self.waiter = waiter = loop.create_future()
         self.headers = []
         self.chunks = []
@@ -392,14 +395,18 @@ class Backend:
         return f"Backend({self.url!r}, {self.health.value}, open={self.open}, outstanding={self.outstanding})"
 
     async def request(
-        self, method: str, target: bytes, headers: Headers, body: bytes | Body | StreamedBody, timeout: float
+        self, method: str, target: bytes, headers: Headers, body: bytes | Body | StreamedBody, timeout: float,
+        max_response: int | None = None,
     ) -> Response:
         """Send one request and buffer the answer; raises ``Overloaded`` or ``UpstreamError`` subclasses.
 
         ``ConnectError`` and ``Overloaded`` mean nothing was sent. The body is kept
         whole until the answer (it is the caller's, in pieces): a connection found
-        stale as it was written is retried with it on a new one.
+        stale as it was written is retried with it on a new one. ``max_response``
+        lowers the backend's answer size limit for this request (a shadow mirror's
+        answer is held no larger than its request).
         """
+        limit = self.max_response if max_response is None else min(max_response, self.max_response)
         if isinstance(body, (bytes, bytearray)):  # noqa: UP038 - the tuple form is the faster check
             body = (body,) if body else ()
         streamed: StreamedBody | None = None
@@ -423,7 +430,7 @@ class Backend:
                     conn.close()  # the client stopped sending while it waited for a connection
                     raise streamed.aborted
                 try:
-                    response = await conn.send(head, body, timeout)
+                    response = await conn.send(head, body, timeout, limit)
                     break
                 except StaleConnection:
                     # closed by the backend as we wrote to it (its idle timeout): nothing was processed.
@@ -650,7 +657,7 @@ class Backend:
         head = b"GET %s/v2/health/ready HTTP/1.1\r\nhost: %s\r\ncontent-length: 0\r\n\r\n" % (
             self.prefix, self.host_header)
         try:
-            response = await conn.send(head, (), self.connect_timeout * 2)
+            response = await conn.send(head, (), self.connect_timeout * 2, self.max_response)
         except UpstreamError:
             return False
         finally:

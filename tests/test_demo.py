@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -93,6 +94,36 @@ def _stop(process: subprocess.Popen[str]) -> None:
     assert not [p for p in tree if _alive(p)], "processes left behind after Ctrl-C"
 
 
+def _int8_pair(api: httpx.Client) -> tuple[int, int, float]:
+    """(rows compared, rows whose top-1 agrees, max abs error) of the int8 shadow against the fp32 stable."""
+    pairs = api.get(f"/models/{MODEL}/parity", params={"window": 600}).json()["pairs"]
+    pair = next((p for p in pairs if (p["shadow_version"], p["primary_version"]) == ("3", "1")), None)
+    if pair is None or not pair["outputs"]:
+        return 0, 0, 0.0
+    output = pair["outputs"][0]
+    return output["top1_rows"], round(output["top1_agreement"] * output["top1_rows"]), output["max_abs_error"]
+
+
+def _assert_the_int8_shadow_shows_its_problem(api: httpx.Client, router: str) -> None:
+    """The seeded policy shadows the int8 rebuild; on traffic like the generator's its answers visibly differ."""
+    rows_before, agree_before, _ = _int8_pair(api)
+    rng = random.Random(3)
+    with httpx.Client(base_url=router, timeout=10) as client:
+        for n in range(300):
+            body = {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
+                                "data": [rng.uniform(-1, 1) for _ in range(16)]}]}
+            assert client.post(f"/v2/models/{MODEL}/infer", json=body, headers={"x-user-id": f"p-{n}"}).is_success
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rows, agree, max_abs = _int8_pair(api)
+        if rows - rows_before >= 40:
+            break
+        time.sleep(0.5)
+    assert rows - rows_before >= 40, (rows_before, rows)  # 20% of 300 users are mirrored
+    agreement = (agree - agree_before) / (rows - rows_before)
+    assert agreement < 0.95 and max_abs > 0.1, (agreement, max_abs)
+
+
 def test_demo_runs_a_live_canary_and_stops_cleanly(tmp_path: Path) -> None:
     port, router_port = free_port(), free_port()
     router = f"http://127.0.0.1:{router_port}"
@@ -116,6 +147,15 @@ def test_demo_runs_a_live_canary_and_stops_cleanly(tmp_path: Path) -> None:
         assert 0.03 <= seen["2"] / 2000 <= 0.07, seen  # 5% canary
 
         api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {admin}"})
+        _assert_the_int8_shadow_shows_its_problem(api, router)
+        # The demo's pool is priced, so its version report prices the demo's engines.
+        report = api.get(f"/models/{MODEL}/report")
+        assert report.status_code == 200, report.text
+        section = report.json()["architectures"][0]
+        assert section["cost_pool"] == {"pool": "local-cpu", "gpu_hourly_price": 2.5, "currency": "USD",
+                                        "gpus_per_replica": 1}
+        cost = next(m for m in section["metrics"] if m["metric"] == "cost_per_million")
+        assert cost["baseline"]["value"] > 0 and cost["candidate"]["value"] > 0, cost
         etag = api.get(f"/models/{MODEL}/traffic").headers["etag"]
         response = api.put(f"/models/{MODEL}/traffic", headers={"If-Match": etag}, json={
             "default_version": "1", "reason": "test: half", "splits": [{"version": "1", "weight": 50},

@@ -19,9 +19,9 @@ class Bar:
     color: str
 
 
-def bars(items: Sequence[Bar], *, title: str, width: int = 260) -> Markup:
-    """One horizontal bar per version, scaled to the largest value."""
-    row, label_w, text_w = 20, 44, 78
+def bars(items: Sequence[Bar], *, title: str, width: int = 260, label_w: int = 44) -> Markup:
+    """One horizontal bar per item (a version, or a version and a source), scaled to the largest value."""
+    row, text_w = 20, 78
     track = width - label_w - text_w
     top = max((b.value for b in items if b.value is not None), default=0.0) or 1.0
     parts = [f'<svg class="chart" role="img" width="{width}" height="{row * len(items) + 4}" '
@@ -88,12 +88,14 @@ def _ticks(top: float) -> list[float]:
 
 
 def timeseries(lines: Sequence[Line], timestamps: Sequence[float], *, title: str,
-               fmt: Callable[[float], str], width: int = 560, height: int = 170) -> Markup:
-    """Lines over time with a value axis (round ticks) and a UTC time axis; gaps where a point is None."""
+               fmt: Callable[[float], str], width: int = 560, height: int = 170,
+               ticks: Sequence[float] | None = None) -> Markup:
+    """Lines over time with a value axis (round ticks, or ``ticks`` from 0 up) and a UTC time axis; gaps where
+    a point is None."""
     left, right, top_pad, bottom = 56, 10, 8, 22
     plot_w, plot_h = width - left - right, height - top_pad - bottom
     values = [v for line in lines for v in line.points if v is not None]
-    ticks = _ticks(max(values, default=0.0))
+    ticks = list(ticks) if ticks else _ticks(max(values, default=0.0))
     top = ticks[-1] or 1.0
     n = len(timestamps)
     parts = [f'<svg class="chart series" role="img" width="{width}" height="{height}" '

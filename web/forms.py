@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
@@ -78,6 +79,8 @@ def field_for(path: str, layout: Layout) -> str:
         return f"rule-{layout.rules[index]}-{_RULE_FIELDS.get(m.group(2) or '', 'name')}"
     if path in ("default_version", "reason", "splits", "rules"):
         return path
+    if path.startswith("shadow"):  # shadow.version -> shadow_version; shadow, shadow.percent -> shadow_percent
+        return SHADOW_VERSION if path == "shadow.version" else SHADOW_PERCENT
     return ""
 
 
@@ -107,14 +110,39 @@ class SplitRow:
     weight: str  # as typed
 
 
+SHADOW_VERSION, SHADOW_PERCENT = "shadow_version", "shadow_percent"
+
+
+@dataclass
+class ShadowRow:
+    """The shadow fields as typed; no version chosen means no shadow (the percent is then ignored)."""
+
+    version: str = ""
+    percent: str = ""
+
+    def to_json(self) -> dict[str, str] | None:
+        return {"version": self.version, "percent": self.percent} if self.version else None
+
+    @classmethod
+    def of(cls, shadow: Any) -> ShadowRow:
+        """The row showing a policy's shadow (``router.policy.Shadow`` or None)."""
+        if shadow is None:
+            return cls()
+        return cls(shadow.version, format(Decimal(str(shadow.percent)).normalize(), "f"))
+
+
+def read_shadow(form: Mapping[str, Any]) -> ShadowRow:
+    return ShadowRow(_text(form, SHADOW_VERSION), _text(form, SHADOW_PERCENT))
+
+
 def read_splits(form: Mapping[str, Any], versions: Sequence[str]) -> list[SplitRow]:
     """One row per version offered on the page, in page order, weights as typed."""
     return [SplitRow(v, _text(form, weight_field(v))) for v in versions]
 
 
 def traffic_put(*, splits: Sequence[SplitRow], keep: set[str], default_version: str, rules: Sequence[Any],
-                reason: str, reapplied_from: int | None = None, extra_errors: Errors | None = None,
-                rule_rows: Sequence[int] = ()) -> TrafficPut:
+                reason: str, shadow: ShadowRow | None = None, reapplied_from: int | None = None,
+                extra_errors: Errors | None = None, rule_rows: Sequence[int] = ()) -> TrafficPut:
     """A validated ``TrafficPut``; FormInvalid with per-field errors otherwise.
 
     A version leaves the split list only when it had no place there (``keep``)
@@ -126,7 +154,8 @@ def traffic_put(*, splits: Sequence[SplitRow], keep: set[str], default_version: 
         if row.version in keep or row.weight not in ("", "0", "0.0", "0.00"):
             layout.splits.append(row.version)
             chosen.append({"version": row.version, "weight": row.weight})
-    body: dict[str, Any] = {"default_version": default_version, "splits": chosen, "rules": list(rules), "reason": reason}
+    body: dict[str, Any] = {"default_version": default_version, "splits": chosen, "rules": list(rules), "reason": reason,
+                            "shadow": shadow.to_json() if shadow else None}
     if reapplied_from is not None:
         body["reapplied_from"] = reapplied_from
     errors: Errors = dict(extra_errors or {})

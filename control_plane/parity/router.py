@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 
 from control_plane.deps import Reader, SessionDep, StatsReporter
-from control_plane.errors import ERROR_RESPONSES
+from control_plane.errors import ERROR_RESPONSES, InvalidInput
 from control_plane.parity import service as parity_service
-from control_plane.parity.schemas import ModelParity, ParityReport, ReportAccepted
+from control_plane.parity.schemas import ModelParity, ParityReport, ParitySeries, ReportAccepted
 from control_plane.registry import service as registry_service
 from control_plane.registry.router import ModelPath
 
@@ -37,6 +37,26 @@ async def get_model_parity(
     """Shadow-against-primary output parity per (shadow version, primary version, gpu_arch of each side)."""
     found = await registry_service.get_model_or_raise(session, name=model)
     return await parity_service.get(store, model=found.name, window=window, now=time.time())
+
+
+@router.get("/models/{model}/parity/series", response_model=ParitySeries)
+async def get_model_parity_series(
+    model: ModelPath, session: SessionDep, store: ParityStoreDep, _actor: Reader,
+    window: Annotated[int, Query(ge=1, le=7 * 24 * 3600, description="seconds to look back")] = 3600,
+    step: Annotated[int | None, Query(ge=1, le=24 * 3600, description="seconds per point; "
+                                                                    "default: about 60 points")] = None,
+) -> ParitySeries:
+    """Parity over time: top-1 agreement and max-abs-error p99 per step, per pair and output."""
+    found = await registry_service.get_model_or_raise(session, name=model)
+    if window > store.retention:
+        raise InvalidInput.field("window", f"parity windows are kept {int(store.retention)} s; ask for that or less")
+    step = step or max(1, window // 60)
+    now = time.time()
+    _, points = parity_service.points_of(since=now - window, until=now, step=step)
+    if points > parity_service.MAX_POINTS:
+        raise InvalidInput.field("step", f"{points} points asked for, {parity_service.MAX_POINTS} at most: "
+                                         "use a larger step")
+    return await parity_service.series(store, model=found.name, since=now - window, until=now, step=step)
 
 
 def install(app: FastAPI) -> None:

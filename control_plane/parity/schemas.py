@@ -92,3 +92,30 @@ class ModelParity(BaseModel):
     routers: int
     error_bounds: list[float]
     pairs: list[PairParity]
+
+
+class OutputSeries(BaseModel):
+    """One output of one (shadow, primary, gpu_arch of each side) over time: one value per timestamp."""
+
+    shadow_version: str
+    primary_version: str
+    primary_gpu_arch: str
+    shadow_gpu_arch: str
+    output: str
+    compared: list[int]
+    top1_rows: list[int]
+    top1_agreement: list[float | None] = Field(description="None where no row was compared")
+    max_abs_p99: list[float | None] = Field(description=(
+        "an upper bound of the p99 of per-request max abs error: the histogram bound, or the largest error "
+        "seen if that is smaller; None where nothing was compared"))
+    max_abs_error: list[float | None]
+
+
+class ParitySeries(BaseModel):
+    model: str
+    since: float
+    until: float
+    step_seconds: int
+    timestamps: list[float] = Field(description="start of each step, seconds since the epoch")
+    error_bounds: list[float]
+    lines: list[OutputSeries]

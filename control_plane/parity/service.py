@@ -13,13 +13,22 @@ from typing import Any, Protocol
 
 import orjson
 
-from control_plane.parity.schemas import ModelParity, OutputParity, PairParity, ParityReport
+from control_plane.parity.schemas import (
+    ModelParity,
+    OutputParity,
+    OutputSeries,
+    PairParity,
+    ParityReport,
+    ParitySeries,
+)
 from router.parity import ERROR_BOUNDS, REDIS_KEY_PREFIX
 
 Entry = dict[str, Any]  # a router's report, narrowed to one model's windows
 
 
 class ParityStore(Protocol):
+    retention: float
+
     async def add(self, model: str, entry: Entry) -> None: ...
     async def since(self, model: str, start: float) -> list[Entry]: ...
 
@@ -153,3 +162,53 @@ def merge(model: str, window: int, entries: list[Entry]) -> ModelParity:
 
 async def get(store: ParityStore, *, model: str, window: int, now: float) -> ModelParity:
     return merge(model, window, await store.since(model, now - window))
+
+
+MAX_POINTS = 1000  # a longer series is refused: ask for a coarser step
+
+
+def points_of(*, since: float, until: float, step: int) -> tuple[int, int]:
+    """(first step start, number of steps) covering ``since`` to ``until``, aligned to ``step``."""
+    first = int(since // step * step)
+    return first, max(0, math.ceil((until - first) / step))
+
+
+async def series(store: ParityStore, *, model: str, since: float, until: float, step: int) -> ParitySeries:
+    """One point per ``step`` seconds: each report counts in the step its window ends in."""
+    first, points = points_of(since=since, until=until, step=step)
+    per_point: list[list[Entry]] = [[] for _ in range(points)]
+    for entry in await store.since(model, first):
+        index = int((entry["window_end"] - first) // step)
+        if 0 <= index < points:
+            per_point[index].append(entry)
+    merged = [merge(model, step, entries) for entries in per_point]
+    bounds = next((m.error_bounds for m in merged if m.pairs), list(ERROR_BOUNDS))
+    keys = sorted({(p.shadow_version, p.primary_version, p.primary_gpu_arch, p.shadow_gpu_arch, o.name)
+                   for m in merged for p in m.pairs for o in p.outputs})
+    lines = []
+    for shadow, primary, primary_arch, shadow_arch, name in keys:
+        cells: list[OutputParity | None] = []
+        for m in merged:
+            pair = next((p for p in m.pairs if (p.shadow_version, p.primary_version, p.primary_gpu_arch,
+                                                p.shadow_gpu_arch) == (shadow, primary, primary_arch, shadow_arch)),
+                        None)
+            cells.append(next((o for o in pair.outputs if o.name == name), None) if pair else None)
+        lines.append(OutputSeries(
+            shadow_version=shadow, primary_version=primary, primary_gpu_arch=primary_arch,
+            shadow_gpu_arch=shadow_arch, output=name,
+            compared=[c.compared if c else 0 for c in cells],
+            top1_rows=[c.top1_rows if c else 0 for c in cells],
+            top1_agreement=[c.top1_agreement if c else None for c in cells],
+            max_abs_p99=[_p99_bound(c) for c in cells],
+            max_abs_error=[c.max_abs_error if c and c.compared else None for c in cells],
+        ))
+    return ParitySeries(model=model, since=first, until=first + points * step, step_seconds=step,
+                        timestamps=[float(first + i * step) for i in range(points)], error_bounds=bounds, lines=lines)
+
+
+def _p99_bound(cell: OutputParity | None) -> float | None:
+    # The histogram gives a bucket bound (inf past the last one); the largest error seen bounds p99 too.
+    if cell is None or not cell.compared:
+        return None
+    bound = cell.max_abs_quantiles.get("p99")
+    return cell.max_abs_error if bound is None else min(bound, cell.max_abs_error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -23,6 +24,8 @@ SHA256 = explain_pattern(r"^[0-9a-f]{64}$", "64 lowercase hexadecimal digits (a 
 TRT_VERSION = explain_pattern(r"^[0-9]+\.[0-9]+(\.[0-9]+){0,2}$", "a version such as 10.3 or 10.3.0")
 HEADER_NAME = explain_pattern(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$",
                               "an HTTP header name: letters, digits and - (no spaces or ':')")
+CURRENCY = explain_pattern(r"^[A-Z]{3}$", "an ISO 4217 currency code in capitals, such as USD or EUR")
+MAX_GPU_HOURLY_PRICE = 10_000
 URI = explain_pattern(r"^[a-z][a-z0-9+.-]*://\S+$", "a URI such as s3://bucket/path, without spaces")
 ENGINE_SCHEMES = ("s3", "gs", "https", "http")  # http: only with GRAYROUTE_ALLOW_HTTP_ENGINE_URIS
 
@@ -274,6 +277,13 @@ class PoolPut(_Input):
         max_length=64, description="external pools: host, host:port, *.domain, IP or CIDR patterns that backend "
                                    "URLs must match; empty admits none")] = []
     engine_credentials: EngineCredentials | None = None
+    # Bounded well inside the NUMERIC(12, 4) column; no GPU-hour costs more.
+    gpu_hourly_price: Annotated[Decimal | None, Field(ge=0, le=MAX_GPU_HOURLY_PRICE, decimal_places=4, description=(
+        "what one GPU-hour of this pool costs, in currency; the version report's cost figures"),
+        examples=["2.50"])] = None
+    currency: Annotated[str | None, Field(pattern=CURRENCY, description="ISO 4217 code, required with a price",
+                                          examples=["USD"])] = None
+    gpus_per_replica: Annotated[int, Field(ge=1, le=64, description="GPUs one replica holds (and is billed for)")] = 1
 
 
 class PoolRead(BaseModel):
@@ -288,6 +298,9 @@ class PoolRead(BaseModel):
     trt_version: str
     allowed_endpoints: list[str]
     engine_credentials: dict[str, str] | None
+    gpu_hourly_price: float | None
+    currency: str | None
+    gpus_per_replica: int
     created_at: datetime
     updated_at: datetime
 

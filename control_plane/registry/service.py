@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol
 
 from sqlalchemy import select
@@ -83,7 +84,13 @@ def pool_state(pool: Pool) -> dict[str, Any]:
     return {"name": pool.name, "gpu_arch": pool.gpu_arch, "kind": pool.kind, "namespace": pool.namespace,
             "node_selector": dict(pool.node_selector), "runtime_image": pool.runtime_image,
             "trt_version": pool.trt_version, "allowed_endpoints": list(pool.allowed_endpoints or []),
-            "engine_credentials": pool.engine_credentials}
+            "engine_credentials": pool.engine_credentials, "gpu_hourly_price": _price_text(pool.gpu_hourly_price),
+            "currency": pool.currency, "gpus_per_replica": pool.gpus_per_replica}
+
+
+def _price_text(price: Decimal | None) -> str | None:
+    # Exact and JSON-safe for the audit log; 2.5 and the column's 2.5000 read the same, so no false "changed".
+    return None if price is None else format(Decimal(price).normalize(), "f")
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -375,6 +382,11 @@ async def _upsert_pool(session: AsyncSession, *, name: str, body: PoolPut, actor
     if body.engine_credentials is not None and body.kind != PoolKind.KUBERNETES:
         raise InvalidInput.field("engine_credentials", f"only kubernetes pools fetch engines; a {body.kind.value} "
                                                        "pool has nothing to give them to")
+    # A price without its currency cannot be read; a currency without a price says nothing.
+    if body.gpu_hourly_price is not None and body.currency is None:
+        raise InvalidInput.field("currency", "required with gpu_hourly_price (an ISO 4217 code such as USD)")
+    if body.currency is not None and body.gpu_hourly_price is None:
+        raise InvalidInput.field("gpu_hourly_price", "required with currency (what one GPU-hour costs)")
     values = body.model_dump()
     values["engine_credentials"] = (body.engine_credentials.model_dump(exclude_none=True)
                                     if body.engine_credentials else None)

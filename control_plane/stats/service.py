@@ -221,6 +221,16 @@ async def get(store: StatsStore, *, model: str, window: int, now: float | None =
     return merge(slots, model=model, window=window)
 
 
+async def cells(store: StatsStore, *, model: str, window: int, now: float | None = None) -> Cells:
+    """The merged cells of the last ``window`` seconds, histograms included, for readers that regroup them
+    (the version report merges a version's pools per GPU architecture)."""
+    now = time.time() if now is None else now
+    seconds = slot_seconds_for(window, store.retention)
+    slots = await store.slots(model, seconds=seconds, start=_align(now - window, seconds, up=True),
+                              end=_align(now, seconds) + seconds)
+    return _merged(slots)[1]
+
+
 async def series(store: StatsStore, *, model: str, since: float, until: float, step: int) -> ModelSeries:
     """One point per ``step`` seconds from ``since`` to ``until``, per assigned version and per deployment."""
     if step % FINE:

@@ -18,13 +18,13 @@ import orjson
 from router.parity import ParityRecorder
 
 
-def _json(values: np.ndarray) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+def json_answer(values: np.ndarray) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     body = orjson.dumps({"model_name": "m", "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, values.size],
                                                          "data": values.tolist()}]})
     return body, [(b"content-type", b"application/json")]
 
 
-def _binary(values: np.ndarray) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+def binary_answer(values: np.ndarray) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     raw = values.astype("<f4").tobytes()
     header = orjson.dumps({"model_name": "m", "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, values.size],
                                                            "parameters": {"binary_data_size": len(raw)}}]})
@@ -39,7 +39,7 @@ def main() -> int:
     rng = np.random.default_rng(1)
     primary = rng.random(args.elements, dtype=np.float32)
     shadow = (primary + rng.normal(0, 1e-3, args.elements)).astype(np.float32)
-    for name, encode in (("json", _json), ("binary", _binary)):
+    for name, encode in (("json", json_answer), ("binary", binary_answer)):
         a, b = encode(primary), encode(shadow)
         recorder = ParityRecorder()
         key = ("m", "4", "3", "sm_80", "sm_80")

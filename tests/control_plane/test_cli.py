@@ -99,6 +99,24 @@ def test_tokens_can_be_listed_and_revoked_from_the_cli(tmp_path: Path) -> None:
         "grayroute: token 9999 not found"
 
 
+def test_pools_import_carries_a_gpu_price_and_refuses_one_without_its_currency(tmp_path: Path) -> None:
+    import json
+
+    env = {"GRAYROUTE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'cp.db'}"}
+    assert grayroute("db", "upgrade", cwd=tmp_path, env=env).returncode == 0
+    pool = {"name": "h100", "gpu_arch": "sm_90", "kind": "local", "trt_version": "10.3"}
+    (tmp_path / "pools.json").write_text(json.dumps([{**pool, "gpu_hourly_price": "4.10", "currency": "USD",
+                                                      "gpus_per_replica": 2}]))
+    imported = grayroute("pools", "import", "pools.json", cwd=tmp_path, env=env)
+    assert imported.returncode == 0 and "1 pools imported, 1 changed" in imported.stdout, imported.stderr
+    (tmp_path / "pools.json").write_text(json.dumps([{**pool, "gpu_hourly_price": "3"}]))
+    line = one_line_failure(grayroute("pools", "import", "pools.json", cwd=tmp_path, env=env))
+    assert line == "grayroute: currency: required with gpu_hourly_price (an ISO 4217 code such as USD)", line
+    with sqlite3.connect(tmp_path / "cp.db") as db:  # the refused import changed nothing
+        assert db.execute("SELECT gpu_hourly_price, currency, gpus_per_replica FROM pools").fetchall() == [
+            (4.1, "USD", 2)]
+
+
 # --- 4. discoverability ---------------------------------------------------------------------------
 
 def test_version_and_help_texts_say_what_a_newcomer_needs(tmp_path: Path) -> None:

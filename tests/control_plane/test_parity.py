@@ -102,3 +102,49 @@ def test_a_concurrent_burst_of_reports_is_kept_whole(api: Api) -> None:
     assert statuses == [202] * 20
     body = api.get("/models/resnet50/parity", params={"window": 60}).json()
     assert body["routers"] == 20 and body["pairs"][0]["compared"] == 20
+
+
+def test_parity_over_time_puts_each_report_in_the_step_its_window_ends_in(api: Api) -> None:
+    api.canary(weight=5)
+    router = api.as_("router")
+    bins = len(ERROR_BOUNDS) + 1
+    now = time.time()
+    step = 300
+    first = int((now - 1800) // step * step)
+    fine, coarse = [0] * bins, [0] * bins
+    fine[4], coarse[7], coarse[8] = 50, 90, 10  # 1e-4; mostly 1e-1 with a tail to 1
+    sent = [  # (window end, agree, rows, max abs, histogram)
+        (first + 1 * step + 20, 49, 50, 8e-5, fine),
+        (first + 1 * step + 200, 50, 50, 9e-5, fine),  # same step as the first: merged
+        (first + 4 * step + 10, 70, 100, 0.4, coarse),  # an int8-like step: p99 is the largest error seen
+    ]
+    for i, (end, agree, rows, max_abs, histogram) in enumerate(sent):
+        assert router.post("/parity/report", json=_report(f"r{i}", compared=rows, agree=agree, rows=rows,
+                                                          max_abs=max_abs, histogram=histogram,
+                                                          end=end)).status_code == 202
+    response = api.as_("viewer").get("/models/resnet50/parity/series", params={"window": 1800, "step": step})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["step_seconds"] == step and body["since"] == first
+    timestamps = body["timestamps"]
+    assert timestamps[0] == first and all(b - a == step for a, b in zip(timestamps, timestamps[1:]))
+    assert timestamps[-1] <= time.time() and timestamps[-1] + step > now  # up to the step holding now
+    (line,) = body["lines"]
+    assert (line["shadow_version"], line["primary_version"], line["output"]) == ("4", "3", "probabilities")
+    assert line["top1_rows"][:6] == [0, 100, 0, 0, 100, 0]
+    assert line["top1_agreement"][:6] == [None, 99 / 100, None, None, 70 / 100, None]
+    # each an upper bound of p99: the smaller of the histogram bound (1e-4, 1.0) and the largest error seen
+    assert line["max_abs_p99"][:6] == [None, 9e-5, None, None, 0.4, None]
+    assert line["max_abs_error"][1] == 9e-5 and line["max_abs_error"][4] == 0.4
+    assert all(v is None for v in line["top1_agreement"][6:])
+
+    viewer = api.as_("viewer")
+    assert viewer.get("/models/nope/parity/series").status_code == 404
+    assert api.as_(None).get("/models/resnet50/parity/series").status_code == 401
+    too_long = viewer.get("/models/resnet50/parity/series", params={"window": 7 * 24 * 3600})
+    assert too_long.status_code == 422 and too_long.json()["error"]["details"][0]["field"] == "window"
+    too_fine = viewer.get("/models/resnet50/parity/series", params={"window": 3600, "step": 1})
+    assert too_fine.status_code == 422 and too_fine.json()["error"]["details"][0]["field"] == "step"
+    assert viewer.get("/models/resnet50/parity/series", params={"step": 0}).status_code == 422
+    default = viewer.get("/models/resnet50/parity/series").json()  # an hour, about 60 points
+    assert default["step_seconds"] == 60 and 60 <= len(default["timestamps"]) <= 61

@@ -443,6 +443,9 @@ def test_pools_are_rendered_and_imported(full: Rendered) -> None:
             "trt_version": "10.3.0",
             "allowed_endpoints": [],
             "engine_credentials": {"secret": "engine-store-credentials"},
+            "gpu_hourly_price": "4.1",
+            "currency": "USD",
+            "gpus_per_replica": 2,
         },
         {
             # A kubernetes pool without a namespace runs in the release's.
@@ -790,9 +793,18 @@ def test_bad_secret_name_is_rejected(chart: helm.Chart, override: dict[str, Any]
             "at '/pools/0/kind': value must be one of",
         ),
         ({"pools": [{"name": "a100", "gpuArch": "sm_80", "kind": "local"}]}, "at '/pools/0': missing property 'trtVersion'"),
+        (
+            {"pools": [{"name": "a100", "gpuArch": "sm_80", "kind": "local", "trtVersion": "10.3", "gpuHourlyPrice": 2}]},
+            "at '/pools/0': properties 'currency' required, if 'gpuHourlyPrice' exists",
+        ),
+        (
+            {"pools": [{"name": "a100", "gpuArch": "sm_80", "kind": "local", "trtVersion": "10.3", "gpuHourlyPrice": 2,
+                        "currency": "usd"}]},
+            "at '/pools/0/currency'",
+        ),
     ],
     ids=["string-for-int", "float-for-int", "string-for-bool", "string-for-list", "port-range", "enum", "typo",
-         "unquoted-version", "pool-kind", "pool-no-trt"],
+         "unquoted-version", "pool-kind", "pool-no-trt", "price-no-currency", "currency-lowercase"],
 )  # fmt: skip
 def test_wrong_types_are_rejected(chart: helm.Chart, override: dict[str, Any], expected: str) -> None:
     message = _schema_error(chart, _merge(REQUIRED_SECRETS, override))

@@ -163,10 +163,21 @@ def main() -> None:
     parser.add_argument("--version", required=True)
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--output-elements", type=int, default=0,
+                        help="answer JSON infer requests with a 1xN FP32 output (values seeded by the version)")
     args = parser.parse_args()
+    infer_body = None
+    if args.output_elements:
+        import random
+
+        rng = random.Random(f"{args.model}/{args.version}")
+        data = ",".join(f"{rng.random():.6f}" for _ in range(args.output_elements))
+        infer_body = (f'{{"model_name":"{args.model}","model_version":"{args.version}","outputs":[{{"name":"y",'
+                      f'"datatype":"FP32","shape":[1,{args.output_elements}],"data":[{data}]}}]}}').encode()
 
     async def serve() -> None:
-        await KServe(args.port, Behaviour(args.version, args.model, args.delay_ms / 1000)).start()
+        await KServe(args.port, Behaviour(args.version, args.model, args.delay_ms / 1000,
+                                          infer_body=infer_body)).start()
         gc.collect()
         gc.freeze()  # like the router: no full collections over startup objects in the tail
         await asyncio.Event().wait()

@@ -326,3 +326,119 @@ async def test_a_slow_or_dead_shadow_costs_the_client_nothing(
     # shadow failures never eject: the primary keeps its backends, the shadow version is not marked failed
     async with session.get(router.url + "/v2/health/ready") as response:
         assert response.status == 200
+
+
+# --- a badly calibrated int8 engine is caught ---------------------------------------------------------
+
+@pytest.fixture
+def three_engines(tmp_path: Path) -> Iterator[dict[str, EngineServer]]:
+    started = {"3": EngineServer("3", "fp32", tmp_path), "4": EngineServer("4", "fp16", tmp_path),
+               "5": EngineServer("5", "int8", tmp_path)}
+    yield started
+    for engine in started.values():
+        engine.stop()
+
+
+async def test_int8_engine_agrees_less_than_fp16_and_the_shadow_parity_shows_it(
+        three_engines: dict[str, EngineServer], control_plane: ControlPlaneStub, routers: list,
+        session: aiohttp.ClientSession) -> None:
+    engines = three_engines
+    for engine in engines.values():
+        await engine.wait_ready(session)
+    for version, variant in (("3", "fp32"), ("4", "fp16"), ("5", "int8")):
+        async with session.get(engines[version].url + "/v2/models/resnet50") as response:
+            assert (await response.json())["parameters"]["variant"] == variant
+    spec = model_spec({v: [e.url] for v, e in engines.items()}, [("3", 100), ("4", 0), ("5", 0)],
+                      default_version="3")
+    router = await _router(routers, control_plane, snapshot(1, resnet50=_shadowed(spec, "5", 100)))
+    rng = np.random.default_rng(11)
+    # the demo's traffic: features uniform in [-1, 1]
+    batches = [rng.uniform(-1, 1, size=(16, 16)).astype(np.float32) for _ in range(25)]
+    answers: dict[str, list[np.ndarray]] = {v: [] for v in engines}
+    for i, batch in enumerate(batches):
+        body = _request(batch)
+        status, _, _ = await _post(session, router.url, body, f"user-{i}")
+        assert status == 200
+        for version, engine in engines.items():
+            _, direct, headers = await _post(session, engine.url, body)
+            answers[version].append(_probabilities(direct, headers))
+    fp32, fp16, int8 = (np.concatenate(answers[v]) for v in ("3", "4", "5"))
+    agree_fp16 = float((fp32.argmax(1) == fp16.argmax(1)).mean())
+    agree_int8 = float((fp32.argmax(1) == int8.argmax(1)).mean())
+    max_fp16, max_int8 = float(np.abs(fp32 - fp16).max()), float(np.abs(fp32 - int8).max())
+    assert agree_fp16 >= 0.99 and 0 < max_fp16 < 0.01, (agree_fp16, max_fp16)  # small, real fp16 differences
+    assert agree_int8 <= agree_fp16 - 0.05 and max_int8 > 0.1, (agree_int8, max_int8)  # a visible int8 problem
+
+    # the router's parity for the int8 shadow is the same numbers
+    windows = await _parity_windows(control_plane, lambda ws: _total(ws, "compared") >= len(batches))
+    outputs = [w["outputs"]["probabilities"] for w in windows if "probabilities" in w["outputs"]]
+    assert sum(o["top1_rows"] for o in outputs) == fp32.shape[0]
+    assert sum(o["top1_agree"] for o in outputs) / fp32.shape[0] == pytest.approx(agree_int8, abs=1e-12)
+    assert max(o["max_abs_error"] for o in outputs) == pytest.approx(max_int8, rel=1e-6)
+
+
+def test_the_int8_variant_is_built_once_and_the_same_every_time(tmp_path: Path) -> None:
+    from control_plane.reconciler import onnx_model
+
+    first = onnx_model.build("int8")
+    assert first == onnx_model.build("int8")  # calibration is deterministic
+    path = onnx_model.ensure(tmp_path, "int8")
+    assert path.read_bytes() == first
+    assert onnx_model.ensure(tmp_path, "int8") == path and len(list(tmp_path.iterdir())) == 1
+    assert onnx_model.variant_for("INT8") == "int8" and onnx_model.variant_for("bf16") == "fp16"
+
+
+async def test_a_shadow_answer_over_the_byte_limit_is_cut_off_and_counted(
+        backends: dict, control_plane: ControlPlaneStub, routers: list, session: aiohttp.ClientSession) -> None:
+    primary = await start_backend(backends, "3", "3")
+    huge = b'{"outputs":[{"name":"y","datatype":"FP32","shape":[1],"data":[1.0]}],"pad":"' + b"x" * 300_000 + b'"}'
+    await start_backend(backends, "4", "4", infer_body=huge)
+    spec = model_spec({"3": [primary.url], "4": [backends["4"].url]}, [("3", 100), ("4", 0)], default_version="3")
+    router = await _router(routers, control_plane, snapshot(1, resnet50=_shadowed(spec, "4", 100)),
+                           "--shadow-max-bytes", "65536")
+    for i in range(20):
+        async with session.post(router.url + "/v2/models/resnet50/infer", json={"inputs": []},
+                                headers={"x-user-id": f"u{i}"}) as response:
+            assert response.status == 200 and b"pad" not in await response.read()
+    windows = await _parity_windows(control_plane, lambda ws: _total(ws, "errors") >= 20)
+    assert _total(windows, "errors") == _total(windows, "mirrored") == 20 and _total(windows, "compared") == 0
+    # the version itself still serves answers of that size to its own clients (the limit is the mirror's)
+    async with session.post(router.url + "/v2/models/resnet50/versions/4/infer", json={"inputs": []}) as response:
+        assert response.status == 200 and len(await response.read()) == len(huge)
+
+
+# --- several worker processes -------------------------------------------------------------------------
+
+async def test_parity_counts_are_whole_with_several_router_workers(
+        backends: dict, control_plane: ControlPlaneStub, routers: list, session: aiohttp.ClientSession) -> None:
+    primary = await start_backend(backends, "3", "3")
+    await start_backend(backends, "4", "4", infer_body=b'{"outputs":[{"name":"y","datatype":"FP32","shape":[1],'
+                                                        b'"data":[1.25]}]}')
+    spec = model_spec({"3": [primary.url], "4": [backends["4"].url]}, [("3", 100), ("4", 0)], default_version="3")
+    router = await _router(routers, control_plane, snapshot(1, resnet50=_shadowed(spec, "4", 100)), "--workers", "2")
+    for _ in range(20):  # each worker fetches the snapshot itself: ready on fresh connections too
+        await router.wait_ready()
+    n = 60
+    room = asyncio.Semaphore(8)  # a concurrent burst the busy test machine's backend pool can take
+
+    async def one(i: int) -> None:
+        async with room, aiohttp.ClientSession() as fresh:  # fresh connections, so both workers take some
+            async with fresh.post(router.url + "/v2/models/resnet50/infer", json={"inputs": []},
+                                  headers={"x-user-id": f"u{i}"}) as response:
+                assert response.status == 200, await response.text()
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    windows = await _parity_windows(control_plane, lambda ws: _total(ws, "compared") >= n)
+    assert _total(windows, "compared") == _total(windows, "mirrored") == n
+    assert len({r["router"] for r in control_plane.parity_reports}) == 2  # each worker reported its own share
+    assert sum(w["outputs"]["y"]["sum_abs_error"] for w in windows) == pytest.approx(0.25 * n)
+    line = ""
+    for _ in range(50):  # workers share their totals every second
+        async with session.get(router.url + "/metrics") as response:
+            text = await response.text()
+        line = next((row for row in text.splitlines()
+                     if row.startswith("grayroute_shadow_total{") and 'outcome="compared"' in row), "")
+        if line.endswith(f" {n}"):
+            break
+        await asyncio.sleep(0.2)
+    assert line.endswith(f" {n}"), line  # /metrics sums every worker's counters, whichever worker answers

@@ -105,6 +105,12 @@
       const lead = document.createElement("strong");
       lead.textContent = answer.moved_percent === "0" ? "No change for users: " : "Before you apply: ";
       movement.append(lead, answer.sentences.join("; ") + ".");
+      if (answer.shadow) {
+        const shadow = document.createElement("div");
+        shadow.dataset.shadowPreview = "";
+        shadow.textContent = answer.shadow.charAt(0).toUpperCase() + answer.shadow.slice(1) + ".";
+        movement.append(shadow);
+      }
       if (answer.warnings && answer.warnings.length) {
         const list = document.createElement("ul");
         list.className = "warn-list";
@@ -128,7 +134,8 @@
       for (const [field, messages] of Object.entries(answer.errors || {})) {
         for (const message of messages) {
           const li = document.createElement("li");
-          li.textContent = (field && field.startsWith("weight:") ? field.slice(7) + ": " : "") + message;
+          const label = field.startsWith("weight:") ? field.slice(7) + ": " : field.startsWith("shadow_") ? "shadow " + field.slice(7) + ": " : "";
+          li.textContent = label + message;
           list.append(li);
         }
       }
@@ -166,5 +173,8 @@
     });
   }
   if (defaultSelect) defaultSelect.addEventListener("change", schedulePreview);
+  for (const shadowField of form.querySelectorAll("[data-shadow-version], [data-shadow-percent]")) {
+    shadowField.addEventListener("input", schedulePreview);
+  }
   refreshTotal();
 })();

@@ -32,7 +32,8 @@ from web import coverage as version_coverage
 from web import figures as live_figures
 from web import forms
 from web import history
-from web.forms import Errors, RuleRow
+from web import parity_charts
+from web.forms import Errors, RuleRow, ShadowRow
 from web.views.pages import (
     HISTORY_PAGE,
     PALETTE,
@@ -94,6 +95,7 @@ class _Edit:
     default_version: str | None = None
     reason: str = ""
     rules: list[RuleRow] | None = None
+    shadow: ShadowRow | None = None
 
 
 async def _model_page(request: Request, visitor: Visitor, db: Any, name: str, *, status: int = 200,
@@ -150,7 +152,10 @@ async def _model_page(request: Request, visitor: Visitor, db: Any, name: str, *,
         "default_note": traffic_service.default_note(current, anonymous=model.anonymous) if current else None,
         "figures": figures,
         "parity": await _parity(request.app.state, model.name),
+        "parity_charts": await parity_charts.load(request.app.state, model=model.name, colors=colors),
         "shadow": current.policy.shadow if current else None,
+        "shadow_row": edit.shadow if edit and edit.shadow is not None else ShadowRow.of(
+            current.policy.shadow if current else None),
         "edit": edit, "errors": edit.errors if edit else {},
         "edit_default": edit.default_version if edit and edit.default_version else default,
         "conflict": conflict,

@@ -32,7 +32,7 @@ from control_plane.errors import (
 )
 from control_plane.settings import Settings
 from control_plane.traffic import service as traffic_service
-from router.policy import Policy, Split
+from router.policy import Policy, Shadow, Split
 from web import coverage as version_coverage
 from web import history
 from web import session as ui_session
@@ -125,8 +125,16 @@ def _splits_text(splits: Sequence[Split] | Sequence[Mapping[str, Any]] | None) -
     return traffic_service.splits_text(Policy(splits=tuple(splits or ())))  # type: ignore[arg-type]
 
 
+def shadow_text(shadow: Shadow | Mapping[str, Any] | None) -> str:
+    """ "shadow 4 at 5%" or "no shadow"; takes a policy's Shadow or its stored form."""
+    if isinstance(shadow, Mapping):
+        shadow = Shadow(str(shadow.get("version")), float(shadow.get("percent") or 0))
+    return f"shadow {shadow.version} at {fmt_weight(shadow.percent)}%" if shadow else "no shadow"
+
+
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters.update(ago=_ago, utc=_utc, weight=fmt_weight, splits=_splits_text, rules=history.rules_text,
+                             shadow=shadow_text,
                              drain_left=version_coverage.drain_left)
 templates.env.globals.update(P=Permission, PHASE_TONE=PHASE_TONE, static_version=_static_version())
 

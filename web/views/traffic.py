@@ -24,7 +24,7 @@ from control_plane.errors import (
     PreconditionFailed,
 )
 from control_plane.registry import service as registry_service
-from control_plane.registry.models import Model
+from control_plane.registry.models import Model, VersionStatus
 from control_plane.traffic import service as traffic_service
 from control_plane.traffic.models import TrafficRevision
 from control_plane.traffic.preview import preview
@@ -33,7 +33,7 @@ from control_plane.traffic.service import Action
 from router.routing import AllocationError, Range
 from web import coverage as version_coverage
 from web import forms
-from web.forms import Errors, FormInvalid, SplitRow
+from web.forms import Errors, FormInvalid, ShadowRow, SplitRow
 from web.views.model import _Edit, _model_page
 from web.views.pages import (
     Visitor,
@@ -46,6 +46,7 @@ from web.views.pages import (
     _render,
     _splits_text,
     fmt_weight,
+    shadow_text,
 )
 
 router = APIRouter(prefix="/ui", route_class=_PageRoute, include_in_schema=False)
@@ -62,6 +63,11 @@ def _rules_text(put: TrafficPut) -> str:
     return "rules: " + ("; ".join(f"{r.name} → {r.version}" for r in put.policy().rules) or "none")
 
 
+def _policy_text(put: TrafficPut) -> str:
+    """ "3 95% · 4 5%, default 3, shadow 4 at 5%" """
+    return f"{_splits_text(put.policy().splits)}, default {put.default_version}, {shadow_text(put.policy().shadow)}"
+
+
 def _split_rows(form: Mapping[str, Any] | FormData) -> list[SplitRow]:
     items = form.multi_items() if isinstance(form, FormData) else list(form.items())
     rows: dict[str, str] = {}
@@ -69,6 +75,14 @@ def _split_rows(form: Mapping[str, Any] | FormData) -> list[SplitRow]:
         if key.startswith("weight:") and isinstance(value, str):
             rows[key.removeprefix("weight:")] = value.strip()
     return [SplitRow(v, w) for v, w in rows.items()]
+
+
+async def _shadow_problem(db: Any, *, model: Model, version: str) -> str | None:
+    """Why the preview's shadow version would be refused on apply (the service says the same), or None."""
+    found = next((v for v in await registry_service.list_versions(db, model=model) if v.version == version), None)
+    if found is None:
+        return f"model {model.name!r} has no version {version!r}"
+    return f"version {version!r} is retired" if found.status == VersionStatus.RETIRED else None
 
 
 @router.get("/models/{name}/preview")
@@ -83,19 +97,27 @@ async def traffic_preview(name: str, request: Request, visitor: VisitorDep, db: 
     rows = _split_rows(params)
     keep = set(current.policy.weights()) if current else set()
     default = params.get("default_version") or (current.policy.default_version if current else None) or "-"
+    # A page without the shadow fields (an older one) previews the live shadow, as applying would keep it.
+    shadow = forms.read_shadow(params) if forms.SHADOW_VERSION in params else ShadowRow.of(
+        current.policy.shadow if current else None)
     live = current.revision if current else 0
     try:
-        put = forms.traffic_put(splits=rows, keep=keep, default_version=default, rules=[], reason="")
+        put = forms.traffic_put(splits=rows, keep=keep, default_version=default, rules=[], reason="", shadow=shadow)
         result = preview(_previous_layout(model, current), put.policy().bucket_counts())
     except FormInvalid as exc:
         return JSONResponse({"ok": False, "errors": exc.errors, "live_revision": live})
     except AllocationError as exc:
         return JSONResponse({"ok": False, "errors": {"splits": [str(exc)]}, "live_revision": live})
+    if put.shadow is not None and (problem := await _shadow_problem(db, model=model, version=put.shadow.version)):
+        return JSONResponse({"ok": False, "errors": {forms.SHADOW_VERSION: [problem]}, "live_revision": live})
     page_revision = forms.revision_of(params)
     covered = await version_coverage.load(db, model=model)
     warnings = covered.warnings(splits=version_coverage.weights_of(put), default=default if default != "-" else None,
                                 rule_versions=version_coverage.rule_targets(current.policy.rules if current else ()))
+    before = current.policy.shadow if current else None
+    after = put.policy().shadow
     return JSONResponse({"ok": True, **result.as_dict(), "live_revision": live, "warnings": warnings,
+                         "shadow": shadow_text(after) + ("" if after == before else f" (now {shadow_text(before)})"),
                          "stale": page_revision is not None and page_revision != live})
 
 
@@ -113,7 +135,7 @@ async def _apply(request: Request, visitor: Visitor, db: Any, publisher: Any, *,
         await db.rollback()
         details = exc.details if isinstance(exc.details, dict) else {}
         if attempted is None:
-            attempted = f"{_splits_text(put.policy().splits)}, default {put.default_version}"
+            attempted = _policy_text(put)
         conflict = {"yours": revision, "live": details.get("live"), "changed_by": details.get("changed_by"),
                     "attempted": attempted, "message": exc.message}
         return await _model_page(request, visitor, db, name, status=409, conflict=conflict)
@@ -128,7 +150,7 @@ async def _apply(request: Request, visitor: Visitor, db: Any, publisher: Any, *,
         visitor.ui.flash("info", f"Nothing changed: revision {written.revision} already is this policy.")
         return _redirect(f"/ui/models/{quote(name)}#traffic")
     visitor.ui.flash("ok", f"{done} Revision {written.revision} is live: {_splits_text(written.policy.splits)}, "
-                           f"default {written.policy.default_version}.")
+                           f"default {written.policy.default_version}, {shadow_text(written.policy.shadow)}.")
     return _redirect(f"/ui/models/{quote(name)}#traffic")
 
 
@@ -144,15 +166,19 @@ async def apply_traffic(name: str, request: Request, visitor: VisitorDep, db: Se
     reason = str(form.get("reason") or "").strip()
     default = str(form.get("default_version") or "").strip()
     keep = set(current.policy.weights()) if current else set()
+    # A form without the shadow fields (posted by an older page) keeps the live shadow rather than dropping it.
+    shadow = forms.read_shadow(form) if forms.SHADOW_VERSION in form else ShadowRow.of(
+        current.policy.shadow if current else None)
 
     async def refused(errors: Errors) -> Response:
         edit = _Edit("traffic", errors, weights={r.version: r.weight for r in rows}, default_version=default,
-                     reason=reason)
+                     reason=reason, shadow=shadow)
         return await _model_page(request, visitor, db, name, status=422, edit=edit)
 
     try:
         put = forms.traffic_put(splits=rows, keep=keep, default_version=default,
-                                rules=[r.to_json() for r in current.policy.rules] if current else [], reason=reason)
+                                rules=[r.to_json() for r in current.policy.rules] if current else [], reason=reason,
+                                shadow=shadow)
     except FormInvalid as exc:
         return await refused(exc.errors)
     return await _apply(request, visitor, db, publisher, name=name, put=put, revision=forms.revision_of(form),
@@ -256,7 +282,8 @@ async def save_rules(name: str, request: Request, visitor: VisitorDep, db: Sessi
     try:
         put = forms.traffic_put(splits=splits, keep={s.version for s in splits},
                                 default_version=current.policy.default_version or "", rules=rules, reason=reason,
-                                extra_errors=rule_errors, rule_rows=kept_rows)
+                                shadow=ShadowRow.of(current.policy.shadow), extra_errors=rule_errors,
+                                rule_rows=kept_rows)
     except FormInvalid as exc:
         return await refused(exc.errors)
     return await _apply(request, visitor, db, publisher, name=name, put=put, revision=forms.revision_of(form),

@@ -113,6 +113,10 @@ fromJsonArray.
       "runtime_image" (.runtimeImage | default nil)
       "trt_version" (.trtVersion | default nil)
       "allowed_endpoints" (.allowedEndpoints | default list) -}}
+{{- /* a string, so the API reads the exact decimal the values file wrote */ -}}
+{{- if hasKey . "gpuHourlyPrice" }}{{ $_ := set $pool "gpu_hourly_price" (toString .gpuHourlyPrice) }}{{ end -}}
+{{- with .currency }}{{ $_ := set $pool "currency" . }}{{ end -}}
+{{- with .gpusPerReplica }}{{ $_ := set $pool "gpus_per_replica" . }}{{ end -}}
 {{- with .engineCredentials -}}
 {{- $credentials := dict -}}
 {{- with .serviceAccount }}{{ $_ := set $credentials "service_account" . }}{{ end -}}

@@ -1,0 +1,1 @@
+"""The version report: what a candidate engine buys over the baseline, per GPU architecture."""
