@@ -34,7 +34,7 @@ from router.settings import CREDENTIAL_HEADERS, RouterSettings
 from router.shadow import Mirror
 from router.stats import NO_BACKEND, SHED
 from router.table import Backends, ModelTable, RoutingTable, VersionGroup
-from router.upstream import Backend, Response
+from router.upstream import Backend, Response, StreamedBody
 
 log = logging.getLogger("grayroute.router")
 
@@ -290,9 +290,13 @@ class RouterApp:
                 f"request body of {declared} bytes is over the {self.max_body}-byte limit",
                 {"limit": self.max_body},
             )
-        body = await self._read_body(receive)
-        if body is None:
-            return  # the client went away
+        extensions = scope.get("extensions")
+        body: list[bytes | memoryview] | StreamedBody | None = (
+            extensions.get("grayroute.streamed_body") if extensions else None)
+        if body is None:  # else a large body forwarded as it arrives (``router.http``)
+            body = await self._read_body(receive)
+            if body is None:
+                return  # the client went away
 
         ready: frozenset[str] = model.ready
         decision = decide(model.routing, decision_headers, ready, explicit_version=explicit)
@@ -372,7 +376,9 @@ class RouterApp:
         shadow = model.shadow
         if shadow is not None and response.status == 200 and version != shadow.version and scope["method"] == "POST":
             # the client has its answer: whatever happens to the mirror happens after it
-            if shadow.sampled(decision_headers.get(model.routing.key_header)):
+            if isinstance(body, StreamedBody):
+                body = body.pieces if body.complete else None  # answered before its end: nothing to mirror
+            if body is not None and shadow.sampled(decision_headers.get(model.routing.key_header)):
                 shadow_group = model.groups.get(shadow.version)
                 mirror_backend = shadow_group.pick() if shadow_group is not None else None
                 arch = model.arch
@@ -408,33 +414,32 @@ class RouterApp:
         self.recorder.upstream_error(model.name, version, where, exc.kind)
         group.failed(backend, exc, eject_after=self.eject_after)
 
-    async def _read_body(self, receive: Receive) -> bytes | None:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        body: bytes = message.get("body", b"")
-        if not message.get("more_body"):
-            if len(body) > self.max_body:
-                raise errors.BodyTooLarge(f"request body is over the {self.max_body}-byte limit", {"limit": self.max_body})
-            return body
-        chunks = [body]
-        size = len(body)
+    async def _read_body(self, receive: Receive) -> list[bytes | memoryview] | None:
+        """The whole body, as the pieces it arrived in (never joined: they are written upstream as they are).
+
+        Whole before anything is sent: a backend that refuses the connection, or a
+        pooled connection found closed, is retried elsewhere with the same body, and
+        the shadow mirror sends it again after the answer.
+        """
+        chunks: list[bytes | memoryview] = []
+        size = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
                 return None
-            chunk = message.get("body", b"")
+            chunk: bytes | memoryview = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
                 raise errors.BodyTooLarge(f"request body is over the {self.max_body}-byte limit", {"limit": self.max_body})
-            chunks.append(chunk)
+            if chunk:
+                chunks.append(chunk)
             if not message.get("more_body"):
-                return b"".join(chunks)
+                return chunks
 
     async def _respond(self, send: Send, response: Response, version: str, route: str) -> None:
-        body = response.body
+        parts = response.parts
         headers = [
-            (b"content-length", str(len(body)).encode()),
+            (b"content-length", str(response.size).encode()),
             (b"x-grayroute-version", version.encode()),
             (b"x-grayroute-route", route.encode()),
         ]
@@ -443,7 +448,14 @@ class RouterApp:
             if name not in _RESPONSE_DROP and not name.startswith(_OWN):
                 headers.append(pair)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        if len(parts) == 1:
+            await send({"type": "http.response.body", "body": parts[0]})
+            return
+        # a large answer, as it arrived: one message per piece, never joined (content-length frames it)
+        for index, part in enumerate(parts):
+            await send({"type": "http.response.body", "body": part, "more_body": index < len(parts) - 1})
+        if not parts:
+            await send({"type": "http.response.body", "body": b""})
 
 
 async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:

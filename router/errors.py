@@ -13,6 +13,7 @@ Exceptions::
      ├── NotFound               404 a path the router does not serve
      ├── MethodNotAllowed       405
      ├── BodyTooLarge           413 request body over the configured limit
+     ├── BodyIncomplete         408 a body forwarded as it arrived stopped short (too slow, or the client left)
      ├── NotReady               503 no valid snapshot yet
      ├── NoBackend              503 neither the chosen nor the default version has a backend
      ├── Overloaded             503 the backend's queue for a free connection is full or its wait ran out
@@ -71,6 +72,11 @@ class MethodNotAllowed(RouterError):
 class BodyTooLarge(RouterError):
     status = 413
     code = "body_too_large"
+
+
+class BodyIncomplete(RouterError):
+    status = 408
+    code = "request_timeout"
 
 
 class NotReady(RouterError):

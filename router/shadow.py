@@ -23,7 +23,7 @@ import random
 from router import errors
 from router.parity import PairKey, ParityRecorder
 from router.routing import BUCKETS, bucket_of
-from router.upstream import Backend, Headers, Response
+from router.upstream import Backend, Body, Headers, Response
 
 log = logging.getLogger("grayroute.router.shadow")
 
@@ -58,10 +58,14 @@ class Mirror:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def offer(self, key: PairKey, backend: Backend | None, method: str, target: bytes, headers: Headers,
-              body: bytes, primary: Response) -> None:
-        """Mirror one answered request if the bound allows; never raises, never waits."""
+              body: Body, primary: Response) -> None:
+        """Mirror one answered request if the bound allows; never raises, never waits.
+
+        ``body`` is the request's own pieces, kept by reference until the mirror ends
+        (the bound above counts them): nothing is copied for the mirror.
+        """
         if (backend is None or self.inflight >= self.max_inflight
-                or len(body) > self.max_bytes or len(primary.body) > self.max_bytes):
+                or sum(len(part) for part in body) > self.max_bytes or primary.size > self.max_bytes):
             self.parity.count(key, "dropped")
             return
         self.inflight += 1
@@ -71,7 +75,7 @@ class Mirror:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, key: PairKey, backend: Backend, method: str, target: bytes, headers: Headers,
-                   body: bytes, primary: Response) -> None:
+                   body: Body, primary: Response) -> None:
         try:
             self.parity.count(key, "mirrored")
             try:
