@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.rollout_controller:
             # Every replica runs one; the lease lets one of them act (rollouts/controller.py).
             controller = RolloutController(sessions=sessions, publisher=publisher, store=app.state.stats_store,
+                                           parity_store=app.state.parity_store,
                                            webhook=app.state.rollout_webhook,
                                            tick_seconds=settings.rollout_tick_seconds)
             app.state.rollout_controller = controller

@@ -87,9 +87,12 @@ __all__ = [
     "Check",
     "Evidence",
     "Judgement",
+    "ParityConfig",
+    "ParityCounts",
     "UserTotals",
     "Verdict",
     "judge",
+    "judge_parity",
 ]
 
 QUANTILE = 0.99
@@ -99,6 +102,8 @@ _TAIL = 1 - QUANTILE
 # Tuned with the simulation script; any prior keeps the tests valid.
 _ERROR_PRIOR = (0.5, 50.0)
 _TAIL_PRIOR = (1.0, 30.0)
+# Disagreements of an engine rebuilt in lower precision: a fraction of a percent to a few percent.
+_DISAGREEMENT_PRIOR = (0.5, 20.0)
 
 
 class AnalysisError(ValueError):
@@ -121,6 +126,9 @@ class Check(enum.Enum):
     ERROR_RATE = "error_rate"
     P99_RATIO = "p99_ratio"
     MIN_EVIDENCE = "min_evidence"
+    OUTPUT_SHAPE = "output_shape"
+    TOP1_AGREEMENT = "top1_agreement"
+    MAX_ABS_ERROR = "max_abs_error"
 
 
 @dataclass(frozen=True)
@@ -287,6 +295,134 @@ def judge(
     if waiting:
         return Judgement(Verdict.CONTINUE, ready.detail, tuple(evidence), **sides)
     return Judgement(Verdict.PASS, "no check failed; " + ready.detail, tuple(evidence), **sides)
+
+
+@dataclass(frozen=True)
+class ParityCounts:
+    """What the routers compared between the candidate (as shadow) and the primary on one GPU architecture.
+
+    Summed over the outputs: ``top1_*`` over rows of outputs with more than one
+    element per row, ``histogram`` of per-(request, output) max abs error in the
+    router's ``error_bounds`` layout (bucket i holds errors in
+    ``(bounds[i-1], bounds[i]]``, the last one above the top bound).
+    """
+
+    compared: int
+    mismatched: int  # shape or datatype mismatches, and outputs missing from the shadow's answer
+    top1_rows: int
+    top1_agree: int
+    error_bounds: tuple[float, ...]
+    histogram: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("compared", "mismatched", "top1_rows", "top1_agree"):
+            _finite_non_negative(name, getattr(self, name))
+        if self.top1_agree > self.top1_rows:
+            raise AnalysisError("top1_agree", f"{self.top1_agree} agreeing rows exceed {self.top1_rows} rows")
+        for count in self.histogram:
+            _finite_non_negative("histogram", count)
+
+    def above(self, limit: float) -> int:
+        """Comparisons whose max abs error is certainly over ``limit`` (their bucket starts at or above it)."""
+        return sum(count for i, count in enumerate(self.histogram) if i > 0 and self.error_bounds[i - 1] >= limit)
+
+
+@dataclass(frozen=True)
+class ParityConfig:
+    """The shadow phase's limits (DESIGN "Rollouts": ``analysis.min_top1_agreement``, ``max_abs_error``)."""
+
+    min_top1_agreement: float = 0.99
+    max_abs_error: float | None = None  # None: not judged
+    min_compared: int = 200
+    alpha: float = 0.05
+    variance_inflation: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not (_finite(self.min_top1_agreement) and 0 <= self.min_top1_agreement <= 1):
+            raise AnalysisError("min_top1_agreement", "must be a fraction in [0, 1]")
+        if self.max_abs_error is not None and not (_finite(self.max_abs_error) and self.max_abs_error >= 0):
+            raise AnalysisError("max_abs_error", "must be a non-negative number")
+        if not (isinstance(self.min_compared, int) and self.min_compared >= 1):
+            raise AnalysisError("min_requests", "must be a whole number of at least 1")
+        if not (_finite(self.alpha) and 0 < self.alpha < 1):
+            raise AnalysisError("alpha", "must be a probability strictly between 0 and 1")
+        if not (_finite(self.variance_inflation) and self.variance_inflation >= 1):
+            raise AnalysisError("variance_inflation", "must be at least 1 (1: requests are independent)")
+
+
+def judge_parity(counts: ParityCounts, *, elapsed_seconds: float, phase_seconds: float,
+                 config: ParityConfig | None = None) -> Judgement:
+    """The verdict on a shadow phase from what was compared since it began.
+
+    - A shape or datatype mismatch, or a missing output, fails at once: the
+      engine answers a different contract, no statistics needed.
+    - Top-1 agreement: null "the disagreement share is at most 1 - m"; the same
+      mixture-over-maximum-null e-process as the error rate (Beta-Bernoulli
+      mixture over the constrained maximum likelihood), counts divided by the
+      design effect ``variance_inflation`` since a user's requests are alike.
+      Anytime-valid: the controller may look every tick. Budget ``alpha / 2``.
+    - Max abs error (when limited): null "at most 1% of comparisons exceed the
+      limit" (the p99 of per-request max abs error is within it), the tail test
+      of the latency check on the comparisons certainly above the limit.
+      Budget ``alpha / 2``.
+    PASS needs the phase's time served, ``min_compared`` comparisons and no failure.
+    """
+    config = config or ParityConfig()
+    if not (_finite(elapsed_seconds) and elapsed_seconds >= 0):
+        raise AnalysisError("elapsed_seconds", "must be a non-negative number of seconds")
+    threshold = math.log(2 / config.alpha)
+    d = config.variance_inflation
+    evidence = [Evidence(
+        Check.OUTPUT_SHAPE, Verdict.FAIL if counts.mismatched else Verdict.CONTINUE, float(counts.mismatched), 0.0,
+        None, detail=(f"{counts.mismatched} comparisons with a different output shape or datatype, or an output "
+                      "missing" if counts.mismatched else "output shapes and datatypes equal"))]
+    rows, agree = counts.top1_rows, counts.top1_agree
+    limit = 1 - config.min_top1_agreement
+    log_e = _log_e_share_over((rows - agree) / d, agree / d, limit, _DISAGREEMENT_PRIOR)
+    share = agree / rows if rows else None
+    failed = log_e >= threshold
+    evidence.append(Evidence(
+        Check.TOP1_AGREEMENT, Verdict.FAIL if failed else Verdict.CONTINUE, share, config.min_top1_agreement, None,
+        log_e=log_e, log_e_threshold=threshold, design_effect=d,
+        detail=(f"top-1 agreement {share:.2%} of {rows} rows" if share is not None else "no rows with a top-1 yet")
+        + (f", provably under {config.min_top1_agreement:.2%}" if failed else "")))
+    if config.max_abs_error is not None:
+        above = counts.above(config.max_abs_error)
+        log_e = _log_e_share_over(above / d, (counts.compared - above) / d, _TAIL, _TAIL_PRIOR)
+        failed = log_e >= threshold
+        evidence.append(Evidence(
+            Check.MAX_ABS_ERROR, Verdict.FAIL if failed else Verdict.CONTINUE, float(above), config.max_abs_error,
+            None, log_e=log_e, log_e_threshold=threshold, design_effect=d,
+            detail=f"{above} of {counts.compared} comparisons with a max abs error over {config.max_abs_error:g}"
+                   + (", provably more than 1%" if failed else "")))
+    summary = {"compared": counts.compared, "top1_rows": rows, "top1_agreement": share}
+    failures = [e for e in evidence if e.verdict is Verdict.FAIL]
+    if failures:
+        return Judgement(Verdict.FAIL, "; ".join(e.detail for e in failures), tuple(evidence), candidate=summary)
+    waiting = []
+    if elapsed_seconds < phase_seconds:
+        waiting.append(f"shadow phase: {elapsed_seconds:.0f} s of {phase_seconds:.0f} s")
+    if counts.compared < config.min_compared:
+        waiting.append(f"{counts.compared} of {config.min_compared} responses compared")
+    ready = Evidence(Check.MIN_EVIDENCE, Verdict.CONTINUE if waiting else Verdict.PASS, float(counts.compared),
+                     float(config.min_compared), None,
+                     detail="; ".join(waiting) or "phase served and minimum comparisons reached")
+    evidence.append(ready)
+    if waiting:
+        return Judgement(Verdict.CONTINUE, ready.detail, tuple(evidence), candidate=summary)
+    return Judgement(Verdict.PASS, "outputs agree within the limits; " + ready.detail, tuple(evidence),
+                     candidate=summary)
+
+
+def _log_e_share_over(hits: float, misses: float, limit: float, prior: tuple[float, float]) -> float:
+    """log e-value against "the share of hits is at most ``limit``" (0 when nothing was seen)."""
+    n = hits + misses
+    if n <= 0:
+        return 0.0
+    if limit >= 1:
+        return 0.0
+    closest_null = min(hits / n, limit)
+    return _log_mixture(hits, misses, prior) - _loglik(hits, misses, closest_null)
 
 
 # -- checks -------------------------------------------------------------------------------------

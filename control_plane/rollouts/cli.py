@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="deploy the candidate only on these pools during step STEP (1-based); repeatable")
     start.add_argument("--analysis", action="append", default=[], metavar="KEY=VALUE",
                        help="an analysis setting, e.g. min_requests=200 or max_p99_ratio=1.25; repeatable")
+    start.add_argument("--shadow", metavar="PERCENT:SECONDS",
+                       help="a parity phase first: mirror PERCENT of users to the candidate for SECONDS, judged on "
+                            "--analysis min_top1_agreement=… and max_abs_error=…")
     start.add_argument("--max-benchmark-p99-ratio", type=float, help="gate: trtexec p99 ratio limit (default 1.25)")
     start.add_argument("--override-gates", action="store_true", help="start even if a gate fails (audited)")
     start.add_argument("--reason", required=True)
@@ -130,6 +133,8 @@ def describe(rollout: dict[str, Any]) -> str:
     index = rollout["step_index"]
     where = (f"step {index + 1}/{len(steps)}, candidate {rollout['candidate']} at {steps[index]['weight']:g}%"
              if index < len(steps) else f"after step {len(steps)}/{len(steps)}")
+    if rollout.get("phase") == "shadow":
+        where = f"shadow phase, {rollout['shadow']['percent']:g}% of users mirrored to {rollout['candidate']}"
     line = f"rollout {rollout['id']} of {rollout['model']}: {rollout['state']}, {where}"
     verdict = rollout.get("latest_verdict")
     if rollout["state"] in FINISHED_OK | FINISHED_BAD and rollout.get("outcome"):
@@ -154,6 +159,12 @@ def _start(api: _Api, args: argparse.Namespace) -> int:
                             "override_gates": args.override_gates}
     if args.baseline:
         body["baseline"] = args.baseline
+    if args.shadow:
+        percent, sep, seconds = args.shadow.partition(":")
+        try:
+            body["shadow"] = {"percent": _number(percent), "seconds": int(seconds)}
+        except ValueError:
+            _refuse(f"--shadow {args.shadow!r}: expected PERCENT:SECONDS, e.g. 10:300")
     if args.max_benchmark_p99_ratio is not None:
         body["gates"] = {"max_benchmark_p99_ratio": args.max_benchmark_p99_ratio}
     rollout = api.call("POST", f"/models/{args.model}/rollouts", body)

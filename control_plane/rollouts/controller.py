@@ -71,10 +71,11 @@ from control_plane.changes import Committer
 from control_plane.db import utcnow
 from control_plane.deployments.models import Deployment
 from control_plane.errors import is_database_unreachable
+from control_plane.parity import service as parity_service
 from control_plane.registry.models import Model, Pool, Version
 from control_plane.rollouts import service as rollouts_service
-from control_plane.rollouts.analysis import AnalysisConfig, ArmCounts, Judgement, Verdict, judge
-from control_plane.rollouts.models import Rollout, RolloutState
+from control_plane.rollouts.analysis import AnalysisConfig, ArmCounts, Judgement, ParityCounts, Verdict, judge, judge_parity
+from control_plane.rollouts.models import Rollout, RolloutPhase, RolloutState
 from control_plane.rollouts.webhook import Webhook
 from control_plane.stats import service as stats_service
 from router.stats import LATENCY_BOUNDS_MS, VersionWindow
@@ -134,11 +135,14 @@ def _json_safe(value: Any) -> Any:
 
 class RolloutController:
     def __init__(self, *, sessions: async_sessionmaker[AsyncSession], publisher: Committer,
-                 store: stats_service.StatsStore, webhook: Webhook | None = None, tick_seconds: float = 2.0,
+                 store: stats_service.StatsStore, parity_store: parity_service.ParityStore | None = None,
+                 webhook: Webhook | None = None, tick_seconds: float = 2.0,
                  lease_seconds: float | None = None, holder: str | None = None) -> None:
         self.sessions = sessions
         self.publisher = publisher
         self.store = store
+        # Without one (tests of the steps alone) a shadow phase sees no comparisons and waits.
+        self.parity_store = parity_store or parity_service.MemoryParityStore(store.retention)
         self.webhook = webhook or Webhook(None)
         self.tick_seconds = tick_seconds
         self.lease_seconds = lease_seconds or max(5 * tick_seconds, 2.0)
@@ -207,6 +211,9 @@ class RolloutController:
             if rollout.state is not RolloutState.RUNNING:
                 await session.commit()
                 return
+            if rollout.phase is RolloutPhase.SHADOW:
+                await self._shadow_phase(session, model=model, rollout=rollout)
+                return
             step = rollout.steps[rollout.step_index]
             if not await self._candidate_ready(session, model=model, rollout=rollout, pools=step.get("pools")):
                 rollout.step_started_at = utcnow()
@@ -239,6 +246,72 @@ class RolloutController:
                                   **rollouts_service.event_state(rollout))
             else:
                 await session.commit()
+
+    async def _shadow_phase(self, session: AsyncSession, *, model: Model, rollout: Rollout) -> None:
+        """Judge the candidate's mirrored answers against the primary's, per GPU architecture of the candidate."""
+        assert rollout.shadow is not None
+        if not await self._candidate_ready(session, model=model, rollout=rollout, pools=None):
+            rollout.step_started_at = utcnow()
+            await rollouts_service.record_verdict(session, rollout=rollout, verdict=Verdict.CONTINUE.value,
+                                                  reason="shadow phase: waiting for the candidate to be ready",
+                                                  per_arch={})
+            await session.commit()
+            return
+        started = rollout.step_started_at or utcnow()
+        elapsed = max(0.0, (utcnow() - started).total_seconds())
+        config = rollouts_service.parity_config(rollout)
+        judged = {arch: judge_parity(counts, elapsed_seconds=elapsed, phase_seconds=float(rollout.shadow["seconds"]),
+                                     config=config)
+                  for arch, counts in (await self._parity(model.name, rollout, since=started.timestamp())).items()}
+        per_arch = {arch: _json_safe(j.as_dict()) for arch, j in judged.items()}
+        failed = [f"{arch}: {j.reason}" for arch, j in judged.items() if j.verdict is Verdict.FAIL]
+        waiting = [f"{arch}: {j.reason}" for arch, j in judged.items() if j.verdict is Verdict.CONTINUE]
+        if failed:
+            verdict, reason = Verdict.FAIL, "; ".join(failed)
+        elif not judged:
+            verdict, reason = Verdict.CONTINUE, "no mirrored answer of the candidate compared yet"
+        elif waiting:
+            verdict, reason = Verdict.CONTINUE, "; ".join(waiting)
+        else:
+            verdict, reason = Verdict.PASS, "; ".join(f"{arch}: {j.reason}" for arch, j in judged.items())
+        reason = f"shadow phase: {reason}"
+        await rollouts_service.record_verdict(session, rollout=rollout, verdict=verdict.value, reason=reason,
+                                              per_arch=per_arch)
+        if verdict is Verdict.FAIL:
+            await rollouts_service.roll_back(session, model=model, rollout=rollout, verdict_reason=reason,
+                                             per_arch=per_arch, publisher=self.publisher)
+            self.decisions.append((rollout.id, -1, "rollout.rolled_back"))
+            log.warning("rollout %d of %s rolled back: %s", rollout.id, model.name, reason)
+            self.webhook.send("rollout.rolled_back", model=model.name, reason=reason, evidence=per_arch,
+                              **rollouts_service.event_state(rollout))
+        elif verdict is Verdict.PASS:
+            event = await rollouts_service.end_shadow_phase(session, model=model, rollout=rollout,
+                                                            verdict_reason=reason, publisher=self.publisher)
+            self.decisions.append((rollout.id, -1, event))
+            log.info("rollout %d of %s: %s", rollout.id, model.name, event)
+            self.webhook.send(event, model=model.name, reason=reason, **rollouts_service.event_state(rollout))
+        else:
+            await session.commit()
+
+    async def _parity(self, model: str, rollout: Rollout, *, since: float) -> dict[str, ParityCounts]:
+        """Per GPU architecture of the candidate, its comparisons (as the shadow) since ``since``, over outputs."""
+        merged = parity_service.merge(model, 0, await self.parity_store.since(model, since))
+        sums: dict[str, dict[str, Any]] = {}
+        for pair in merged.pairs:
+            if pair.shadow_version != rollout.candidate:
+                continue
+            arch = pair.shadow_gpu_arch or pair.primary_gpu_arch or "unknown"
+            total = sums.setdefault(arch, {"compared": 0, "mismatched": 0, "rows": 0, "agree": 0,
+                                           "histogram": [0] * (len(merged.error_bounds) + 1)})
+            total["compared"] += pair.compared
+            for output in pair.outputs:
+                total["mismatched"] += output.shape_mismatch + output.dtype_mismatch + output.missing
+                total["rows"] += output.top1_rows
+                total["agree"] += round((output.top1_agreement or 0.0) * output.top1_rows)
+                for i, count in enumerate(output.max_abs_histogram[:len(total["histogram"])]):
+                    total["histogram"][i] += count
+        return {arch: ParityCounts(t["compared"], t["mismatched"], t["rows"], t["agree"],
+                                   tuple(merged.error_bounds), tuple(t["histogram"])) for arch, t in sums.items()}
 
     async def _candidate_ready(self, session: AsyncSession, *, model: Model, rollout: Rollout,
                                pools: Sequence[str] | None) -> bool:

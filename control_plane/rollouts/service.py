@@ -27,7 +27,7 @@ from control_plane.db import utcnow
 from control_plane.errors import Conflict, InvalidInput, NotFound
 from control_plane.registry import service as registry_service
 from control_plane.registry.models import Model, Pool, Version, VersionStatus
-from control_plane.rollouts.analysis import AnalysisConfig, AnalysisError
+from control_plane.rollouts.analysis import AnalysisConfig, AnalysisError, ParityConfig
 from control_plane.rollouts.models import (
     LIVE_STATES,
     ControllerLease,
@@ -40,7 +40,7 @@ from control_plane.rollouts.schemas import RolloutCreate
 from control_plane.traffic import service as traffic_service
 from control_plane.traffic.models import TrafficRevision
 from control_plane.traffic.schemas import TrafficPut
-from router.policy import Policy
+from router.policy import Policy, Shadow
 
 ANALYSIS_FIELDS = frozenset(f.name for f in dataclasses.fields(AnalysisConfig))
 PARITY_FIELDS = frozenset({"min_top1_agreement", "max_abs_error"})
@@ -50,11 +50,23 @@ def rollout_actor(rollout: Rollout) -> Actor:
     return Actor(rollout.actor_name, Role.ADMIN)
 
 
+def _analysed_phases(rollout: Rollout) -> int:
+    """Every step but the last (at 100%, nothing left to compare with), and the shadow phase if any."""
+    return max(1, len(rollout.steps) - 1 + (1 if rollout.shadow else 0))
+
+
 def analysis_config(rollout: Rollout) -> AnalysisConfig:
-    """The step analysis, with alpha shared among the analysed steps (every step but the last, at 100%)."""
+    """The step analysis, with alpha shared among the analysed phases, so the whole rollout keeps it."""
     config = AnalysisConfig(**{k: v for k, v in rollout.analysis.items() if k in ANALYSIS_FIELDS})
-    analysed = max(1, len(rollout.steps) - 1)
-    return dataclasses.replace(config, alpha=config.alpha / analysed)
+    return dataclasses.replace(config, alpha=config.alpha / _analysed_phases(rollout))
+
+
+def parity_config(rollout: Rollout) -> ParityConfig:
+    """The shadow phase's limits, with its share of alpha and the steps' evidence minimum and design effect."""
+    steps = AnalysisConfig(**{k: v for k, v in rollout.analysis.items() if k in ANALYSIS_FIELDS})
+    limits = {k: v for k, v in rollout.analysis.items() if k in PARITY_FIELDS and v is not None}
+    return ParityConfig(**limits, min_compared=steps.min_requests, alpha=steps.alpha / _analysed_phases(rollout),
+                        variance_inflation=steps.variance_inflation)
 
 
 # --- reads ----------------------------------------------------------------------------------------------
@@ -203,9 +215,6 @@ async def start(session: AsyncSession, *, model_name: str, body: RolloutCreate, 
         raise Conflict(f"model {model.name!r} already has rollout {live.id} ({live.state.value}): "
                        "abort it or wait for it to finish", {"rollout": live.id})
     _check_weights(body)
-    if body.shadow is not None:
-        raise InvalidInput.field("shadow", "shadow phase not supported yet: leave it out, or set a shadow with "
-                                           "PUT traffic and read GET parity before starting")
     analysis = _analysis(body)
     current = await traffic_service.get_current(session, model=model)
     if current is None:
@@ -227,7 +236,8 @@ async def start(session: AsyncSession, *, model_name: str, body: RolloutCreate, 
                            [{"field": "gates", "reason": e["detail"], **e} for e in failed])
     rollout = Rollout(
         model_id=model.id, live_model_id=model.id, candidate=candidate.version, baseline=baseline.version,
-        state=RolloutState.RUNNING, phase=RolloutPhase.STEPS, step_index=0,
+        state=RolloutState.RUNNING, phase=RolloutPhase.SHADOW if body.shadow else RolloutPhase.STEPS, step_index=0,
+        shadow=({"percent": float(body.shadow.percent), "seconds": body.shadow.seconds} if body.shadow else None),
         steps=[{"weight": float(s.weight), "pause_seconds": s.pause_seconds, "pools": s.pools} for s in body.steps],
         start_revision=current.revision, start_policy=current.policy.to_json(), analysis=analysis,
         gates=body.gates.model_dump(), gate_evidence=evidence, override_gates=body.override_gates,
@@ -246,6 +256,10 @@ async def start(session: AsyncSession, *, model_name: str, body: RolloutCreate, 
                                  "override_gates": body.override_gates, "steps_spec": rollout.steps},
         reason=body.reason + (" (gates overridden: " + "; ".join(e["detail"] for e in failed) + ")"
                               if failed else ""))
+    if rollout.phase is RolloutPhase.SHADOW:
+        await apply_shadow_phase(session, model=model, rollout=rollout, publisher=publisher,
+                                 reason=f"rollout {rollout.id} started with a shadow phase: {body.reason}")
+        return rollout
     if len(rollout.steps) == 1:  # one step, at 100%: nothing to judge against, so a promotion
         rollout.step_index = 1
         _finish(rollout, model, RolloutState.SUCCEEDED, "a single step at 100%: the candidate took all traffic")
@@ -268,8 +282,13 @@ def _weight(value: float | Decimal) -> str:
 
 
 def step_policy(live: Policy, *, candidate: str, baseline: str, weight: float, default: str | None = None,
-                reason: str) -> TrafficPut:
-    """The live policy with the candidate at ``weight`` percent and the baseline at the rest (others at 0)."""
+                reason: str, shadow: Shadow | None | bool = True) -> TrafficPut:
+    """The live policy with the candidate at ``weight`` percent and the baseline at the rest (others at 0).
+
+    ``shadow``: True keeps the live shadow; otherwise the shadow to set (None: none).
+    """
+    if shadow is True:
+        shadow = live.shadow
     share = Decimal(str(weight))
     splits = {s.version: Decimal(0) for s in live.splits}
     splits[baseline] = Decimal(100) - share  # in decimals: 100 - 33.33 must be 66.67, not 66.670000000000002
@@ -277,8 +296,8 @@ def step_policy(live: Policy, *, candidate: str, baseline: str, weight: float, d
     body = {"default_version": default or live.default_version or baseline,
             "splits": [{"version": v, "weight": _weight(w)} for v, w in splits.items()],
             "rules": [r.to_json() for r in live.rules],
-            "shadow": ({"version": live.shadow.version, "percent": _weight(live.shadow.percent)}
-                       if live.shadow else None),
+            "shadow": ({"version": shadow.version, "percent": _weight(shadow.percent)}
+                       if isinstance(shadow, Shadow) else None),
             "reason": reason[:2000]}
     return TrafficPut.model_validate(body)
 
@@ -305,9 +324,47 @@ async def apply_step(session: AsyncSession, *, model: Model, rollout: Rollout, r
     await changes.bump(session, model_id=model.id)  # the step's pools are a reconciler input
     current = await traffic_service.get_current(session, model=model)
     live = current.policy if current else Policy.from_json(rollout.start_policy)
+    shadow: Shadow | None | bool = True
+    if rollout.shadow and live.shadow is not None and live.shadow.version == rollout.candidate:
+        shadow = Policy.from_json(rollout.start_policy).shadow  # the shadow phase's mirror ends with it
     body = step_policy(live, candidate=rollout.candidate, baseline=rollout.baseline, weight=weight,
-                       default=rollout.candidate if weight >= 100 else None, reason=reason)
+                       default=rollout.candidate if weight >= 100 else None, reason=reason, shadow=shadow)
     return await _write(session, model=model, rollout=rollout, body=body, publisher=publisher)
+
+
+async def apply_shadow_phase(session: AsyncSession, *, model: Model, rollout: Rollout, reason: str,
+                             publisher: Committer) -> TrafficRevision:
+    """Mirror the phase's share of requests to the candidate, the splits left as they are; its clock starts."""
+    assert rollout.shadow is not None
+    rollout.step_started_at = utcnow()
+    current = await traffic_service.get_current(session, model=model)
+    live = current.policy if current else Policy.from_json(rollout.start_policy)
+    body = {**live.to_json(), "shadow": {"version": rollout.candidate, "percent": _weight(rollout.shadow["percent"])},
+            "reason": reason[:2000]}
+    return await _write(session, model=model, rollout=rollout, body=TrafficPut.model_validate(body),
+                        publisher=publisher)
+
+
+async def end_shadow_phase(session: AsyncSession, *, model: Model, rollout: Rollout, verdict_reason: str,
+                           publisher: Committer) -> str:
+    """The outputs agree: on to step 1 (its weight, the mirror as before the rollout). Returns the event name."""
+    before = event_state(rollout)
+    rollout.phase = RolloutPhase.STEPS
+    rollout.step_index = 0
+    reason = (f"rollout {rollout.id}: shadow phase passed ({verdict_reason}); candidate {rollout.candidate} to "
+              f"{_weight(rollout.steps[0]['weight'])}%")
+    if len(rollout.steps) == 1:
+        rollout.step_index = 1
+        _finish(rollout, model, RolloutState.SUCCEEDED, reason + " and the default version")
+        action = "rollout.succeeded"
+    else:
+        action = "rollout.shadow_passed"
+    await audit_service.record(session, actor=rollout_actor(rollout), action=action, target_type="rollout",
+                               target=str(rollout.id), model=model.name, before=before, after=event_state(rollout),
+                               reason=reason)
+    await apply_step(session, model=model, rollout=rollout, reason=reason, publisher=publisher,
+                     weight=float(rollout.steps[0]["weight"]))
+    return action
 
 
 async def restore(session: AsyncSession, *, model: Model, rollout: Rollout, reason: str,
@@ -369,6 +426,10 @@ async def resume(session: AsyncSession, *, model_name: str, rollout_id: int, rea
     await audit_service.record(session, actor=actor, action="rollout.resumed", target_type="rollout",
                                target=str(rollout.id), model=model.name, before=before, after=event_state(rollout),
                                reason=reason)
+    if rollout.phase is RolloutPhase.SHADOW:
+        await apply_shadow_phase(session, model=model, rollout=rollout, publisher=publisher,
+                                 reason=f"rollout {rollout.id} resumed in its shadow phase: {reason}")
+        return rollout
     await apply_step(session, model=model, rollout=rollout, publisher=publisher,
                      reason=f"rollout {rollout.id} resumed at step {rollout.step_index + 1}: {reason}")
     return rollout
@@ -454,8 +515,9 @@ async def roll_back(session: AsyncSession, *, model: Model, rollout: Rollout, ve
                     per_arch: dict[str, Any], publisher: Committer) -> None:
     """A FAIL verdict: restore the start policy, with the verdict and its evidence in the audit and the revision."""
     before = event_state(rollout)
-    reason = (f"rollout {rollout.id} rolled back at step {rollout.step_index + 1} "
-              f"({_weight(rollout.steps[rollout.step_index]['weight'])}%): verdict fail: {verdict_reason}")
+    where = ("in its shadow phase" if rollout.phase is RolloutPhase.SHADOW else
+             f"at step {rollout.step_index + 1} ({_weight(rollout.steps[rollout.step_index]['weight'])}%)")
+    reason = f"rollout {rollout.id} rolled back {where}: verdict fail: {verdict_reason}"
     _finish(rollout, model, RolloutState.ROLLED_BACK, reason)
     evidence = {arch: judgement for arch, judgement in per_arch.items()}
     await audit_service.record(session, actor=rollout_actor(rollout), action="rollout.rolled_back",

@@ -14,6 +14,7 @@ import aiohttp
 import numpy as np
 
 from control_plane.db import create_engine, session_factory
+from control_plane.parity import service as parity_service
 from control_plane.reconciler import embedded, onnx_model
 from control_plane.reconciler.engine_server import Fault
 from control_plane.rollouts.controller import RolloutController
@@ -50,6 +51,8 @@ class Stack:
         self.notifier = notifier_for(settings.redis_url)
         self.publisher = SnapshotPublisher(self.sessions, self.notifier)
         self.store = RedisStatsStore(settings.redis_url or "", settings.stats_retention_seconds)
+        # Where the control plane keeps what the router compared (the router reports to the API, Redis behind it).
+        self.parity_store = parity_service.store_for(settings.redis_url, settings.stats_retention_seconds)
         self.reconciler = embedded.local_reconciler(sessions=self.sessions, publisher=self.publisher,
                                                     state_dir=state_dir, drain_seconds=1, resync_seconds=0.5,
                                                     faults=faults)
@@ -71,6 +74,7 @@ class Stack:
     def controller(self, **options: Any) -> RolloutController:
         """A real controller, started now (as ``grayroute serve`` starts one)."""
         controller = RolloutController(sessions=self.sessions, publisher=self.publisher, store=self.store,
+                                       parity_store=self.parity_store,
                                        tick_seconds=options.pop("tick_seconds", 0.3), **options)
         stop = asyncio.Event()
         self.controllers[controller] = (stop, asyncio.create_task(controller.run(stop)))
@@ -96,14 +100,26 @@ class Stack:
                         return response.status == 200
                 await until(answers, 30, f"router reaches {version}", every=0.2)
 
-    def send_load(self, concurrency: int = 8) -> None:
-        """Users with random ids send requests through the router until the stack stops."""
+    def send_load(self, concurrency: int = 8, *, varied: bool = False) -> None:
+        """Users with random ids send requests through the router until the stack stops.
+
+        ``varied``: each request a new input row (uniform in [-1, 1), as the demo's traffic), so
+        output parity is measured over many inputs rather than one.
+        """
+        rng = np.random.default_rng(7)
+
+        def body() -> dict[str, Any]:
+            if not varied:
+                return BODY
+            row = rng.uniform(-1, 1, onnx_model.FEATURES).astype(np.float32).tolist()
+            return {"inputs": [{**BODY["inputs"][0], "data": row}]}
+
         async def user_loop() -> None:
             async with aiohttp.ClientSession() as http:
                 while not self._stop.is_set():
                     headers = {"x-user-id": f"user-{random.randrange(100_000)}"}
                     try:
-                        async with http.post(f"{self.router.url}/v2/models/{MODEL}/infer", json=BODY,
+                        async with http.post(f"{self.router.url}/v2/models/{MODEL}/infer", json=body(),
                                              headers=headers) as response:
                             await response.read()
                             self.answers[response.status] = self.answers.get(response.status, 0) + 1

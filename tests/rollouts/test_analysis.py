@@ -230,3 +230,66 @@ def test_bad_counts_name_the_field() -> None:
         judge(flat(1), flat(1), elapsed_seconds=-1, pause_seconds=0)
     with pytest.raises(AnalysisError, match="^pause_seconds: "):
         judge(flat(1), flat(1), elapsed_seconds=1, pause_seconds=math.nan)
+
+
+# -- the shadow phase ---------------------------------------------------------------------------
+
+BOUNDS = (0.0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # the router's error_bounds
+
+
+def parity(rows: int, agree: int, *, mismatched: int = 0, above_0_1: int = 0) -> analysis.ParityCounts:
+    histogram = [0] * (len(BOUNDS) + 1)
+    histogram[5] = rows - above_0_1  # errors in (1e-4, 1e-3]
+    histogram[8] = above_0_1  # in (0.1, 1.0]
+    return analysis.ParityCounts(rows, mismatched, rows, agree, BOUNDS, tuple(histogram))
+
+
+def test_parity_at_the_limit_looked_at_every_40_rows_rarely_fails() -> None:
+    """Worst null (agreement exactly the limit), 500 phases of 4,000 rows looked at every 40 rows:
+    the share ever failed stays under alpha although each phase is checked 100 times (about 1% seen)."""
+    rng = np.random.default_rng(20261128)
+    config = analysis.ParityConfig(min_top1_agreement=0.99, alpha=0.05, variance_inflation=1.0)
+    failed = 0
+    for _ in range(500):
+        agree = rows = 0
+        for _ in range(100):
+            rows += 40
+            agree += int(rng.binomial(40, 0.99))
+            if analysis.judge_parity(parity(rows, agree), elapsed_seconds=0, phase_seconds=60,
+                                     config=config).verdict is Verdict.FAIL:
+                failed += 1
+                break
+    assert failed / 500 <= 0.05, failed
+
+
+def test_parity_four_points_under_the_limit_is_caught_within_2000_rows() -> None:
+    rng = np.random.default_rng(7)
+    config = analysis.ParityConfig(min_top1_agreement=0.99, alpha=0.05)  # design effect 2, as by default
+    caught = 0
+    for _ in range(200):
+        agree = int(rng.binomial(2000, 0.95))
+        caught += analysis.judge_parity(parity(2000, agree), elapsed_seconds=0, phase_seconds=60,
+                                        config=config).verdict is Verdict.FAIL
+    assert caught / 200 >= 0.95, caught
+
+
+def test_parity_fails_at_once_on_a_shape_mismatch_and_on_large_errors() -> None:
+    config = analysis.ParityConfig(max_abs_error=0.01)
+    shape = analysis.judge_parity(parity(10, 10, mismatched=1), elapsed_seconds=0, phase_seconds=60, config=config)
+    assert shape.verdict is Verdict.FAIL and "shape" in shape.reason
+    errors = analysis.judge_parity(parity(1000, 1000, above_0_1=100), elapsed_seconds=0, phase_seconds=60,
+                                   config=config)
+    assert errors.verdict is Verdict.FAIL and "max abs error over 0.01" in errors.reason
+    few = analysis.judge_parity(parity(1000, 1000, above_0_1=5), elapsed_seconds=90, phase_seconds=60,
+                                config=config)
+    assert few.verdict is Verdict.PASS, few.reason
+
+
+def test_parity_passes_only_after_the_phase_and_enough_comparisons() -> None:
+    config = analysis.ParityConfig(min_compared=200)
+    assert analysis.judge_parity(parity(500, 500), elapsed_seconds=30, phase_seconds=60,
+                                 config=config).verdict is Verdict.CONTINUE
+    assert analysis.judge_parity(parity(150, 150), elapsed_seconds=90, phase_seconds=60,
+                                 config=config).verdict is Verdict.CONTINUE
+    assert analysis.judge_parity(parity(500, 499), elapsed_seconds=90, phase_seconds=60,
+                                 config=config).verdict is Verdict.PASS

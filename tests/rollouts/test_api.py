@@ -55,7 +55,9 @@ def test_bad_steps_are_refused_naming_the_field(seeded: Api, steps: list[dict[st
     ({"candidate": "4", "baseline": "9"}, "baseline"),
     ({"candidate": "3"}, "candidate"),
     ({"candidate": "4", "baseline": "4"}, "candidate"),
-    ({"candidate": "4", "shadow": {"percent": 10, "seconds": 60}}, "shadow"),
+    ({"candidate": "4", "shadow": {"percent": 0, "seconds": 60}}, "shadow.percent"),
+    ({"candidate": "4", "shadow": {"percent": 10, "seconds": 0}}, "shadow.seconds"),
+    ({"candidate": "4", "analysis": {"min_top1_agreement": 1.5}}, "analysis.min_top1_agreement"),
     ({"candidate": "4", "analysis": {"max_p99_ratio": 0.5}}, "analysis.max_p99_ratio"),
     ({"candidate": "4", "analysis": {"min_requests": 0}}, "analysis.min_requests"),
 ])
@@ -185,3 +187,19 @@ def test_a_single_step_at_100_is_a_promotion(seeded: Api) -> None:
     traffic = seeded.get("/models/resnet50/traffic").json()
     assert traffic["default_version"] == "4" and traffic["created_by"] == f"rollout:{response.json()['id']}"
     assert seeded.traffic("resnet50", {"3": 100}, default="3").status_code == 200
+
+
+def test_a_shadow_phase_mirrors_the_candidate_before_any_traffic_moves(seeded: Api) -> None:
+    before = seeded.get("/models/resnet50/traffic").json()
+    response = start(seeded, {"candidate": "4", "steps": STEPS, "shadow": {"percent": 12.5, "seconds": 60}})
+    assert response.status_code == 201, response.text
+    rollout = response.json()
+    assert rollout["phase"] == "shadow" and rollout["shadow"] == {"percent": 12.5, "seconds": 60}
+    live = seeded.get("/models/resnet50/traffic").json()
+    assert live["shadow"] == {"version": "4", "percent": 12.5}
+    assert live["splits"] == before["splits"] and live["created_by"] == f"rollout:{rollout['id']}"
+    aborted = seeded.as_("release-manager").post(f"/models/resnet50/rollouts/{rollout['id']}/abort",
+                                                 json={"reason": "changed my mind"})
+    assert aborted.status_code == 200, aborted.text
+    restored = seeded.get("/models/resnet50/traffic").json()
+    assert restored["shadow"] == before["shadow"] and restored["splits"] == before["splits"]

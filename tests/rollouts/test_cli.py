@@ -79,3 +79,16 @@ def test_refusals_are_one_line(api: Api, cp_server: LiveServer) -> None:
     viewer = grayroute(cp_server, api.tokens["viewer"], "start", "resnet50", "--candidate", "4", "--steps", "5,100",
                        "--reason", "x")
     assert viewer.returncode == 2 and "403" in viewer.stderr
+
+
+def test_start_with_a_shadow_phase_and_a_bad_shadow_argument(api: Api, cp_server: LiveServer) -> None:
+    seed(api)
+    token = api.tokens["release-manager"]
+    bad = grayroute(cp_server, token, "start", "resnet50", "--candidate", "4", "--steps", "5,100",
+                    "--shadow", "ten", "--reason", "build 4")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "PERCENT:SECONDS" in bad.stderr
+    started = grayroute(cp_server, token, "start", "resnet50", "--candidate", "4", "--steps", "5,100",
+                        "--shadow", "10:300", "--analysis", "min_top1_agreement=0.995", "--reason", "build 4")
+    assert started.returncode == 0, started.stderr
+    assert "shadow phase, 10% of users mirrored to 4" in started.stdout
+    assert api.get("/models/resnet50/traffic").json()["shadow"] == {"version": "4", "percent": 10}

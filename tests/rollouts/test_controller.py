@@ -120,6 +120,60 @@ async def test_a_candidate_with_errors_is_rolled_back_by_itself(
     assert live["reapplied_from"] == started["start_revision"]
 
 
+def start_with_shadow(api: Api, candidate: str, steps: list[dict[str, Any]], **analysis: Any) -> dict[str, Any]:
+    response = api.as_("release-manager").post(f"/models/{MODEL}/rollouts", json={
+        "candidate": candidate, "reason": f"ship {candidate}", "steps": steps,
+        "shadow": {"percent": 50, "seconds": 2}, "analysis": {"min_requests": 60, **analysis}})
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def test_a_shadow_phase_rolls_back_an_engine_whose_answers_disagree(
+        cp_settings: Settings, api: Api, tmp_path: Path, stacks: list[Stack]) -> None:
+    """A real int8 rebuild (calibrated on a range too narrow) mirrored beside the fp32 stable: it never gets traffic."""
+    seed(api, pools={"cpu": "sm_80"})
+    api.version(MODEL, "5", archs=("sm_80",), precision="int8")
+    stack = await make_stack(stacks, cp_settings, api, tmp_path)
+    await stack.ready({"3"})
+    stack.send_load(varied=True)
+    stack.controller()
+    started = start_with_shadow(api, "5", [{"weight": 20, "pause_seconds": 1}, {"weight": 100}],
+                                min_top1_agreement=0.99)
+    assert started["phase"] == "shadow"
+    live = api.get(f"/models/{MODEL}/traffic").json()
+    assert live["shadow"] == {"version": "5", "percent": 50} and weights(api) == ({"3": 100}, "3")
+    done = await finished(api, started["id"], 120)
+    assert done["state"] == "rolled_back", done
+    failing = done["latest_verdict"]
+    assert failing["verdict"] == "fail" and failing["reason"].startswith("shadow phase:")
+    checks = {e["check"]: e for e in failing["per_arch"]["sm_80"]["evidence"]}
+    assert checks["top1_agreement"]["verdict"] == "fail" and checks["top1_agreement"]["statistic"] < 0.99
+    live = api.get(f"/models/{MODEL}/traffic").json()
+    assert live["shadow"] is None and weights(api) == ({"3": 100}, "3")
+    event = [e for e in audit(api) if e["action"] == "rollout.rolled_back"][0]
+    assert "in its shadow phase" in event["reason"] and "top-1 agreement" in event["reason"]
+
+
+async def test_a_shadow_phase_passes_a_faithful_engine_on_to_its_steps(
+        cp_settings: Settings, api: Api, tmp_path: Path, stacks: list[Stack]) -> None:
+    """The fp16 rebuild agrees with fp32 on nearly every row: the phase passes, its mirror ends, the steps run."""
+    seed(api, pools={"cpu": "sm_80"})
+    stack = await make_stack(stacks, cp_settings, api, tmp_path)
+    await stack.ready({"3"})
+    stack.send_load(varied=True)
+    stack.controller()
+    started = start_with_shadow(api, "4", [{"weight": 30, "pause_seconds": 1}, {"weight": 100}],
+                                min_top1_agreement=0.95)
+    done = await finished(api, started["id"], 150)
+    assert done["state"] == "succeeded", done
+    assert weights(api) == ({"4": 100}, "4")
+    assert api.get(f"/models/{MODEL}/traffic").json()["shadow"] is None
+    actions = [e["action"] for e in audit(api) if e["action"].startswith("rollout.")]
+    assert actions == ["rollout.started", "rollout.shadow_passed", "rollout.succeeded"], actions
+    passed = [v for v in done["verdicts"] if v["reason"].startswith("shadow phase:") and v["verdict"] == "pass"]
+    assert passed and passed[0]["per_arch"]["sm_80"]["candidate"]["compared"] >= 60
+
+
 async def test_a_candidate_slow_on_one_architecture_is_caught_there(
         cp_settings: Settings, api: Api, tmp_path: Path, stacks: list[Stack]) -> None:
     seed(api, pools={"pool-a": "sm_80", "pool-b": "sm_90"})
