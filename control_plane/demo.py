@@ -52,6 +52,10 @@ BROKEN_FAULTS = {"error_rate": 0.2, "extra_latency_ms": 40}
 DEMO_STEPS = [{"weight": 10, "pause_seconds": 20}, {"weight": 25, "pause_seconds": 20},
               {"weight": 50, "pause_seconds": 20}, {"weight": 100, "pause_seconds": 0}]
 DEMO_ANALYSIS = {"min_requests": 60}
+# The broken candidate must not pass its first step by luck: at 60 requests, 8 or fewer failures (one run in
+# five at a 20% error rate) are not yet proof against a clean baseline; at 150 they are, but for one run in
+# thousands.
+BROKEN_ANALYSIS = {"min_requests": 150}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="UI and API port (default 8080)")
     parser.add_argument("--router-port", type=int, default=8000, help="router port (default 8000)")
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="good",
-                        help="good: version 2 is rolled out to 100%%; bad-canary: version 3, which fails 20%% of "
+                        help="good: version 2 is rolled out to 100%%; bad-canary: version 4, which fails 20%% of "
                              "requests, is rolled back by itself; manual: no rollout (default: good)")
     parser.add_argument("--rps", type=float, default=40.0, help="generated requests per second (0: none)")
     parser.add_argument("--users", type=int, default=10_000, help="distinct user IDs the generator uses")
@@ -282,7 +286,8 @@ class Demo:
         if default == candidate:
             return f"none: version {candidate} already is the default"
         response = await api.post(f"/models/{MODEL}/rollouts", json={
-            "candidate": candidate, "steps": DEMO_STEPS, "analysis": DEMO_ANALYSIS,
+            "candidate": candidate, "steps": DEMO_STEPS,
+            "analysis": BROKEN_ANALYSIS if candidate == BROKEN else DEMO_ANALYSIS,
             "reason": f"demo ({self.args.scenario}): roll out version {candidate} in steps"})
         if response.status_code != 201:
             raise DemoError(f"starting the rollout failed: {response.text}")

@@ -121,8 +121,10 @@ def _assert_the_int8_shadow_shows_its_problem(api: httpx.Client, router: str) ->
             break
         time.sleep(0.5)
     assert rows - rows_before >= 40, (rows_before, rows)  # 20% of 300 users are mirrored
-    agreement = (agree - agree_before) / (rows - rows_before)
-    assert agreement < 0.95 and max_abs > 0.1, (agreement, max_abs)
+    # Over the whole window, not the difference of two looks: the window slides between the looks, so older
+    # comparisons leave it while these arrive. The generator's inputs are drawn as these are.
+    agreement = agree / rows
+    assert agreement < 0.95 and max_abs > 0.1, (agreement, max_abs, rows)
 
 
 def _rollout(api: httpx.Client) -> dict:

@@ -124,8 +124,10 @@ class Api:
 @pytest.fixture(scope="session")
 def cp_settings(postgres_url: str, redis_url: str) -> Settings:
     migrate.upgrade(postgres_url)
+    # No rollout controller: this server lives for the whole session, and the rollout tests start their own
+    # controllers on the same database; one left running here would drive their rollouts too.
     return Settings(database_url=postgres_url, redis_url=redis_url, secret_key=SECRET_KEY,
-                    bootstrap_admin_token=ADMIN_TOKEN)
+                    bootstrap_admin_token=ADMIN_TOKEN, rollout_controller=False)
 
 
 @pytest.fixture(scope="session")

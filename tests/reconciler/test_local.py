@@ -222,7 +222,7 @@ def test_engine_server_speaks_kserve_v2(engine_server: str) -> None:
         assert http.get("/v2/health/ready").status_code == 200
         meta = http.get("/v2/models/digits").json()
         assert meta["versions"] == ["v7"] and meta["inputs"][0]["shape"] == [-1, 16]
-        assert meta["parameters"]["variant"] == "fp16"  # int8 runs the reduced-precision graph
+        assert meta["parameters"]["variant"] == "int8"  # int8 runs its own statically quantized graph
         assert http.get("/v2/models/digits/versions/v7").status_code == 200
         assert http.get("/v2/models/digits/ready").json()["ready"] is True
         assert http.get("/v2/models/digits/versions/v7/ready").status_code == 200

@@ -244,8 +244,9 @@ async def test_slow_head_and_slow_body_are_cut_off_at_their_deadlines(backends: 
 
     async def dribble(head: bytes, trickle: bytes) -> tuple[bytes, float]:
         """Send ``head``, then ``trickle`` a byte every 50 ms; the answer and when it came."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+        # The router's deadline runs from its accept, which comes before open_connection returns here.
         started = time.perf_counter()
+        reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
 
         async def feed() -> None:
             writer.write(head)
