@@ -23,7 +23,10 @@ from web.forms import Errors, integer
 
 HISTORY_ROLLOUTS = 10  # past rollouts the panel lists; each links to its full page
 STEP_ROWS = 6  # custom step rows on the form; a longer plan goes through the API or CLI
-ANALYSIS_FIELDS = ("max_error_rate_increase_pp", "max_p99_ratio", "min_requests")
+ANALYSIS_FIELDS = ("max_error_rate_increase_pp", "max_p99_ratio", "min_requests", "min_top1_agreement",
+                   "max_abs_error")
+# An optional parity phase before step 1: the API's ``shadow.percent`` and ``shadow.seconds``.
+SHADOW_FIELDS = ("shadow_percent", "shadow_seconds")
 STATE_TONE = {"running": "info", "paused": "warn", "succeeded": "ok", "rolled_back": "bad", "aborted": "muted"}
 STATE_TEXT = {"running": "running", "paused": "paused", "succeeded": "succeeded", "rolled_back": "rolled back",
               "aborted": "aborted"}
@@ -85,6 +88,7 @@ class StartForm:
     override_gates: bool = False
     rows: list[StepRow] = field(default_factory=lambda: [StepRow(i) for i in range(STEP_ROWS)])
     analysis: dict[str, str] = field(default_factory=dict)
+    shadow: dict[str, str] = field(default_factory=dict)
     step_rows: list[int] = field(default_factory=list)  # API step index -> form row (custom plans)
 
 
@@ -97,7 +101,7 @@ def read_start(form: Mapping[str, Any]) -> StartForm:
             for i in range(STEP_ROWS)]
     return StartForm(plan=text("plan") or "standard", candidate=text("candidate"), baseline=text("baseline"),
                      reason=text("reason"), override_gates=text("override_gates") == "1", rows=rows,
-                     analysis={k: text(k) for k in ANALYSIS_FIELDS})
+                     analysis={k: text(k) for k in ANALYSIS_FIELDS}, shadow={k: text(k) for k in SHADOW_FIELDS})
 
 
 def _number(text: str) -> float | None:
@@ -157,6 +161,15 @@ def start_body(start: StartForm) -> tuple[dict[str, Any], Errors]:
             analysis[name] = number
     if analysis:
         body["analysis"] = analysis
+    percent, seconds = start.shadow.get("shadow_percent", ""), start.shadow.get("shadow_seconds", "")
+    if percent or seconds:
+        share = _number(percent) if percent else None
+        served = integer(seconds) if seconds else None
+        if share is None:
+            errors["shadow_percent"] = ["the share of users mirrored, e.g. 10"]
+        if served is None:
+            errors["shadow_seconds"] = ["whole seconds, e.g. 300"]
+        body["shadow"] = {"percent": share or 0, "seconds": served or 0}
     return body, errors
 
 
@@ -174,6 +187,8 @@ def field_for(path: str, start: StartForm) -> str:
     tail = path.removeprefix("analysis.")
     if tail in ANALYSIS_FIELDS:
         return tail
+    if path in ("shadow.percent", "shadow.seconds"):
+        return path.replace(".", "_")
     if path in ("candidate", "baseline", "reason", "steps", "override_gates"):
         return path
     return ""

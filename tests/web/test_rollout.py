@@ -247,3 +247,28 @@ def test_the_start_form_places_refusals_shows_the_gates_and_steers_a_rollout(api
     page.fill("#reason", "too late")
     page.click("[data-confirm]")
     expect(page.locator("[role=alert]")).to_contain_text("is succeeded: cannot abort it")
+
+
+def test_a_rollout_with_a_shadow_phase_is_started_from_the_form(api: Api, model: str, sign_in: Any) -> None:
+    page = sign_in("remy", "release-manager")
+    page.goto(f"/ui/models/{model}")
+    panel = page.locator("#rollout")
+    page.select_option("#ro-candidate", "4")
+    page.check("input[name=plan][value=fast]")
+    panel.locator("summary", has_text="Shadow phase first").click()
+    page.fill("#ro-shadow-percent", "0")
+    page.fill("#ro-shadow-seconds", "120")
+    page.fill("#ro-reason", "fp16 rebuild, outputs first")
+    page.click("[data-start-rollout]")
+    # The API's refusal (shadow.percent must be over 0) lands next to the field, which stays open and filled.
+    expect(panel.locator("#ro-shadow-percent")).to_have_attribute("aria-invalid", "true")
+    expect(panel.locator("#ro-shadow-seconds")).to_have_value("120")
+    assert api.admin.get(f"/models/{model}/rollouts").json() == []
+    page.fill("#ro-shadow-percent", "12.5")
+    page.fill("#ro-top1", "0.995")
+    page.click("[data-start-rollout]")
+    expect(page.locator(".flash-ok")).to_contain_text("started: 4 against 3")
+    expect(panel.locator("[data-phase=shadow]")).to_contain_text("12.5% of requests are mirrored to 4 for 120 s")
+    rollout = api.admin.get(f"/models/{model}/rollouts").json()[0]
+    assert rollout["phase"] == "shadow" and rollout["analysis"]["min_top1_agreement"] == 0.995
+    assert api.traffic(model)["shadow"] == {"version": "4", "percent": 12.5}

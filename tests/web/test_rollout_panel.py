@@ -86,3 +86,17 @@ def test_evidence_rows_come_from_real_judgements_and_say_when_data_is_short() ->
     assert rows["sm_80"].note == "not enough data yet: the candidate served 40 of the 200 requests a step needs"
     assert rows["sm_80"].requests == "40 candidate · 400 baseline"
     assert panel.arch_rows(None) == []
+
+
+def test_a_shadow_phase_goes_into_the_start_request_and_its_refusals_find_their_fields() -> None:
+    start = _form(plan="fast", reason="int8", shadow_percent="10", shadow_seconds="300", min_top1_agreement="0.995")
+    body, errors = panel.start_body(start)
+    assert errors == {}
+    assert body["shadow"] == {"percent": 10.0, "seconds": 300} and body["analysis"] == {"min_top1_agreement": 0.995}
+    _, errors = panel.start_body(_form(plan="fast", shadow_percent="ten"))
+    assert set(errors) == {"shadow_percent", "shadow_seconds"}
+    assert panel.errors_from_details([{"field": "shadow.percent", "reason": "must be greater than 0"}], start) == {
+        "shadow_percent": ["must be greater than 0"]}
+    assert panel.field_for("analysis.max_abs_error", start) == "max_abs_error"
+    body, _ = panel.start_body(_form(plan="fast"))
+    assert "shadow" not in body
