@@ -58,6 +58,7 @@ SECRET_ENV = {
     "GRAYROUTE_SECRET_KEY",
     "GRAYROUTE_BOOTSTRAP_ADMIN_TOKEN",
     "GRAYROUTE_TOKEN",
+    "GRAYROUTE_WEBHOOK_URL",
 }
 
 
@@ -311,6 +312,7 @@ SECRET_STAND_INS = {
     "GRAYROUTE_SECRET_KEY": "0123456789abcdef0123456789abcdef",
     "GRAYROUTE_BOOTSTRAP_ADMIN_TOKEN": "gr_bootstrap-admin-token-from-a-secret",
     "GRAYROUTE_ROUTER_TOKEN": "gr_router-token-from-a-secret",
+    "GRAYROUTE_WEBHOOK_URL": "https://hooks.example.com/grayroute?token=from-a-secret",
 }
 
 
@@ -652,6 +654,7 @@ def test_secrets_come_only_from_secret_references(full: Rendered) -> None:
         "GRAYROUTE_SECRET_KEY": values["sessionKey"],
         "GRAYROUTE_TOKEN": values["routerToken"],
         "GRAYROUTE_BOOTSTRAP_ADMIN_TOKEN": values["bootstrapAdminToken"],
+        "GRAYROUTE_WEBHOOK_URL": values["rolloutWebhook"],
     }
     seen = set()
     for where, pod in full.pod_specs():
@@ -674,11 +677,15 @@ def test_each_component_gets_only_the_secrets_it_needs(full: Rendered) -> None:
         "GRAYROUTE_REDIS_URL",
         "GRAYROUTE_TOKEN",
     }
-    assert set(_env(_container(full, "Deployment", "control-plane"))) == backend | {
+    control_plane = _env(_container(full, "Deployment", "control-plane"))
+    assert set(control_plane) == backend | {
         "GRAYROUTE_BOOTSTRAP_ADMIN_TOKEN",
         "GRAYROUTE_COOKIE_SECURE",
         "GRAYROUTE_ROUTER_TOKEN",  # registered at start for the routers
+        "GRAYROUTE_ROLLOUT_TICK_SECONDS",
+        "GRAYROUTE_WEBHOOK_URL",  # rollout events
     }
+    assert control_plane["GRAYROUTE_ROLLOUT_TICK_SECONDS"]["value"] == "5"
     assert set(_env(_container(full, "Deployment", "reconciler"))) == backend
     for component in ("db-upgrade", "pools-import"):
         assert set(_env(_container(full, "Job", component))) == backend
@@ -687,6 +694,7 @@ def test_each_component_gets_only_the_secrets_it_needs(full: Rendered) -> None:
 def test_bootstrap_admin_token_is_optional(rendered: Rendered, values_case: tuple[str, dict[str, Any]]) -> None:
     env = _env(_container(rendered, "Deployment", "control-plane"))
     assert ("GRAYROUTE_BOOTSTRAP_ADMIN_TOKEN" in env) == (values_case[0] == "full")
+    assert ("GRAYROUTE_WEBHOOK_URL" in env) == (values_case[0] == "full")  # no webhook unless one is named
 
 
 @pytest.mark.parametrize(
