@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BODY = '{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
 PATH = "/v2/models/resnet50/infer"
 
-WRK_SCRIPT = """
+_WRK_TEMPLATE = """
 wrk.method = "POST"
 wrk.body = '%s'
 wrk.headers["Content-Type"] = "application/json"
@@ -62,7 +62,15 @@ done = function(summary, latency, requests)
   io.write(string.format("JSON {\\"requests\\": %%d, \\"seconds\\": %%f, \\"errors\\": %%d, \\"p50\\": %%d, \\"p99\\": %%d}\\n",
     summary.requests, summary.duration / 1e6, errors, latency:percentile(50), latency:percentile(99)))
 end
-""" % (BODY, PATH)  # noqa: UP031 - the Lua text is full of braces
+"""
+
+
+def wrk_script(body: str, path: str) -> str:
+    """The Lua script: POST ``body`` to ``path`` with a new x-user-id each request; prints a JSON summary."""
+    return _WRK_TEMPLATE % (body, path)  # noqa: UP031 - the Lua text is full of braces
+
+
+WRK_SCRIPT = wrk_script(BODY, PATH)
 
 NGINX_CONF = """
 worker_processes {workers};

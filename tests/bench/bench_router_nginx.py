@@ -42,10 +42,9 @@ from pathlib import Path
 
 import orjson
 
-from tests.bench.bench_router import Processes, processes, snapshot, wrk
+from tests.bench.bench_router import PATH, Processes, processes, snapshot, wrk, wrk_script
 from tests.services import free_port, wait_for_port
 
-PATH = "/v2/models/resnet50/infer"
 # 200 bytes on the wire, as a small tabular or text model's request
 SMALL_BODY = ('{"id":"r","inputs":[{"name":"x","shape":[1,16],"datatype":"FP32",'
               '"data":[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5,1.6]}],'
@@ -54,23 +53,7 @@ SMALL_BODY = SMALL_BODY + " " * (200 - len(SMALL_BODY))
 assert len(SMALL_BODY) == 200
 ANSWER = '{"model_name":"resnet50","outputs":[{"name":"y","shape":[1,10],"datatype":"FP32","data":[0,0,0,0,0,0,0,0,0,0]}]}'
 
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.body = '%s'
-wrk.headers["Content-Type"] = "application/json"
-local n = 0
-request = function()
-  n = n + 1
-  wrk.headers["x-user-id"] = "user-" .. n .. "-" .. math.random(1000000)
-  return wrk.format(nil, "%s")
-end
-done = function(summary, latency, requests)
-  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
-               + summary.errors.status + summary.errors.timeout
-  io.write(string.format("JSON {\\"requests\\": %%d, \\"seconds\\": %%f, \\"errors\\": %%d, \\"p50\\": %%d, \\"p99\\": %%d}\\n",
-    summary.requests, summary.duration / 1e6, errors, latency:percentile(50), latency:percentile(99)))
-end
-""" % (SMALL_BODY, PATH)  # noqa: UP031 - the Lua text is full of braces
+WRK_SCRIPT = wrk_script(SMALL_BODY, PATH)
 
 _COMMON = """
 pid {dir}/{name}.pid;
