@@ -244,6 +244,10 @@ async def test_two_controllers_never_both_drive(
         assert time.monotonic() < deadline, state
         await asyncio.sleep(0.1)
     assert rollout(api, started["id"])["state"] == "succeeded"
+    # The deciding controller notes its decision once its transaction has committed and published, which
+    # can be a moment after the API already shows the outcome.
+    await until(lambda: any(d[2] == "rollout.succeeded" for c in everyone for d in c.decisions), 10,
+                "the final decision noted")
     # Each transition was made once, by whoever held the lease at the time; two replicas made them.
     decisions = sorted((d, c.holder) for c in everyone for d in c.decisions)
     assert [d for d, _ in decisions] == [(started["id"], 0, "rollout.step_advanced"),
