@@ -69,6 +69,7 @@ def _error_body(exc: errors.RouterError) -> bytes:
 class RouterApp:
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
+        self.router_id = settings.identity()  # host:pid unless configured: one per worker process
         self.recorder = Recorder()
         self.table: RoutingTable | None = None
         self.backends: Backends | None = None
@@ -126,7 +127,7 @@ class RouterApp:
             log.warning("no valid snapshot yet: answering 503 until one arrives")
         self.reporter = StatsReporter(
             recorder=self.recorder,
-            router_id=settings.identity(),
+            router_id=self.router_id,
             interval=settings.stats_interval,
             redis=self.redis,
             control_plane=settings.control_plane,
@@ -135,7 +136,7 @@ class RouterApp:
         )
         self.reporter.start()
         self.parity_reporter = ParityReporter(
-            recorder=self.parity, router_id=settings.identity(), interval=settings.stats_interval,
+            recorder=self.parity, router_id=self.router_id, interval=settings.stats_interval,
             redis=self.redis, control_plane=settings.control_plane, token=token,
         )
         self.parity_reporter.start()
@@ -208,7 +209,8 @@ class RouterApp:
             if table is None:
                 await _send_error(send, errors.NotReady("no valid routing snapshot yet"))
             else:
-                body = orjson.dumps({"ready": True, "revision": table.revision})
+                # which worker answered: operators (and tests) can tell a multi-worker router's processes apart
+                body = orjson.dumps({"ready": True, "revision": table.revision, "router": self.router_id})
                 await _send(send, 200, _JSON, body)
         elif path == "/metrics":
             dumps = [self.recorder.dump()]
@@ -341,8 +343,11 @@ class RouterApp:
                 self.recorder.panicked(model.name, version)
             try:
                 response = await backend.request(scope["method"], target, forwarded, body, self.timeout)
-            except errors.ConnectError as exc:
-                # nothing was sent: another backend or the fallback version may take it, within the budget
+            except (errors.ConnectError, errors.BackendClosed) as exc:
+                # no answer came: another backend or the fallback version may take it, within the budget.
+                # A closed connection may have taken the request to an engine that died with it; inference
+                # is a pure function of its inputs, so sending it again costs load, never a doubled effect.
+                # Timeouts are not retried: a slow engine stays slow, and a second copy doubles its work.
                 self._upstream_failed(model, group, version, backend, exc, where)
                 tried.append(backend)
                 if retries < _MAX_RETRIES:

@@ -126,6 +126,12 @@ class StaleConnection(UpstreamError):
     kind = "stale"
 
 
+class BackendClosed(UpstreamError):
+    """A new connection closed before any byte of the answer: the backend died (or restarted) with the request."""
+
+    kind = "closed"
+
+
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"

@@ -113,4 +113,7 @@ class RouterSettings(BaseModel):
         return cls(**values)
 
     def identity(self) -> str:
-        return self.router_id or f"{socket.gethostname()}:{os.getpid()}"
+        if not self.router_id:
+            return f"{socket.gethostname()}:{os.getpid()}"
+        # several workers report separately: one shared name would make their windows look like one router's
+        return f"{self.router_id}:{os.getpid()}" if self.workers > 1 else self.router_id

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from router.errors import (
+    BackendClosed,
     ConnectRefused,
     ConnectTimeout,
     Overloaded,
@@ -191,8 +192,11 @@ class _Connection(asyncio.Protocol):
         waiter = self.waiter
         if waiter is None or waiter.done():
             return
-        if not self.received and self.reused:
-            self._fail(StaleConnection(f"keep-alive connection to {self.backend.url} closed"))
+        if not self.received:
+            if self.reused:
+                self._fail(StaleConnection(f"keep-alive connection to {self.backend.url} closed"))
+            else:
+                self._fail(BackendClosed(f"{self.backend.url} closed the connection before answering"))
         elif not self.framed:
             self.keep_alive = False
             self.on_message_complete()

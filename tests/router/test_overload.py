@@ -150,6 +150,38 @@ async def test_killed_canary_users_are_answered_by_the_stable_version(
     assert _total(samples, "grayroute_backends", health="down") == 1
 
 
+async def test_a_backend_that_hangs_up_without_answering_costs_no_client_an_error(
+    slow: dict, routers: list, tmp_path: Path, session: aiohttp.ClientSession,
+) -> None:
+    """An engine that dies with requests on it closes their connections before a byte of the answer: each
+    such request is sent again elsewhere (inference is a pure function of its inputs), within the budget."""
+    hung_up = 0
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal hung_up
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")  # the request arrived, then the process "died"
+            hung_up += head.startswith(b"POST")  # not the router's health probes
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.transport.abort()  # a reset, as when the kernel closes a killed process's sockets
+
+    port = free_port()
+    server = await asyncio.start_server(hang_up, "127.0.0.1", port)
+    try:
+        slow["3"] = SlowBackend(free_port(), "3").start()
+        spec = model_spec({"3": [slow["3"].url, f"http://127.0.0.1:{port}"]}, [("3", 100)])
+        router = await _router(routers, tmp_path, spec)
+        # eight clients: the first wave's retries fit the budget's reserve before the backend is ejected
+        answers = await _burst(session, router, 400, clients=8)
+        assert hung_up > 0 and _errors(answers) == []
+        samples = await _metrics(session, router)
+        assert _total(samples, "grayroute_retries_total", kind="closed") == hung_up
+        assert _total(samples, "grayroute_backend_events_total", event="ejected") >= 1
+    finally:
+        server.close()
+
+
 async def test_every_backend_killed_answers_503_fast_and_recovers_within_a_second(
     slow: dict, routers: list, tmp_path: Path, session: aiohttp.ClientSession,
 ) -> None:

@@ -409,6 +409,23 @@ async def test_a_shadow_answer_over_the_byte_limit_is_cut_off_and_counted(
 
 # --- several worker processes -------------------------------------------------------------------------
 
+async def _until_every_worker_is_ready(router, workers: int, timeout: float = 30.0) -> None:
+    """Fresh connections until ``workers`` distinct processes have answered ready: a worker that has not bound its
+    socket yet takes no connections, so a burst sent before then would all land on the others."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < workers:
+        assert time.monotonic() < deadline, f"only {sorted(seen)} ready: {router.output()[-3000:]}"
+        async with aiohttp.ClientSession() as fresh:
+            try:
+                async with fresh.get(router.url + "/v2/health/ready") as response:
+                    if response.status == 200:
+                        seen.add((await response.json())["router"])
+            except aiohttp.ClientError:
+                pass
+        await asyncio.sleep(0.02)
+
+
 async def test_parity_counts_are_whole_with_several_router_workers(
         backends: dict, control_plane: ControlPlaneStub, routers: list, session: aiohttp.ClientSession) -> None:
     primary = await start_backend(backends, "3", "3")
@@ -416,8 +433,7 @@ async def test_parity_counts_are_whole_with_several_router_workers(
                                                         b'"data":[1.25]}]}')
     spec = model_spec({"3": [primary.url], "4": [backends["4"].url]}, [("3", 100), ("4", 0)], default_version="3")
     router = await _router(routers, control_plane, snapshot(1, resnet50=_shadowed(spec, "4", 100)), "--workers", "2")
-    for _ in range(20):  # each worker fetches the snapshot itself: ready on fresh connections too
-        await router.wait_ready()
+    await _until_every_worker_is_ready(router, workers=2)
     n = 60
     room = asyncio.Semaphore(8)  # a concurrent burst the busy test machine's backend pool can take
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from router.errors import ConnectRefused, ConnectTimeout, Overloaded, UpstreamError, UpstreamTimeout
+from router.errors import BackendClosed, ConnectRefused, ConnectTimeout, Overloaded, UpstreamError, UpstreamTimeout
 from router.table import VersionGroup
 from router.upstream import MAX_CONNECTING, Backend, Health
 from tests.services import free_port
@@ -81,6 +81,14 @@ async def test_timeout_and_garbage(servers: list) -> None:
         await Backend(f"http://127.0.0.1:{p1}").request("GET", b"/", [], b"", 0.2)
     with pytest.raises(UpstreamError):
         await Backend(f"http://127.0.0.1:{p2}").request("GET", b"/", [], b"", 1.0)
+
+
+async def test_a_new_connection_closed_before_the_answer_is_told_apart_from_a_stale_one(servers: list) -> None:
+    hangs_up, port = await _server(lambda _: b"", close_after=True)  # reads the request, closes, says nothing
+    servers.append(hangs_up)
+    backend = Backend(f"http://127.0.0.1:{port}")
+    with pytest.raises(BackendClosed):
+        await backend.request("POST", b"/v2/models/m/infer", [], b"{}", 2.0)
 
 
 async def test_refused_connection_marks_down_and_probe_readmits_within_a_second() -> None:
