@@ -8,6 +8,7 @@ restarts the whole router, which is simpler to reason about than a half-dead one
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import shutil
@@ -38,9 +39,39 @@ def _listen(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+KEPT_FREE_HEAP = 64 << 20
+HEAP_ALLOCATIONS_UP_TO = 32 << 20  # glibc's largest allowed threshold
+
+
+def keep_freed_heap() -> bool:
+    """Keep up to ``KEPT_FREE_HEAP`` of freed memory for the next large body instead of returning it.
+
+    A large body arrives as 256 KB reads, each a new bytes object. glibc's
+    defaults give the heap's top back to the kernel once 128 KB-2x the largest
+    freed piece sits free, so every large request faulted its memory in again,
+    page by page: half the router's CPU for a 4.8 MB body (measured). Kept, the
+    next body reuses it. The price is up to 64 MB held after a burst of large
+    requests; peak memory is unchanged. A no-op where the C library is not glibc.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False  # musl's mallopt takes the call and does nothing; say so
+    return bool(mallopt(_M_TRIM_THRESHOLD, KEPT_FREE_HEAP)) and bool(mallopt(_M_MMAP_THRESHOLD, HEAP_ALLOCATIONS_UP_TO))
+
+
 def run_worker(settings: RouterSettings) -> None:
     """Serve in this process until SIGINT/SIGTERM."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not keep_freed_heap():
+        log.info("not glibc: freed heap is returned to the kernel as the C library decides")
     sock = _listen(settings.host, settings.port, reuse_port=settings.workers > 1)
     if settings.http == "lean":
         import uvloop

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -79,9 +80,13 @@ def _resnet50() -> object:
     return nn.Sequential(*layers)
 
 
-def serve(port: int) -> None:
-    import torch
+def serve(port: int, null_ms: float = 0.0) -> None:
     from aiohttp import web
+
+    if null_ms:
+        _serve_null(port, null_ms)
+        return
+    import torch
 
     torch.backends.cudnn.benchmark = True
     base = _resnet50().eval()  # type: ignore[attr-defined]
@@ -119,6 +124,59 @@ def serve(port: int) -> None:
     app.router.add_get("/v2/models/{model}/ready", ready)
     app.router.add_post("/v2/models/{model}/infer", infer)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def _serve_null(port: int, null_ms: float) -> None:
+    """The same server with the model replaced by a sleep: what a proxy hop costs with no GPU in the picture."""
+    import asyncio
+
+    from aiohttp import web
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.Response(text='{"ready":true}', content_type="application/json")
+
+    async def infer(request: web.Request) -> web.Response:
+        body = await request.read()
+        header_length = int(request.headers["Inference-Header-Content-Length"])
+        batch = json.loads(body[:header_length])["inputs"][0]["shape"][0]
+        await asyncio.sleep(null_ms / 1000)
+        raw = bytes(batch * 1000 * 4)
+        answer = json.dumps({"model_name": request.match_info["model"], "outputs": [{
+            "name": "logits", "datatype": "FP32", "shape": [batch, 1000],
+            "parameters": {"binary_data_size": len(raw)}}]}).encode()
+        return web.Response(body=answer + raw, headers={
+            "Inference-Header-Content-Length": str(len(answer)), "Content-Type": "application/octet-stream"})
+
+    app = web.Application(client_max_size=256 * 1024 * 1024)
+    app.router.add_get("/v2/health/ready", ready)
+    app.router.add_get("/v2/models/{model}/ready", ready)
+    app.router.add_post("/v2/models/{model}/infer", infer)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+# The reference hop: nginx proxying to the same server, the request body buffered in memory as the
+# router's large-body benchmark configures it (one worker, keep-alive upstream).
+NGINX_CONF = """
+pid {dir}/nginx.pid;
+error_log {dir}/nginx.error.log warn;
+daemon off;
+worker_processes 1;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fcgi;
+  uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
+  client_max_body_size 0;
+  client_body_buffer_size 16m;
+  keepalive_requests 1000000;
+  upstream engine {{ server 127.0.0.1:{server}; keepalive 16; keepalive_requests 1000000; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ proxy_pass http://engine; proxy_http_version 1.1; proxy_set_header Connection "";
+                 proxy_buffer_size 64k; proxy_buffers 64 64k; }}
+  }}
+}}
+"""
 
 
 # --- the client ------------------------------------------------------------------------------------
@@ -204,22 +262,34 @@ def main() -> int:
     parser.add_argument("--baseline", nargs="*", default=[], metavar="NAME=DIR",
                         help="other checkouts whose routers run beside this one (before/after in one run)")
     parser.add_argument("--out", type=Path, help="also write the table and a JSON of all figures here")
+    parser.add_argument("--nginx", default=shutil.which("nginx") or "",
+                        help="nginx binary for the reference hop (default: on PATH; empty: no nginx row)")
+    parser.add_argument("--null-ms", type=float, default=0.0,
+                        help="replace the model by a sleep of this many ms (no GPU needed): the hop alone")
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.null_ms)
         return 0
-    import torch
+    if args.null_ms:
+        gpu, torch_version = f"no GPU (the model is a {args.null_ms} ms sleep)", "-"
+    else:
+        import torch
 
-    gpu = torch.cuda.get_device_name(0)
+        gpu, torch_version = torch.cuda.get_device_name(0), torch.__version__
     work = Path(tempfile.mkdtemp(prefix="grayroute-gpu-"))
     started: list[subprocess.Popen[bytes]] = []
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRAYROUTE_")}
     try:
         server = free_port()
-        started.append(subprocess.Popen([sys.executable, "-m", "tests.bench.bench_gpu", "--serve", str(server)],
-                                        cwd=ROOT, env=env))
+        started.append(subprocess.Popen([sys.executable, "-m", "tests.bench.bench_gpu", "--serve", str(server),
+                                         "--null-ms", str(args.null_ms)], cwd=ROOT, env=env))
         (work / "snapshot.json").write_bytes(snapshot(server))
         targets: dict[str, int] = {"direct": server}
+        if args.nginx:
+            port = free_port()
+            (work / "nginx.conf").write_text(NGINX_CONF.format(dir=work, server=server, port=port))
+            started.append(subprocess.Popen([args.nginx, "-c", str(work / "nginx.conf"), "-p", str(work)]))
+            targets["nginx"] = port
         sources = [("router", ROOT)]
         for item in args.baseline:
             name, _, directory = item.rpartition("=")
@@ -235,7 +305,7 @@ def main() -> int:
             wait_for_port(port)
         time.sleep(1.0)
         lines = [f"machine: {gpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch "
-                 f"{torch.__version__}; ResNet-50 eager, random weights; one client, sequential requests; "
+                 f"{torch_version}; ResNet-50 eager, random weights; one client, sequential requests; "
                  f"{args.rounds} alternating rounds of {args.per_round}; router: one worker, 95/5 split",
                  "",
                  f"{'model':<8} {'batch':>5} {'MB':>5}  {'target':<20} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} "
@@ -268,8 +338,8 @@ def main() -> int:
                     share = added / direct50 * 100
                     figures.append({"model": model, "batch": batch, "target": name, "p50_ms": p50, "p99_ms": p99,
                                     "rps": rps, "added_p50_ms": added, "added_share": share})
-                    extra = "" if name == "direct" else (f"{added:>10.3f} {share:>8.1f}%"
-                                                         f" [{'met' if share < 5 else 'MISSED'}]")
+                    verdict = "" if name == "nginx" else f" [{'met' if share < 5 else 'MISSED'}]"
+                    extra = "" if name == "direct" else f"{added:>10.3f} {share:>8.1f}%{verdict}"
                     lines.append(f"{precision:<8} {batch:>5} {len(requests[0][1]) / 1e6:>5.1f}  {name:<20} "
                                  f"{p50:>8.3f} {p99:>8.3f} {rps:>7.1f} {rps * batch:>7.1f} {extra}")
     finally:
