@@ -4,13 +4,16 @@ A script, not a test (CI has no GPU). It needs a CUDA machine with PyTorch (torc
 present; otherwise ResNet-50 is built here) and aiohttp, plus the router's own dependencies:
 
     python -m tests.bench.bench_gpu [--rounds 5] [--per-round 40] [--baseline NAME=DIR ...] [--out DIR]
+                                    [--nginx PATH] [--null-ms MS]
 
 - the model server: a small KServe v2 server (aiohttp) serving ``resnet50_fp32`` and
   ``resnet50_fp16`` (random weights, nothing downloaded; eager mode, cuDNN autotuning),
   binary tensors in and out (``Inference-Header-Content-Length``);
 - the router: one worker, a 95/5 split between two versions served by that server;
+- the reference hop: nginx (when installed) proxying to the same server, bodies buffered in memory;
 - one client, requests one after another, batch 1 and 8, rounds alternating between direct,
-  router (and each ``--baseline``, the router of another checkout) so drift hits each alike;
+  nginx, router (and each ``--baseline``, the router of another checkout) so drift hits each alike;
+- ``--null-ms MS`` replaces the model by a sleep: the same comparison without a GPU;
 - printed: p50, p99, throughput, and the router's added p50 as a share of direct
   inference latency (target: under 5%).
 """
