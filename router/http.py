@@ -34,13 +34,14 @@ import time
 from collections import deque
 from email.utils import formatdate
 from http import HTTPStatus
+from collections.abc import Sequence
 from typing import Any
 
 import httptools
 import orjson
 
 from router import errors
-from router.app import Message, RouterApp
+from router.app import Body, Exchange, Message, RouterApp
 from router.upstream import StreamedBody
 
 log = logging.getLogger("grayroute.router.http")
@@ -509,117 +510,74 @@ class _Connection(asyncio.Protocol):
                 server.drained.set_result(None)
 
     async def _cycle(self, request: _Request) -> None:
-        path, _, query = request.target.partition(b"?")
-        raw_path = path
+        exchange = _Exchange(self, request)
+        try:
+            await self.server.app.handle(exchange)
+        except Exception:
+            log.exception("unhandled error in the router app")
+            if not exchange.replied and not self.closed and self.transport is not None:
+                self.transport.write(_status_line(500) + b"content-length: 0\r\nconnection: close\r\n\r\n")
+            request.keep_alive = False
+            return
+        if not exchange.replied:
+            # the app returned without an answer: the connection cannot be reused
+            request.keep_alive = False
+
+
+class _Exchange(Exchange):
+    """A request as the app reads it, answered straight on its connection."""
+
+    __slots__ = ("conn", "replied", "request")
+
+    def __init__(self, conn: _Connection, request: _Request) -> None:
+        target = request.target
+        path = target.partition(b"?")[0]
         if b"%" in path:
             from urllib.parse import unquote_to_bytes
 
             decoded = unquote_to_bytes(path).decode("utf-8", "replace")
         else:
             decoded = path.decode("latin-1")
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": request.version,
-            "server": self.server.address,
-            "client": self.client,
-            "scheme": "http",
-            "method": request.method.decode("latin-1"),
-            "root_path": "",
-            "path": decoded,
-            "raw_path": raw_path,
-            "query_string": query,
-            "headers": request.headers,
-        }
-        state = {"started": False, "done": False}
-        response: dict[str, Any] = {}
+        client = conn.client
+        super().__init__(request.method.decode("latin-1"), decoded, target, request.headers,
+                         client[0] if client is not None else None, "http")
+        self.conn = conn
+        self.request = request
+        self.replied = False
+
+    async def body(self) -> Body | StreamedBody | None:
+        request = self.request
         body = request.body
-        streamed: StreamedBody | None = None
-        parts: list[bytes | memoryview] = []
         if isinstance(body, StreamedBody):
-            # the router's app forwards it as it arrives; ``receive`` waits for it whole
-            streamed = body
-            scope["extensions"] = {"grayroute.streamed_body": streamed}
-        else:
-            parts = body if isinstance(body, list) else [body]  # pieces (bytearrays) come one message each
-        unread = len(parts)
+            return body
+        if request.early:  # dispatched as its body crossed the limit (``on_body``)
+            limit = self.conn.server.max_body
+            raise errors.BodyTooLarge(f"request body is over the {limit}-byte limit", {"limit": limit})
+        if isinstance(body, list):
+            return [piece for piece in body if piece]
+        return [body] if body else []
 
-        async def receive() -> Message:
-            nonlocal unread, parts, streamed
-            if streamed is not None:
-                await streamed.finished
-                if not streamed.complete:
-                    await self.lost
-                    return {"type": "http.disconnect"}
-                parts, streamed = streamed.pieces, None
-                unread = len(parts)
-            if unread:
-                unread -= 1
-                return {"type": "http.request", "body": parts[-1 - unread], "more_body": unread > 0}
-            await self.lost
-            return {"type": "http.disconnect"}
-
-        async def send(message: Message) -> None:
-            if self.closed or state["done"]:
-                return
-            kind = message["type"]
-            if kind == "http.response.start":
-                state["started"] = True
-                response["status"] = message["status"]
-                response["headers"] = message.get("headers", [])
-                return
-            if kind != "http.response.body" or not state["started"]:
-                raise RuntimeError(f"unexpected ASGI message {kind!r}")
-            body: bytes = message.get("body", b"")
-            more = message.get("more_body", False)
-            assert self.transport is not None
-            if "sent_head" not in response:
-                response["sent_head"] = True
-                length_given = False
-                parts = [_status_line(response["status"]), self.server.clock.date()]
-                for name, value in response["headers"]:
-                    if name.lower() == b"content-length":
-                        length_given = True
-                    parts.append(b"%s: %s\r\n" % (name, value))
-                if not length_given:
-                    if more:
-                        response["chunked"] = True
-                        parts.append(b"transfer-encoding: chunked\r\n")
-                    else:
-                        parts.append(b"content-length: %d\r\n" % len(body))
-                if not request.keep_alive:
-                    parts.append(b"connection: close\r\n")
-                parts.append(b"\r\n")
-                head = b"".join(parts)
-                if request.method == b"HEAD":
-                    body = b""
-                if response.get("chunked"):
-                    self.transport.write(head + (b"%x\r\n%s\r\n" % (len(body), body) if body else b""))
-                else:
-                    self.transport.write(head + body if len(body) < 65536 else head)
-                    if len(body) >= 65536:
-                        self.transport.write(body)
-            elif response.get("chunked"):
-                if body:
-                    self.transport.write(b"%x\r\n%s\r\n" % (len(body), body))
-            elif body:
-                self.transport.write(body)
-            if not more:
-                if response.get("chunked"):
-                    self.transport.write(b"0\r\n\r\n")
-                state["done"] = True
-
-        try:
-            await self.server.app(scope, receive, send)
-        except Exception:
-            log.exception("unhandled error in the router app")
-            if not state["started"] and not self.closed and self.transport is not None:
-                self.transport.write(_status_line(500) + b"content-length: 0\r\nconnection: close\r\n\r\n")
-            request.keep_alive = False
+    async def reply(self, status: int, headers: list[tuple[bytes, bytes]], parts: Sequence[bytes | memoryview]) -> None:
+        conn = self.conn
+        transport = conn.transport
+        if self.replied or conn.closed or transport is None:
             return
-        if not state["done"]:
-            # the app returned without finishing its answer: the connection cannot be reused
-            request.keep_alive = False
+        self.replied = True
+        request = self.request
+        size = len(parts[0]) if len(parts) == 1 else sum(map(len, parts))
+        head = [_status_line(status), conn.server.clock.date()]
+        for name, value in headers:
+            head += (name, b": ", value, b"\r\n")
+        head.append(b"content-length: %d\r\n" % size)
+        if not request.keep_alive:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        if request.method == b"HEAD" or not size:
+            transport.write(b"".join(head))
+        elif size < 65536:
+            transport.write(b"".join((*head, *parts)))  # one segment for a small answer
+        else:
+            transport.writelines((b"".join(head), *parts))  # a large one as it arrived: never joined
 
 
 class LeanServer:
