@@ -251,9 +251,10 @@ class Decision(NamedTuple):
 
     @property
     def route_header(self) -> str:
-        return f"rule:{self.rule}" if self.route is Route.RULE else self.route.value
+        return f"rule:{self.rule}" if self.route is Route.RULE else _ROUTE_HEADERS[self.route]
 
 
+_ROUTE_HEADERS = {route: route.value for route in Route}  # an enum's .value is a descriptor call per request
 # namedtuple's generated __new__ is a Python frame; the common path skips it
 _new_decision = tuple.__new__
 _SPLIT = Route.SPLIT  # a module global loads faster than an enum member

@@ -39,6 +39,7 @@ from router.errors import (
 )
 
 Headers = list[tuple[bytes, bytes]]
+_FRAMING = (b"content-length", b"transfer-encoding")
 Body = Sequence[bytes | bytearray | memoryview]  # a body as the pieces it arrived in
 
 
@@ -210,8 +211,10 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if status >= 200 and status not in (204, 304):
-            names = {name.lower() for name, _ in self.headers}
-            self.framed = b"content-length" in names or b"transfer-encoding" in names
+            for name, _ in self.headers:  # no set of every name: the first framing header settles it
+                if name.lower() in _FRAMING:
+                    return
+            self.framed = False
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
