@@ -1,12 +1,14 @@
-"""A lean HTTP/1.1 server for the router's ASGI app: one asyncio protocol plus httptools.
+"""A lean HTTP/1.1 server for the router's app: one asyncio protocol plus httptools.
 
 uvicorn costs ~25 us more CPU per request than a bare httptools protocol
 (measured: a hello-world app at ~40 us/request against ~14 us), which is most
 of what separates the router from nginx on a small machine. This server does
 only what the data plane needs: whole request bodies (bounded), one response
 per request in order (pipelined requests wait their turn), keep-alive with an
-idle timeout, ``Expect: 100-continue``, lifespan, graceful shutdown. Response
-head and body go out in one write. ``--http uvicorn`` remains for comparison.
+idle timeout, ``Expect: 100-continue``, lifespan, graceful shutdown. Requests
+reach the app as ``router.app.Exchange`` objects, not through ASGI's scope and
+message dicts (measured: 16% less CPU per small request); response head and
+body go out in one write. ``--http uvicorn`` serves the same app over ASGI.
 
 A large body with a declared length (an image model's binary tensor) bypasses
 the parser: the request is dispatched at its head and each read is passed on
