@@ -46,9 +46,8 @@ async def start_rollout(model: ModelPath, body: RolloutCreate, session: SessionD
     The gates are checked first (422 with their evidence unless ``override_gates``);
     one running or paused rollout per model (409).
     """
-    rollout = await rollouts_service.start(session, model_name=model, body=body, actor=actor, publisher=publisher)
-    webhook.send("rollout.started", model=model, reason=body.reason, actor=actor.name,
-                 **rollouts_service.event_state(rollout))
+    rollout = await rollouts_service.start(session, model_name=model, body=body, actor=actor, publisher=publisher,
+                                           webhook=webhook)
     return await _read(session, model, rollout)
 
 
@@ -70,13 +69,8 @@ async def get_rollout(model: ModelPath, rollout_id: RolloutPath, session: Sessio
 
 async def _act(verb: str, model: str, rollout_id: int, body: RolloutAction, session: AsyncSession, actor: Actor,
                publisher: Committer, webhook: Webhook) -> RolloutRead:
-    operation = {"pause": rollouts_service.pause, "resume": rollouts_service.resume,
-                 "abort": rollouts_service.abort, "promote": rollouts_service.promote}[verb]
-    rollout = await operation(session, model_name=model, rollout_id=rollout_id, reason=body.reason, actor=actor,
-                              publisher=publisher)
-    event = {"pause": "paused", "resume": "resumed", "abort": "aborted", "promote": "promoted"}[verb]
-    webhook.send(f"rollout.{event}", model=model, reason=body.reason, actor=actor.name,
-                 **rollouts_service.event_state(rollout))
+    rollout = await rollouts_service.act(session, verb, model_name=model, rollout_id=rollout_id, reason=body.reason,
+                                         actor=actor, publisher=publisher, webhook=webhook)
     return await _read(session, model, rollout, history=True)
 
 

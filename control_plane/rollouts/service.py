@@ -37,6 +37,7 @@ from control_plane.rollouts.models import (
     RolloutVerdict,
 )
 from control_plane.rollouts.schemas import RolloutCreate
+from control_plane.rollouts.webhook import Webhook
 from control_plane.traffic import service as traffic_service
 from control_plane.traffic.models import TrafficRevision
 from control_plane.traffic.schemas import TrafficPut
@@ -207,8 +208,18 @@ async def gate_evidence(session: AsyncSession, *, candidate: Version, baseline: 
 
 
 async def start(session: AsyncSession, *, model_name: str, body: RolloutCreate, actor: Actor,
-                publisher: Committer) -> Rollout:
-    """Validate, check the gates, create the rollout and apply its first step, in one transaction."""
+                publisher: Committer, webhook: Webhook | None = None) -> Rollout:
+    """Validate, check the gates, create the rollout and apply its first step, in one transaction; then
+    announce it on ``webhook`` (queued: never blocks)."""
+    rollout = await _start(session, model_name=model_name, body=body, actor=actor, publisher=publisher)
+    if webhook is not None:
+        webhook.send("rollout.started", model=model_name, reason=body.reason, actor=actor.name,
+                     **event_state(rollout))
+    return rollout
+
+
+async def _start(session: AsyncSession, *, model_name: str, body: RolloutCreate, actor: Actor,
+                 publisher: Committer) -> Rollout:
     model = await registry_service.get_model_or_raise(session, name=model_name, for_update=True)
     live = await get_live(session, model=model)
     if live is not None:
@@ -464,6 +475,22 @@ async def promote(session: AsyncSession, *, model_name: str, rollout_id: int, re
                                reason=reason)
     await apply_step(session, model=model, rollout=rollout, publisher=publisher, weight=100.0,
                      reason=f"rollout {rollout.id} promoted by {actor.name}: {reason}")
+    return rollout
+
+
+_ACTION_EVENTS = {"pause": "rollout.paused", "resume": "rollout.resumed", "abort": "rollout.aborted",
+                  "promote": "rollout.promoted"}
+ACTIONS = frozenset(_ACTION_EVENTS)
+
+
+async def act(session: AsyncSession, verb: str, *, model_name: str, rollout_id: int, reason: str, actor: Actor,
+              publisher: Committer, webhook: Webhook | None = None) -> Rollout:
+    """A person's ``verb`` (one of ``ACTIONS``) on a rollout: committed, then announced on ``webhook``."""
+    operation = {"pause": pause, "resume": resume, "abort": abort, "promote": promote}[verb]
+    rollout = await operation(session, model_name=model_name, rollout_id=rollout_id, reason=reason, actor=actor,
+                              publisher=publisher)
+    if webhook is not None:
+        webhook.send(_ACTION_EVENTS[verb], model=model_name, reason=reason, actor=actor.name, **event_state(rollout))
     return rollout
 
 

@@ -22,6 +22,7 @@ from control_plane.errors import Conflict, InvalidInput, NotFound, validation_de
 from control_plane.registry import service as registry_service
 from control_plane.rollouts import service as rollouts_service
 from control_plane.rollouts.schemas import RolloutCreate
+from control_plane.rollouts.webhook import Webhook
 from web import forms
 from web import rollout as rollout_panel
 from web.views.model import _Edit, _model_page
@@ -30,9 +31,6 @@ from web.views.pages import VisitorDep, _PageRoute, _posted, _reader, _redirect,
 router = APIRouter(prefix="/ui", route_class=_PageRoute, include_in_schema=False)
 templates.env.globals.update(verdict_tone=rollout_panel.VERDICT_TONE, verdict_text=rollout_panel.VERDICT_TEXT)
 ROLLOUT_PERMISSION = Permission.TRAFFIC_WRITE  # the API's rule: release managers and admins
-_ACT = {"pause": rollouts_service.pause, "resume": rollouts_service.resume, "abort": rollouts_service.abort,
-        "promote": rollouts_service.promote}
-_EVENT = {"pause": "paused", "resume": "resumed", "abort": "aborted", "promote": "promoted"}
 
 
 @router.get("/models/{name}/rollout-panel")
@@ -68,7 +66,8 @@ async def start_rollout(name: str, request: Request, visitor: VisitorDep, db: Se
         details = validation_details(exc.errors())  # type: ignore[arg-type]
         return await refused(rollout_panel.Refusal(start, rollout_panel.errors_from_details(details, start)), 422)
     try:
-        started = await rollouts_service.start(db, model_name=name, body=create, actor=actor, publisher=publisher)
+        started = await rollouts_service.start(db, model_name=name, body=create, actor=actor, publisher=publisher,
+                                               webhook=_webhook(request))
     except InvalidInput as exc:
         await db.rollback()
         gates = rollout_panel.gate_evidence(exc.details)
@@ -80,7 +79,6 @@ async def start_rollout(name: str, request: Request, visitor: VisitorDep, db: Se
     except Conflict as exc:
         await db.rollback()
         return await refused(rollout_panel.Refusal(start, {"": [exc.message]}), 409)
-    _announce(request, "rollout.started", model=name, reason=create.reason, actor=actor.name, rollout=started)
     visitor.ui.flash("ok", f"Rollout {started.id} started: {started.candidate} against {started.baseline}, "
                            f"first step {rollout_panel.fmt_number(started.steps[0]['weight'])}%.")
     return _redirect(f"/ui/models/{quote(name)}#rollout")
@@ -90,11 +88,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _announce(request: Request, event: str, *, model: str, reason: str, actor: str, rollout: Any) -> None:
-    """The webhook event the API sends for the same action (never blocks: the webhook queues and retries)."""
-    webhook = getattr(request.app.state, "rollout_webhook", None)
-    if webhook is not None:
-        webhook.send(event, model=model, reason=reason, actor=actor, **rollouts_service.event_state(rollout))
+def _webhook(request: Request) -> Webhook | None:
+    """The API's rollout webhook: the UI's actions announce what the API's would."""
+    return getattr(request.app.state, "rollout_webhook", None)
 
 
 async def _confirm_page(request: Request, visitor: Any, db: Any, *, name: str, rollout_id: int, action: str,
@@ -148,12 +144,11 @@ async def rollout_action(name: str, rollout_id: str, action: str, request: Reque
     if action in rollout_panel.REASON_REQUIRED and not reason:
         return await refused(f"say why you {action} the rollout; it is kept in the history", 422)
     try:
-        done = await _ACT[action](db, model_name=name, rollout_id=number, reason=reason, actor=actor,
-                                  publisher=publisher)
+        done = await rollouts_service.act(db, action, model_name=name, rollout_id=number, reason=reason,
+                                          actor=actor, publisher=publisher, webhook=_webhook(request))
     except (Conflict, InvalidInput) as exc:
         await db.rollback()
         return await refused(exc.message, exc.status_code)
-    _announce(request, f"rollout.{_EVENT[action]}", model=name, reason=reason, actor=actor.name, rollout=done)
     text = {"pause": "paused", "resume": "resumed", "abort": "aborted: the traffic policy from before it is live again",
             "promote": f"promoted: {done.candidate} has 100% and is the default"}[action]
     visitor.ui.flash("ok", f"Rollout {number} {text}.")
