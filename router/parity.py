@@ -13,8 +13,6 @@ per-request max abs error, so a rare large error is not averaged away.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -24,9 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from router.reporter import ReportPoster
+from router.reporter import WindowReporter
 
 if TYPE_CHECKING:  # numpy is imported on the first comparison: a router without a shadow never loads it
     import numpy as np
@@ -273,65 +270,35 @@ def build_report(router_id: str, start: float, end: float, window: dict[PairKey,
     }
 
 
-class ParityReporter:
-    """Sends each closed parity window to Redis, or to the control plane when Redis is unavailable."""
+class ParityReporter(WindowReporter[dict[str, Any]]):
+    """Sends each closed parity window to Redis, or to the control plane when Redis is unavailable; spooled
+    like the stats (``WindowReporter``) while neither takes it."""
+
+    what = "parity"
 
     def __init__(self, *, recorder: ParityRecorder, router_id: str, interval: float,
                  redis: aioredis.Redis | None, control_plane: str | None, token: str | None) -> None:
+        super().__init__(router_id=router_id, interval=interval, redis=redis, control_plane=control_plane,
+                         token=token, path=REPORT_PATH)
         self.recorder = recorder
-        self.router_id = router_id
-        self.interval = interval
-        self.redis = redis
-        self.sent = 0
-        self.poster = ReportPoster(control_plane, token, REPORT_PATH, "parity")
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+    def build(self) -> dict[str, Any] | None:
+        return build_report(self.router_id, *self.recorder.take_window())
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self.flush()
+    def report(self, item: dict[str, Any]) -> dict[str, Any]:
+        return item
 
-    async def flush(self) -> bool:
-        report = build_report(self.router_id, *self.recorder.take_window())
-        if report is None:
-            return True
-        if self.redis is not None:
-            try:
-                await asyncio.wait_for(self._to_redis(report), 2.0)
-                self.sent += 1
-                return True
-            except (RedisError, OSError, TimeoutError) as exc:
-                log.warning("parity to redis failed (%s); posting to the control plane", exc)
-        if await self._to_control_plane(report):
-            self.sent += 1
-            return True
-        return False
-
-    async def _to_redis(self, report: dict[str, Any]) -> None:
+    async def to_redis(self, item: dict[str, Any]) -> None:
         assert self.redis is not None
-        end = report["window_end"]
+        end = item["window_end"]
         by_model: dict[str, list[dict[str, Any]]] = {}
-        for window in report["windows"]:
+        for window in item["windows"]:
             by_model.setdefault(window["model"], []).append(window)
         async with self.redis.pipeline(transaction=False) as pipe:
             for model, windows in by_model.items():
                 key = REDIS_KEY_PREFIX + model
-                member = orjson.dumps({**report, "windows": windows})
+                member = orjson.dumps({**item, "windows": windows})
                 pipe.zadd(key, {member: end})
                 pipe.zremrangebyscore(key, "-inf", end - REDIS_TTL_SECONDS)
                 pipe.expire(key, REDIS_TTL_SECONDS)
             await pipe.execute()
-
-    async def _to_control_plane(self, report: dict[str, Any]) -> bool:
-        return await self.poster.post(report)
-
-    async def stop(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.flush()
-        await self.poster.close()

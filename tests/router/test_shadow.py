@@ -407,6 +407,30 @@ async def test_a_shadow_answer_over_the_byte_limit_is_cut_off_and_counted(
         assert response.status == 200 and len(await response.read()) == len(huge)
 
 
+async def test_parity_windows_wait_while_nothing_takes_them_and_none_is_lost(
+        backends: dict, control_plane: ControlPlaneStub, routers: list, session: aiohttp.ClientSession) -> None:
+    primary = await start_backend(backends, "3", "3")
+    await start_backend(backends, "4", "4", infer_body=b'{"outputs":[{"name":"y","datatype":"FP32","shape":[1],'
+                                                        b'"data":[1.25]}]}')
+    spec = model_spec({"3": [primary.url], "4": [backends["4"].url]}, [("3", 100), ("4", 0)], default_version="3")
+    router = await _router(routers, control_plane, snapshot(1, resnet50=_shadowed(spec, "4", 100)))
+    await control_plane.stop()  # and no Redis: nothing takes a window
+    n = 0
+    for _ in range(3):  # three windows' worth (0.3 s each)
+        for _ in range(10):
+            async with session.post(router.url + "/v2/models/resnet50/infer", json={"inputs": []},
+                                    headers={"x-user-id": f"u{n}"}) as response:
+                assert response.status == 200
+            n += 1
+        await asyncio.sleep(0.4)
+    assert control_plane.parity_reports == []
+    await control_plane.start()  # back: the spooled windows go out, oldest first
+    windows = await _parity_windows(control_plane, lambda ws: _total(ws, "compared") >= n)
+    assert _total(windows, "compared") == _total(windows, "mirrored") == n
+    ends = [r["window_end"] for r in control_plane.parity_reports]
+    assert len(ends) >= 3 and ends == sorted(ends)
+
+
 # --- several worker processes -------------------------------------------------------------------------
 
 async def _until_every_worker_is_ready(router, workers: int, timeout: float = 30.0) -> None:
