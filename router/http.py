@@ -107,17 +107,15 @@ class _Clock:
 
 
 class _Request:
-    __slots__ = ("body", "early", "headers", "keep_alive", "method", "target", "version")
+    __slots__ = ("body", "early", "headers", "keep_alive", "method", "target")
 
     def __init__(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
-                 body: bytes | list[bytes | memoryview] | StreamedBody, keep_alive: bool, version: str,
-                 early: bool) -> None:
+                 body: bytes | list[bytes | memoryview] | StreamedBody, keep_alive: bool, early: bool) -> None:
         self.method = method
         self.target = target
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
-        self.version = version
         self.early = early  # dispatched before its (oversized) body: the connection closes after
 
 
@@ -151,7 +149,6 @@ class _Connection(asyncio.Protocol):
         "size",
         "transport",
         "url",
-        "version_seen",
     )
 
     def __init__(self, server: LeanServer) -> None:
@@ -185,7 +182,6 @@ class _Connection(asyncio.Protocol):
         self.raw_dispatched = False  # its request is in the app already (else it is dispatched once whole)
         # what the parser said at the head of a body read past it (it cannot say so afterwards)
         self.method_seen = b""
-        self.version_seen = "1.1"
         self.keep_alive_seen = True
 
     # asyncio.Protocol
@@ -234,8 +230,7 @@ class _Connection(asyncio.Protocol):
             self.raw_dispatched = False
             return
         # pipelined behind a request in flight: dispatched whole, in its turn
-        self._dispatch(_Request(self.method_seen, self.url, self.headers, raw.pieces, self.keep_alive_seen,
-                                self.version_seen, False))
+        self._dispatch(_Request(self.method_seen, self.url, self.headers, raw.pieces, self.keep_alive_seen, False))
 
     def data_received(self, data: bytes) -> None:
         if self.dispatched_early:
@@ -278,8 +273,7 @@ class _Connection(asyncio.Protocol):
             self.chunks = []
             if not self.busy:
                 self.raw_dispatched = True
-                self._dispatch(_Request(self.method_seen, self.url, self.headers, raw, self.keep_alive_seen,
-                                        self.version_seen, False))
+                self._dispatch(_Request(self.method_seen, self.url, self.headers, raw, self.keep_alive_seen, False))
 
     def _head_fits(self, data: bytes) -> bool:
         """Counts the request head on the raw bytes before the parser buffers them.
@@ -420,8 +414,7 @@ class _Connection(asyncio.Protocol):
                     # answer now (the app sees the declared length), never read the body
                     self.dispatched_early = True
                     self.deadline = 0.0
-                    self._dispatch(_Request(self.parser.get_method(), self.url, self.headers, b"", False,
-                                            self.parser.get_http_version(), True))
+                    self._dispatch(_Request(self.parser.get_method(), self.url, self.headers, b"", False, True))
                     return
                 if length >= _RAW_BODY:
                     self.declared = length
@@ -435,7 +428,6 @@ class _Connection(asyncio.Protocol):
             else:
                 parser = self.parser
                 self.method_seen = parser.get_method()
-                self.version_seen = parser.get_http_version()
                 self.keep_alive_seen = parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
@@ -452,8 +444,7 @@ class _Connection(asyncio.Protocol):
             self.deadline = 0.0
             body = b"".join(self.chunks)
             self.chunks = []
-            self._dispatch(_Request(self.parser.get_method(), self.url, self.headers, body, False,
-                                    self.parser.get_http_version(), True))
+            self._dispatch(_Request(self.parser.get_method(), self.url, self.headers, body, False, True))
 
     def on_message_complete(self) -> None:
         self.declared = 0  # the body came whole with its head: nothing to read past the parser
@@ -464,8 +455,7 @@ class _Connection(asyncio.Protocol):
         chunks = self.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         keep_alive = self.parser.should_keep_alive()
-        self._dispatch(_Request(self.parser.get_method(), self.url, self.headers, body, keep_alive,
-                                self.parser.get_http_version(), False))
+        self._dispatch(_Request(self.parser.get_method(), self.url, self.headers, body, keep_alive, False))
 
     def _dispatch(self, request: _Request) -> None:
         if self.busy:
