@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest request or primary answer that is mirrored (default 1 MiB)")
     parser.add_argument("--shadow-timeout", type=float, default=None, metavar="SECONDS",
                         help="time a shadow backend has to answer (default 10)")
-    parser.add_argument("--router-id", default=None, help="name in stats reports (default host:pid)")
+    parser.add_argument("--router-id", default=None, help="name in stats reports (default host:pid; with several workers, each adds :pid)")
     parser.add_argument("--http", default=None, choices=["lean", "uvicorn"],
                         help="HTTP server under the app: the lean built-in one (default) or uvicorn")
     parser.add_argument("--log-level", default="info", type=str.lower, choices=["debug", "info", "warning", "error"])
