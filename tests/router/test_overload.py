@@ -207,11 +207,23 @@ async def test_every_backend_killed_answers_503_fast_and_recovers_within_a_secon
     assert _errors(await _burst(session, router, 200, first_user=2000)) == []
 
 
+@pytest.fixture
+def refusing() -> Iterator[list[str]]:
+    """Thirty addresses that refuse connections: ports bound but never listening, held for the test, so
+    no other process (the router under test, say) can be given one of them."""
+    held = [socket.socket() for _ in range(30)]
+    for sock in held:
+        sock.bind(("127.0.0.1", 0))
+    yield [f"http://127.0.0.1:{sock.getsockname()[1]}" for sock in held]
+    for sock in held:
+        sock.close()
+
+
 async def test_retries_never_exceed_the_budget(slow: dict, routers: list, tmp_path: Path,
-                                               session: aiohttp.ClientSession) -> None:
+                                               session: aiohttp.ClientSession, refusing: list[str]) -> None:
     """A version whose pool died but for one backend: every request that picks a dead one wants a retry."""
     slow["3"] = SlowBackend(free_port(), "3").start()
-    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(30)]
+    dead = refusing
     router = await _router(routers, tmp_path, model_spec({"3": [slow["3"].url, *dead]}, [("3", 100)]),
                            "--retry-budget", "0.2")
     answers = await _burst(session, router, 1000)
