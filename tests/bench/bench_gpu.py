@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = (1, 8)
@@ -102,9 +103,6 @@ def serve(port: int, null_ms: float = 0.0) -> None:
                     model(torch.randn(batch, 3, 224, 224, device="cuda", dtype=dtype))
         torch.cuda.synchronize()
 
-    async def ready(request: web.Request) -> web.Response:
-        return web.Response(text='{"ready":true}', content_type="application/json")
-
     async def infer(request: web.Request) -> web.Response:
         name = request.match_info["model"]
         model, dtype = models[name]
@@ -122,6 +120,16 @@ def serve(port: int, null_ms: float = 0.0) -> None:
         return web.Response(body=answer + raw, headers={
             "Inference-Header-Content-Length": str(len(answer)), "Content-Type": "application/octet-stream"})
 
+    _run_kserve(port, infer)
+
+
+def _run_kserve(port: int, infer: Any) -> None:
+    """A KServe v2 server around ``infer``: readiness, and binary-tensor inference."""
+    from aiohttp import web
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.Response(text='{"ready":true}', content_type="application/json")
+
     app = web.Application(client_max_size=256 * 1024 * 1024)
     app.router.add_get("/v2/health/ready", ready)
     app.router.add_get("/v2/models/{model}/ready", ready)
@@ -135,9 +143,6 @@ def _serve_null(port: int, null_ms: float) -> None:
 
     from aiohttp import web
 
-    async def ready(request: web.Request) -> web.Response:
-        return web.Response(text='{"ready":true}', content_type="application/json")
-
     async def infer(request: web.Request) -> web.Response:
         body = await request.read()
         header_length = int(request.headers["Inference-Header-Content-Length"])
@@ -150,11 +155,7 @@ def _serve_null(port: int, null_ms: float) -> None:
         return web.Response(body=answer + raw, headers={
             "Inference-Header-Content-Length": str(len(answer)), "Content-Type": "application/octet-stream"})
 
-    app = web.Application(client_max_size=256 * 1024 * 1024)
-    app.router.add_get("/v2/health/ready", ready)
-    app.router.add_get("/v2/models/{model}/ready", ready)
-    app.router.add_post("/v2/models/{model}/infer", infer)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    _run_kserve(port, infer)
 
 
 # The reference hop: nginx proxying to the same server, the request body buffered in memory as the

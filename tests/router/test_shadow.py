@@ -407,12 +407,17 @@ async def test_a_shadow_answer_over_the_byte_limit_is_cut_off_and_counted(
         assert response.status == 200 and len(await response.read()) == len(huge)
 
 
-async def test_parity_windows_wait_while_nothing_takes_them_and_none_is_lost(
-        backends: dict, control_plane: ControlPlaneStub, routers: list, session: aiohttp.ClientSession) -> None:
+async def _all_shadowed_pair(backends: dict) -> dict[str, Any]:
+    """Version 3 serves everyone; version 4, shadowing it, answers y = 1.25 (an error of 0.25 each)."""
     primary = await start_backend(backends, "3", "3")
     await start_backend(backends, "4", "4", infer_body=b'{"outputs":[{"name":"y","datatype":"FP32","shape":[1],'
                                                         b'"data":[1.25]}]}')
-    spec = model_spec({"3": [primary.url], "4": [backends["4"].url]}, [("3", 100), ("4", 0)], default_version="3")
+    return model_spec({"3": [primary.url], "4": [backends["4"].url]}, [("3", 100), ("4", 0)], default_version="3")
+
+
+async def test_parity_windows_wait_while_nothing_takes_them_and_none_is_lost(
+        backends: dict, control_plane: ControlPlaneStub, routers: list, session: aiohttp.ClientSession) -> None:
+    spec = await _all_shadowed_pair(backends)
     router = await _router(routers, control_plane, snapshot(1, resnet50=_shadowed(spec, "4", 100)))
     await control_plane.stop()  # and no Redis: nothing takes a window
     n = 0
@@ -452,10 +457,7 @@ async def _until_every_worker_is_ready(router, workers: int, timeout: float = 30
 
 async def test_parity_counts_are_whole_with_several_router_workers(
         backends: dict, control_plane: ControlPlaneStub, routers: list, session: aiohttp.ClientSession) -> None:
-    primary = await start_backend(backends, "3", "3")
-    await start_backend(backends, "4", "4", infer_body=b'{"outputs":[{"name":"y","datatype":"FP32","shape":[1],'
-                                                        b'"data":[1.25]}]}')
-    spec = model_spec({"3": [primary.url], "4": [backends["4"].url]}, [("3", 100), ("4", 0)], default_version="3")
+    spec = await _all_shadowed_pair(backends)
     router = await _router(routers, control_plane, snapshot(1, resnet50=_shadowed(spec, "4", 100)), "--workers", "2")
     await _until_every_worker_is_ready(router, workers=2)
     n = 60
